@@ -256,7 +256,10 @@ pub enum Response {
     Result(ResultPayload),
     Auction(AuctionInfo),
     Sale(SaleInfo),
-    Error { code: ErrorCode, message: String },
+    Error {
+        code: ErrorCode,
+        message: String,
+    },
 }
 
 /// A server-initiated message (`request_id` 0).

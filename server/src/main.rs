@@ -1,1 +1,153 @@
-fn main() {}
+//! `gavel-server`: wires the listener, event loops, shards and signals together.
+
+use std::io::Write;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use clap::Parser;
+use signal_hook::consts::{SIGINT, SIGTERM};
+use tracing_subscriber::EnvFilter;
+
+use gavel_server::config::{Config, LogFormat};
+use gavel_server::event_loop::{EventLoop, Shared};
+use gavel_server::listener;
+use gavel_server::shard::{self, LoopHandle, ShardHandle, ShardState};
+
+fn main() -> anyhow::Result<()> {
+    let config = Config::parse();
+    init_logging(config.log_format);
+    if config.store != "memory" {
+        bail!(
+            "--store {:?} is not supported by this build; use --store memory",
+            config.store
+        );
+    }
+    let shard_count = config.shard_count();
+    let io_threads = config.io_threads.max(1);
+
+    let std_listener = listener::bind(config.listen, config.backlog)
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let local = std_listener.local_addr()?;
+
+    // Event loops' polls and wakers exist before the shards that wake them.
+    let mut polls = Vec::new();
+    let mut loop_handles = Vec::new();
+    let mut reply_rxs = Vec::new();
+    for _ in 0..io_threads {
+        let poll = mio::Poll::new()?;
+        let waker = Arc::new(mio::Waker::new(poll.registry(), EventLoop::waker_token())?);
+        let (tx, rx) = crossbeam_channel::unbounded();
+        polls.push(poll);
+        loop_handles.push(LoopHandle { replies: tx, waker });
+        reply_rxs.push(rx);
+    }
+
+    let mut shard_handles = Vec::new();
+    let mut shard_threads = Vec::new();
+    let per_shard_keys = (config.idempotency_max_keys / shard_count).max(1);
+    for i in 0..shard_count {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let queued = Arc::new(AtomicUsize::new(0));
+        let state = ShardState::new(config.idempotency_window.as_millis() as u64, per_shard_keys);
+        shard_threads.push(shard::spawn(
+            i,
+            state,
+            rx,
+            queued.clone(),
+            loop_handles.clone(),
+            config.sweep_interval,
+        )?);
+        shard_handles.push(ShardHandle { tx, queued });
+    }
+
+    let shutdown = Arc::new(AtomicBool::new(false));
+    let shared = Arc::new(Shared {
+        shards: shard_handles,
+        shard_queue: config.shard_queue,
+        auth_token: config.auth_token.clone().map(String::into_bytes),
+        max_payload: config.max_payload,
+        max_in_flight: config.max_in_flight.max(1),
+        output_cap: config.output_cap,
+        subscriber_cap: config.subscriber_cap,
+        max_connections: config.max_connections,
+        idle_timeout: config.idle_timeout,
+        shutdown_grace: config.shutdown_grace,
+        node_id: config.node_id,
+        shutdown: shutdown.clone(),
+        open_connections: AtomicUsize::new(0),
+    });
+
+    let wakers: Vec<_> = loop_handles.iter().map(|l| l.waker.clone()).collect();
+    drop(loop_handles);
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])?;
+    let flag = shutdown.clone();
+    std::thread::Builder::new()
+        .name("gavel-signals".into())
+        .spawn(move || {
+            if let Some(sig) = signals.forever().next() {
+                tracing::info!(signal = sig, "signal received");
+                flag.store(true, Ordering::Release);
+                for w in &wakers {
+                    let _ = w.wake();
+                }
+            }
+        })?;
+
+    let mut loops = Vec::new();
+    for (io, (poll, rx)) in polls.into_iter().zip(reply_rxs).enumerate() {
+        let l = std_listener.try_clone()?;
+        let ev = EventLoop::new(io as u16, poll, l, rx, shared.clone())?;
+        loops.push(
+            std::thread::Builder::new()
+                .name(format!("gavel-io-{io}"))
+                .spawn(move || ev.run())?,
+        );
+    }
+    drop(std_listener);
+    tracing::info!(
+        %local,
+        shards = shard_count,
+        io_threads,
+        store = %config.store,
+        "gavel-server ready"
+    );
+    {
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "listening on {local}")?;
+        out.flush()?;
+    }
+
+    let mut failed = false;
+    for l in loops {
+        match l.join() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "event loop failed");
+                failed = true;
+            }
+            Err(_) => failed = true,
+        }
+    }
+    // Dropping the last handles to the shard queues lets shard threads finish.
+    drop(shared);
+    for t in shard_threads {
+        let _ = t.join();
+    }
+    tracing::info!("gavel-server stopped");
+    if failed {
+        bail!("an event loop failed");
+    }
+    Ok(())
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}

@@ -1,0 +1,161 @@
+//! Command-line and environment configuration of `gavel-server`.
+//!
+//! Every flag is also settable through a `GAVEL_*` environment variable; the
+//! `--help` text is the reference for operators.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Gavel: a bid engine for live auctions and flash sales over a binary TLV protocol.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "gavel-server", version, about, long_about = None)]
+pub struct Config {
+    /// Address to listen on. Port 0 picks a free port; the chosen address is
+    /// printed on stdout as `listening on ADDR`.
+    #[arg(long, env = "GAVEL_LISTEN", default_value = "127.0.0.1:7070")]
+    pub listen: SocketAddr,
+
+    /// Listen backlog (pending, not yet accepted connections). Linux silently
+    /// caps it at net.core.somaxconn; a warning is logged when it does.
+    #[arg(long, env = "GAVEL_BACKLOG", default_value_t = 4096)]
+    pub backlog: i32,
+
+    /// Number of event-loop (network I/O) threads.
+    #[arg(long, env = "GAVEL_IO_THREADS", default_value_t = 1)]
+    pub io_threads: usize,
+
+    /// Number of shard threads; each owns a disjoint set of auctions and SKUs.
+    /// Default: the number of CPU cores. At most 64.
+    #[arg(long, env = "GAVEL_SHARDS")]
+    pub shards: Option<usize>,
+
+    /// Commands that may wait in one shard's queue; beyond it requests are
+    /// answered ERROR BUSY at once.
+    #[arg(long, env = "GAVEL_SHARD_QUEUE", default_value_t = 65536)]
+    pub shard_queue: usize,
+
+    /// Where state is kept. `memory` keeps nothing across restarts.
+    #[arg(long, env = "GAVEL_STORE", default_value = "memory")]
+    pub store: String,
+
+    /// How long idempotency keys (bid_id, order_id) are remembered, e.g. 24h, 30m, 90s.
+    #[arg(long, env = "GAVEL_IDEMPOTENCY_WINDOW", default_value = "24h", value_parser = parse_duration)]
+    pub idempotency_window: Duration,
+
+    /// Upper bound on remembered idempotency keys across all shards; the
+    /// oldest are evicted first when it is reached (bounds memory).
+    #[arg(long, env = "GAVEL_IDEMPOTENCY_MAX_KEYS", default_value_t = 20_000_000)]
+    pub idempotency_max_keys: usize,
+
+    /// When set, every connection must start with a HELLO carrying this token.
+    #[arg(long, env = "GAVEL_AUTH_TOKEN", hide_env_values = true)]
+    pub auth_token: Option<String>,
+
+    /// Maximum simultaneous connections; further ones get ERROR BUSY and are closed.
+    #[arg(long, env = "GAVEL_MAX_CONNECTIONS", default_value_t = 100_000)]
+    pub max_connections: usize,
+
+    /// Largest accepted frame payload in bytes (at most 65535). Larger
+    /// headers get ERROR FRAME_TOO_LARGE and the connection is closed.
+    #[arg(long, env = "GAVEL_MAX_PAYLOAD", default_value_t = 1024, value_parser = clap::value_parser!(u16).range(32..))]
+    pub max_payload: u16,
+
+    /// Close a connection that has sat on an incomplete frame this long (slowloris defence).
+    #[arg(long, env = "GAVEL_IDLE_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub idle_timeout: Duration,
+
+    /// Requests one connection may have in flight before the server stops
+    /// reading from it (TCP back-pressure instead of unbounded queues).
+    #[arg(long, env = "GAVEL_MAX_IN_FLIGHT", default_value_t = 4096)]
+    pub max_in_flight: u32,
+
+    /// Unsent reply bytes at which the server stops reading a connection until it drains.
+    #[arg(long, env = "GAVEL_OUTPUT_CAP", default_value_t = 256 * 1024)]
+    pub output_cap: usize,
+
+    /// Unsent bytes at which a subscriber that does not read is disconnected
+    /// instead of holding pushes for it.
+    #[arg(long, env = "GAVEL_SUBSCRIBER_CAP", default_value_t = 1024 * 1024)]
+    pub subscriber_cap: usize,
+
+    /// This node's id, reported in WELCOME.
+    #[arg(long, env = "GAVEL_NODE_ID", default_value_t = 0)]
+    pub node_id: u16,
+
+    /// Period of the sweep that closes auctions whose end time has passed.
+    #[arg(long, env = "GAVEL_SWEEP_INTERVAL", default_value = "50ms", value_parser = parse_duration)]
+    pub sweep_interval: Duration,
+
+    /// How long shutdown waits for in-flight requests before exiting anyway.
+    #[arg(long, env = "GAVEL_SHUTDOWN_GRACE", default_value = "3s", value_parser = parse_duration)]
+    pub shutdown_grace: Duration,
+
+    /// Log format on stderr. Filter with RUST_LOG (default: info).
+    #[arg(long, env = "GAVEL_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+impl Config {
+    pub fn shard_count(&self) -> usize {
+        self.shards
+            .unwrap_or_else(|| {
+                std::thread::available_parallelism()
+                    .map(|n| n.get())
+                    .unwrap_or(1)
+            })
+            .clamp(1, 64)
+    }
+}
+
+/// Parses `250ms`, `2s`, `30m`, `24h`, `1d`, or a bare number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => (&s[..i], &s[i..]),
+        None => (s, "s"),
+    };
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("invalid duration {s:?}: expected e.g. 250ms, 2s, 30m, 24h"))?;
+    let d = match unit {
+        "ms" => Duration::from_millis(n),
+        "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n * 60),
+        "h" => Duration::from_secs(n * 3600),
+        "d" => Duration::from_secs(n * 86400),
+        _ => {
+            return Err(format!(
+                "invalid duration unit in {s:?}: use ms, s, m, h or d"
+            ))
+        }
+    };
+    Ok(d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("2").unwrap(), Duration::from_secs(2));
+        assert_eq!(parse_duration("24h").unwrap(), Duration::from_secs(86400));
+        assert!(parse_duration("5y").is_err());
+        assert!(parse_duration("ms").is_err());
+    }
+
+    #[test]
+    fn cli_is_consistent() {
+        use clap::CommandFactory;
+        Config::command().debug_assert();
+    }
+}

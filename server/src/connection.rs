@@ -1,0 +1,167 @@
+//! One client connection's state inside an event loop.
+//!
+//! Buffers are borrowed from the loop's [`BufferPool`] only while they hold
+//! bytes. Reads go straight into the spare capacity of the read buffer
+//! (`read(2)` on the raw fd), writes drain the write buffer with one `write(2)`
+//! per loop turn.
+
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
+use std::time::Instant;
+
+use bytes::{Buf, BytesMut};
+use gavel_protocol::ErrorCode;
+use mio::net::TcpStream;
+
+use crate::buffer_pool::BufferPool;
+
+pub struct Connection {
+    pub stream: TcpStream,
+    pub peer: SocketAddr,
+    pub gen: u32,
+    pub rbuf: Option<BytesMut>,
+    pub wbuf: Option<BytesMut>,
+    /// A valid HELLO was received (or none is required).
+    pub authed: bool,
+    /// Requests sent to shards and not answered yet.
+    pub in_flight: u32,
+    /// Bit i set: this connection subscribed to something on shard i.
+    pub sub_shards: u64,
+    /// Since when the read buffer has held an incomplete frame.
+    pub partial_since: Option<Instant>,
+    /// Reading stopped because of the in-flight or output cap.
+    pub paused: bool,
+    /// The peer sent EOF: answer what is in flight, then close.
+    pub read_eof: bool,
+    /// A fatal error to send once in-flight requests are answered, then close.
+    pub fatal: Option<(u32, ErrorCode, &'static str)>,
+    /// Close as soon as the write buffer is empty.
+    pub close_after_flush: bool,
+    /// Already in the loop's list of connections to flush this turn.
+    pub dirty: bool,
+}
+
+pub enum ReadResult {
+    Data,
+    Eof,
+    WouldBlock,
+}
+
+impl Connection {
+    pub fn new(stream: TcpStream, peer: SocketAddr, gen: u32, authed: bool) -> Self {
+        Connection {
+            stream,
+            peer,
+            gen,
+            rbuf: None,
+            wbuf: None,
+            authed,
+            in_flight: 0,
+            sub_shards: 0,
+            partial_since: None,
+            paused: false,
+            read_eof: false,
+            fatal: None,
+            close_after_flush: false,
+            dirty: false,
+        }
+    }
+
+    pub fn unsent(&self) -> usize {
+        self.wbuf.as_ref().map_or(0, |b| b.len())
+    }
+
+    /// The write buffer, borrowed from the pool if needed.
+    pub fn out(&mut self, pool: &mut BufferPool) -> &mut BytesMut {
+        self.wbuf.get_or_insert_with(|| pool.get())
+    }
+
+    /// True when no more input should be accepted for now.
+    pub fn stop_reading(&self) -> bool {
+        self.paused || self.read_eof || self.fatal.is_some() || self.close_after_flush
+    }
+
+    /// One `read(2)` into the read buffer's spare capacity.
+    pub fn read_once(&mut self, pool: &mut BufferPool) -> io::Result<ReadResult> {
+        let buf = self.rbuf.get_or_insert_with(|| pool.get());
+        if buf.capacity() - buf.len() < 1024 {
+            buf.reserve(16 * 1024);
+        }
+        let spare = buf.spare_capacity_mut();
+        // SAFETY: read(2) writes at most `spare.len()` bytes into memory we own
+        // and returns how many; only those are marked initialised.
+        let n = unsafe {
+            libc::read(
+                self.stream.as_raw_fd(),
+                spare.as_mut_ptr().cast(),
+                spare.len(),
+            )
+        };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            return match e.kind() {
+                io::ErrorKind::WouldBlock => Ok(ReadResult::WouldBlock),
+                io::ErrorKind::Interrupted => Ok(ReadResult::Data),
+                _ => Err(e),
+            };
+        }
+        if n == 0 {
+            return Ok(ReadResult::Eof);
+        }
+        // SAFETY: the kernel initialised `n` bytes past `len`.
+        unsafe { buf.set_len(buf.len() + n as usize) };
+        Ok(ReadResult::Data)
+    }
+
+    /// Writes as much of the write buffer as the socket takes. Returns true
+    /// when everything was written (the buffer went back to the pool).
+    pub fn flush(&mut self, pool: &mut BufferPool) -> io::Result<bool> {
+        let Some(buf) = self.wbuf.as_mut() else {
+            return Ok(true);
+        };
+        while !buf.is_empty() {
+            let n = unsafe { libc::write(self.stream.as_raw_fd(), buf.as_ptr().cast(), buf.len()) };
+            if n < 0 {
+                let e = io::Error::last_os_error();
+                match e.kind() {
+                    io::ErrorKind::WouldBlock => return Ok(false),
+                    io::ErrorKind::Interrupted => continue,
+                    _ => return Err(e),
+                }
+            }
+            buf.advance(n as usize);
+        }
+        if let Some(b) = self.wbuf.take() {
+            pool.put(b);
+        }
+        Ok(true)
+    }
+
+    /// Gives the read buffer back when it holds nothing, and tracks since when
+    /// the connection has made no progress on an incomplete frame: a client
+    /// that keeps completing frames is never timed out, one that trickles a
+    /// header is.
+    pub fn settle_read_buffer(&mut self, pool: &mut BufferPool, now: Instant, progressed: bool) {
+        match &self.rbuf {
+            Some(b) if b.is_empty() => {
+                pool.put(self.rbuf.take().expect("checked"));
+                self.partial_since = None;
+            }
+            Some(_) if progressed => self.partial_since = Some(now),
+            Some(_) => {
+                self.partial_since.get_or_insert(now);
+            }
+            None => self.partial_since = None,
+        }
+    }
+
+    pub fn release_buffers(&mut self, pool: &mut BufferPool) {
+        if let Some(b) = self.rbuf.take() {
+            pool.put(b);
+        }
+        if let Some(b) = self.wbuf.take() {
+            pool.put(b);
+        }
+    }
+}

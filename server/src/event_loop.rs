@@ -1,0 +1,622 @@
+//! The event loop: accepts connections, decodes requests, hands them to
+//! shards in one batch per shard per turn, and writes every reply a
+//! connection got in a turn with one `write(2)`.
+//!
+//! One turn, top to bottom:
+//! 1. `poll` for socket readiness, a waker (shard replies, shutdown) or a timeout;
+//! 2. accept new connections; read and decode ready ones (PING, HELLO and
+//!    protocol errors are answered here; the rest becomes shard commands);
+//! 3. take the shard replies that arrived and encode them into write buffers;
+//! 4. send each shard its batch (or answer BUSY when its queue is full);
+//! 5. flush the connections that have output; close the ones that are done.
+
+use std::io;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use crossbeam_channel::Receiver;
+use gavel_protocol::message::{
+    encode_auction, encode_error, encode_pong, encode_result, encode_sale,
+};
+use gavel_protocol::{Decoder, ErrorCode, Frame, Request, Response, PROTOCOL_VERSION};
+use mio::net::TcpListener;
+use mio::{Events, Interest, Poll, Token};
+use slab::Slab;
+
+use crate::buffer_pool::BufferPool;
+use crate::command::{shard_of, Command, ConnRef, Op, Outgoing, Reply, ShardMsg};
+use crate::connection::{Connection, ReadResult};
+use crate::shard::ShardHandle;
+
+const LISTENER: Token = Token(0);
+const WAKER: Token = Token(1);
+const FIRST_CONN: usize = 2;
+
+/// Read-only settings and handles shared by all event loops.
+pub struct Shared {
+    pub shards: Vec<ShardHandle>,
+    pub shard_queue: usize,
+    pub auth_token: Option<Vec<u8>>,
+    pub max_payload: u16,
+    pub max_in_flight: u32,
+    pub output_cap: usize,
+    pub subscriber_cap: usize,
+    pub max_connections: usize,
+    pub idle_timeout: Duration,
+    pub shutdown_grace: Duration,
+    pub node_id: u16,
+    pub shutdown: Arc<AtomicBool>,
+    pub open_connections: AtomicUsize,
+}
+
+/// Per-loop state other than the connections themselves, split out so a
+/// connection and this context can be borrowed mutably at once.
+struct Ctx {
+    io: u16,
+    shared: Arc<Shared>,
+    decoder: Decoder,
+    pool: BufferPool,
+    /// Commands decoded this turn, per shard.
+    pending: Vec<Vec<Command>>,
+    /// Connections with new output this turn.
+    dirty: Vec<usize>,
+    shutting_down: bool,
+}
+
+pub struct EventLoop {
+    poll: Poll,
+    listener: TcpListener,
+    conns: Slab<Connection>,
+    replies: Receiver<Vec<Outgoing>>,
+    ctx: Ctx,
+    next_gen: u32,
+    resume: Vec<usize>,
+}
+
+impl EventLoop {
+    pub fn new(
+        io: u16,
+        poll: Poll,
+        listener: std::net::TcpListener,
+        replies: Receiver<Vec<Outgoing>>,
+        shared: Arc<Shared>,
+    ) -> io::Result<EventLoop> {
+        let mut listener = TcpListener::from_std(listener);
+        poll.registry()
+            .register(&mut listener, LISTENER, Interest::READABLE)?;
+        let shards = shared.shards.len();
+        Ok(EventLoop {
+            poll,
+            listener,
+            conns: Slab::with_capacity(1024),
+            replies,
+            ctx: Ctx {
+                io,
+                decoder: Decoder::new(shared.max_payload as usize),
+                shared,
+                pool: BufferPool::new(16 * 1024, 4096),
+                pending: (0..shards).map(|_| Vec::new()).collect(),
+                dirty: Vec::new(),
+                shutting_down: false,
+            },
+            next_gen: 1,
+            resume: Vec::new(),
+        })
+    }
+
+    /// The waker token to register with [`mio::Waker::new`].
+    pub fn waker_token() -> Token {
+        WAKER
+    }
+
+    pub fn run(mut self) -> io::Result<()> {
+        let mut events = Events::with_capacity(1024);
+        let mut last_sweep = Instant::now();
+        let mut shutdown_deadline: Option<Instant> = None;
+        loop {
+            let timeout = if self.ctx.shutting_down {
+                Duration::from_millis(10)
+            } else {
+                Duration::from_millis(250)
+            };
+            match self.poll.poll(&mut events, Some(timeout)) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+            let now = Instant::now();
+            for ev in events.iter() {
+                match ev.token() {
+                    LISTENER => self.accept_all(),
+                    WAKER => {}
+                    Token(t) => {
+                        let slot = t - FIRST_CONN;
+                        if !self.conns.contains(slot) {
+                            continue;
+                        }
+                        if ev.is_writable() {
+                            self.mark_dirty(slot);
+                        }
+                        if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
+                            self.on_readable(slot, now);
+                        }
+                    }
+                }
+            }
+            self.take_replies(now);
+            self.dispatch();
+            self.flush_dirty();
+
+            if !self.ctx.shutting_down && self.ctx.shared.shutdown.load(Ordering::Acquire) {
+                self.begin_shutdown();
+                shutdown_deadline = Some(now + self.ctx.shared.shutdown_grace);
+            }
+            if let Some(deadline) = shutdown_deadline {
+                self.close_finished();
+                if self.conns.is_empty() || Instant::now() >= deadline {
+                    if !self.conns.is_empty() {
+                        tracing::warn!(
+                            open = self.conns.len(),
+                            "shutdown grace period over; closing remaining connections"
+                        );
+                    }
+                    return Ok(());
+                }
+            }
+            if now.duration_since(last_sweep) >= Duration::from_secs(1) {
+                last_sweep = now;
+                self.close_stalled(now);
+            }
+        }
+    }
+
+    fn accept_all(&mut self) {
+        loop {
+            if self.ctx.shutting_down {
+                return;
+            }
+            let (mut stream, peer) = match self.listener.accept() {
+                Ok(s) => s,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    // EMFILE and friends: log and try again on the next event.
+                    tracing::warn!(error = %e, "accept failed");
+                    return;
+                }
+            };
+            let shared = &self.ctx.shared;
+            if shared.open_connections.load(Ordering::Relaxed) >= shared.max_connections {
+                let mut b = BytesMut::with_capacity(64);
+                encode_error(&mut b, 0, ErrorCode::Busy, "too many connections");
+                let _ = io::Write::write(&mut stream, &b);
+                tracing::warn!(%peer, "refused connection: --max-connections reached");
+                continue;
+            }
+            let _ = stream.set_nodelay(true);
+            let entry = self.conns.vacant_entry();
+            let slot = entry.key();
+            let gen = self.next_gen;
+            self.next_gen = self.next_gen.wrapping_add(1).max(1);
+            if let Err(e) = self.poll.registry().register(
+                &mut stream,
+                Token(slot + FIRST_CONN),
+                Interest::READABLE | Interest::WRITABLE,
+            ) {
+                tracing::warn!(%peer, error = %e, "register failed");
+                continue;
+            }
+            let authed = shared.auth_token.is_none();
+            entry.insert(Connection::new(stream, peer, gen, authed));
+            shared.open_connections.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn mark_dirty(&mut self, slot: usize) {
+        mark_dirty(&mut self.conns[slot], slot, &mut self.ctx.dirty);
+    }
+
+    /// Decodes what is buffered, then reads until the socket is drained or a
+    /// cap stops us.
+    fn on_readable(&mut self, slot: usize, now: Instant) {
+        let ctx = &mut self.ctx;
+        let conn = &mut self.conns[slot];
+        let mut progressed = decode_buffered(conn, slot, ctx);
+        let mut failed = None;
+        while !conn.stop_reading() {
+            match conn.read_once(&mut ctx.pool) {
+                Ok(ReadResult::Data) => progressed |= decode_buffered(conn, slot, ctx),
+                Ok(ReadResult::Eof) => conn.read_eof = true,
+                Ok(ReadResult::WouldBlock) => break,
+                Err(e) => {
+                    failed = Some(e);
+                    break;
+                }
+            }
+        }
+        conn.settle_read_buffer(&mut ctx.pool, now, progressed);
+        if let Some(e) = failed {
+            if e.kind() != io::ErrorKind::ConnectionReset {
+                tracing::info!(peer = %conn.peer, error = %e, "read failed; closing connection");
+            }
+            self.close(slot);
+            return;
+        }
+        if conn.read_eof || conn.fatal.is_some() {
+            mark_dirty(conn, slot, &mut ctx.dirty);
+        }
+    }
+
+    /// Encodes the replies shards sent back.
+    fn take_replies(&mut self, now: Instant) {
+        while let Ok(batch) = self.replies.try_recv() {
+            for out in batch {
+                let slot = out.slot as usize;
+                let Some(conn) = self.conns.get_mut(slot) else {
+                    continue;
+                };
+                if conn.gen != out.gen {
+                    continue;
+                }
+                let ctx = &mut self.ctx;
+                if let Reply::Push(p) = out.reply {
+                    if conn.unsent() > ctx.shared.subscriber_cap {
+                        tracing::info!(
+                            peer = %conn.peer,
+                            unsent = conn.unsent(),
+                            "subscriber is not reading; disconnecting it"
+                        );
+                        self.close(slot);
+                        continue;
+                    }
+                    if conn.close_after_flush {
+                        continue;
+                    }
+                    p.encode(conn.out(&mut ctx.pool));
+                } else {
+                    encode_reply(conn.out(&mut ctx.pool), &out.reply);
+                    conn.in_flight -= 1;
+                    if conn.paused
+                        && conn.in_flight < ctx.shared.max_in_flight / 2
+                        && conn.unsent() < ctx.shared.output_cap
+                    {
+                        conn.paused = false;
+                        self.resume.push(slot);
+                    }
+                }
+                mark_dirty(conn, slot, &mut ctx.dirty);
+            }
+        }
+        while let Some(slot) = self.resume.pop() {
+            if self.conns.contains(slot) {
+                self.on_readable(slot, now);
+            }
+        }
+    }
+
+    /// Sends each shard the commands decoded for it this turn.
+    fn dispatch(&mut self) {
+        for shard in 0..self.ctx.pending.len() {
+            if self.ctx.pending[shard].is_empty() {
+                continue;
+            }
+            let mut batch = std::mem::take(&mut self.ctx.pending[shard]);
+            let shared = self.ctx.shared.clone();
+            let handle = &shared.shards[shard];
+            let queued = handle.queued.load(Ordering::Acquire);
+            let room = shared.shard_queue.saturating_sub(queued);
+            if batch.len() > room {
+                for cmd in batch.drain(room..) {
+                    self.answer_locally(cmd.conn, cmd.request_id, ErrorCode::Busy);
+                }
+            }
+            if batch.is_empty() {
+                continue;
+            }
+            handle.queued.fetch_add(batch.len(), Ordering::AcqRel);
+            let n = batch.len();
+            if handle.tx.send(ShardMsg::Batch(batch)).is_err() {
+                handle.queued.fetch_sub(n, Ordering::AcqRel);
+                tracing::error!(shard, "shard thread is gone");
+            }
+        }
+    }
+
+    fn answer_locally(&mut self, conn: ConnRef, request_id: u32, code: ErrorCode) {
+        let slot = conn.slot as usize;
+        if let Some(c) = self.conns.get_mut(slot) {
+            if c.gen == conn.gen {
+                encode_error(c.out(&mut self.ctx.pool), request_id, code, code.name());
+                c.in_flight -= 1;
+                mark_dirty(c, slot, &mut self.ctx.dirty);
+            }
+        }
+    }
+
+    /// Writes each dirty connection's output with one write and closes the
+    /// connections that are done.
+    fn flush_dirty(&mut self) {
+        let mut dirty = std::mem::take(&mut self.ctx.dirty);
+        for slot in dirty.drain(..) {
+            let Some(conn) = self.conns.get_mut(slot) else {
+                continue;
+            };
+            conn.dirty = false;
+            if conn.in_flight == 0 {
+                if let Some((rid, code, msg)) = conn.fatal.take() {
+                    encode_error(conn.out(&mut self.ctx.pool), rid, code, msg);
+                    conn.close_after_flush = true;
+                }
+                if conn.read_eof {
+                    conn.close_after_flush = true;
+                }
+            }
+            let was_over = conn.unsent() >= self.ctx.shared.output_cap;
+            match conn.flush(&mut self.ctx.pool) {
+                Ok(true) if conn.close_after_flush => self.close(slot),
+                Ok(_) => {
+                    if was_over
+                        && conn.paused
+                        && conn.unsent() < self.ctx.shared.output_cap
+                        && conn.in_flight < self.ctx.shared.max_in_flight
+                    {
+                        conn.paused = false;
+                        self.resume.push(slot);
+                    }
+                }
+                Err(e) => {
+                    if e.kind() != io::ErrorKind::BrokenPipe
+                        && e.kind() != io::ErrorKind::ConnectionReset
+                    {
+                        tracing::info!(peer = %conn.peer, error = %e, "write failed; closing connection");
+                    }
+                    self.close(slot);
+                }
+            }
+        }
+        self.ctx.dirty = dirty;
+        if !self.resume.is_empty() {
+            let now = Instant::now();
+            while let Some(slot) = self.resume.pop() {
+                if self.conns.contains(slot) {
+                    self.on_readable(slot, now);
+                }
+            }
+            self.dispatch();
+            if !self.ctx.dirty.is_empty() {
+                self.flush_dirty();
+            }
+        }
+    }
+
+    fn close(&mut self, slot: usize) {
+        let mut conn = self.conns.remove(slot);
+        let _ = self.poll.registry().deregister(&mut conn.stream);
+        conn.release_buffers(&mut self.ctx.pool);
+        let shared = &self.ctx.shared;
+        shared.open_connections.fetch_sub(1, Ordering::Relaxed);
+        let mut bits = conn.sub_shards;
+        while bits != 0 {
+            let shard = bits.trailing_zeros() as usize;
+            bits &= bits - 1;
+            let _ = shared.shards[shard].tx.send(ShardMsg::Disconnect(ConnRef {
+                io: self.ctx.io,
+                slot: slot as u32,
+                gen: conn.gen,
+            }));
+        }
+    }
+
+    /// Slowloris defence: close connections stuck on an incomplete frame.
+    fn close_stalled(&mut self, now: Instant) {
+        let timeout = self.ctx.shared.idle_timeout;
+        let stalled: Vec<usize> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| {
+                c.partial_since
+                    .is_some_and(|t| now.duration_since(t) >= timeout)
+            })
+            .map(|(k, _)| k)
+            .collect();
+        for slot in stalled {
+            tracing::info!(peer = %self.conns[slot].peer, "incomplete frame for too long; closing connection");
+            self.close(slot);
+        }
+    }
+
+    fn begin_shutdown(&mut self) {
+        self.ctx.shutting_down = true;
+        let _ = self.poll.registry().deregister(&mut self.listener);
+        tracing::info!(
+            open = self.conns.len(),
+            "shutting down: no longer accepting"
+        );
+        self.close_finished();
+    }
+
+    /// During shutdown: close every connection with nothing in flight and nothing to send.
+    fn close_finished(&mut self) {
+        let done: Vec<usize> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.in_flight == 0 && c.unsent() == 0 && c.fatal.is_none())
+            .map(|(k, _)| k)
+            .collect();
+        for slot in done {
+            self.close(slot);
+        }
+    }
+}
+
+fn mark_dirty(conn: &mut Connection, slot: usize, dirty: &mut Vec<usize>) {
+    if !conn.dirty {
+        conn.dirty = true;
+        dirty.push(slot);
+    }
+}
+
+/// Decodes and handles complete frames in the read buffer until it is empty
+/// or a cap says stop. Returns true if at least one frame was consumed.
+fn decode_buffered(conn: &mut Connection, slot: usize, ctx: &mut Ctx) -> bool {
+    let mut progressed = false;
+    loop {
+        if conn.stop_reading() {
+            return progressed;
+        }
+        if conn.in_flight >= ctx.shared.max_in_flight || conn.unsent() >= ctx.shared.output_cap {
+            conn.paused = true;
+            return progressed;
+        }
+        let Some(buf) = conn.rbuf.as_mut() else {
+            return progressed;
+        };
+        match ctx.decoder.decode_request(buf) {
+            Ok(None) => return progressed,
+            Ok(Some(frame)) => {
+                progressed = true;
+                handle_request(conn, slot, frame, ctx);
+            }
+            Err(e) => {
+                progressed = true;
+                if e.is_fatal() {
+                    tracing::info!(peer = %conn.peer, error = %e, "closing connection");
+                    conn.fatal = Some((e.request_id(), e.error_code(), "frame too large"));
+                    if let Some(b) = conn.rbuf.as_mut() {
+                        b.clear();
+                    }
+                } else {
+                    let msg = match e.error_code() {
+                        ErrorCode::UnknownType => "unknown message type",
+                        _ => "malformed payload",
+                    };
+                    encode_error(conn.out(&mut ctx.pool), e.request_id(), e.error_code(), msg);
+                }
+                mark_dirty(conn, slot, &mut ctx.dirty);
+            }
+        }
+    }
+}
+
+/// Constant-time comparison so a token cannot be guessed byte by byte.
+fn token_matches(given: &[u8], expected: &[u8]) -> bool {
+    let mut diff = (given.len() != expected.len()) as u8;
+    for (i, e) in expected.iter().enumerate() {
+        diff |= e ^ given.get(i).copied().unwrap_or(0);
+    }
+    diff == 0
+}
+
+fn handle_request(conn: &mut Connection, slot: usize, frame: Frame<Request>, ctx: &mut Ctx) {
+    let rid = frame.request_id;
+    let fatal = |conn: &mut Connection, code: ErrorCode, msg: &'static str| {
+        conn.fatal = Some((rid, code, msg));
+        if let Some(b) = conn.rbuf.as_mut() {
+            b.clear();
+        }
+    };
+    if ctx.shutting_down {
+        return fatal(conn, ErrorCode::ShuttingDown, "server is shutting down");
+    }
+    if let Request::Hello { version, token } = &frame.body {
+        if *version != PROTOCOL_VERSION {
+            return fatal(
+                conn,
+                ErrorCode::UnsupportedVersion,
+                "only version 1 is supported",
+            );
+        }
+        if let Some(expected) = &ctx.shared.auth_token {
+            if !token_matches(token, expected) {
+                tracing::info!(peer = %conn.peer, "bad auth token");
+                return fatal(conn, ErrorCode::Unauthorized, "invalid token");
+            }
+        }
+        conn.authed = true;
+        let shared = &ctx.shared;
+        Response::Welcome {
+            version: PROTOCOL_VERSION,
+            node_id: shared.node_id,
+            shards: shared.shards.len() as u16,
+            max_payload: shared.max_payload,
+        }
+        .encode(rid, 0, conn.out(&mut ctx.pool));
+        return mark_dirty(conn, slot, &mut ctx.dirty);
+    }
+    if !conn.authed {
+        return fatal(
+            conn,
+            ErrorCode::Unauthorized,
+            "HELLO with a valid token required first",
+        );
+    }
+    let op = match frame.body {
+        Request::Hello { .. } => unreachable!("handled above"),
+        Request::Ping(payload) => {
+            encode_pong(conn.out(&mut ctx.pool), rid, &payload);
+            return mark_dirty(conn, slot, &mut ctx.dirty);
+        }
+        Request::OpenAuction(o) => Op::OpenAuction(o),
+        Request::Bid(b) => Op::Bid(b),
+        Request::CloseAuction { auction_id } => Op::CloseAuction(auction_id),
+        Request::GetAuction { auction_id } => Op::GetAuction(auction_id),
+        Request::OpenSale(s) => Op::OpenSale(s),
+        Request::Buy(b) if b.quantity == 0 => {
+            encode_error(
+                conn.out(&mut ctx.pool),
+                rid,
+                ErrorCode::Malformed,
+                "quantity must be non-zero",
+            );
+            return mark_dirty(conn, slot, &mut ctx.dirty);
+        }
+        Request::Buy(b) => Op::Buy(b),
+        Request::GetSale { sku_id } => Op::GetSale(sku_id),
+        Request::Subscribe { auction_id } => Op::Subscribe(auction_id),
+        Request::Unsubscribe { auction_id } => Op::Unsubscribe(auction_id),
+    };
+    let shard = shard_of(op.routing_key(), ctx.pending.len());
+    if matches!(op, Op::Subscribe(_)) {
+        conn.sub_shards |= 1 << shard;
+    }
+    conn.in_flight += 1;
+    ctx.pending[shard].push(Command {
+        conn: ConnRef {
+            io: ctx.io,
+            slot: slot as u32,
+            gen: conn.gen,
+        },
+        request_id: rid,
+        op,
+    });
+}
+
+fn encode_reply(buf: &mut BytesMut, reply: &Reply) {
+    match reply {
+        Reply::Result {
+            request_id,
+            flags,
+            result,
+        } => encode_result(buf, *request_id, *flags, result),
+        Reply::Auction { request_id, info } => encode_auction(buf, *request_id, info),
+        Reply::Sale { request_id, info } => encode_sale(buf, *request_id, info),
+        Reply::Error { request_id, code } => encode_error(buf, *request_id, *code, code.name()),
+        Reply::Push(p) => p.encode(buf),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::token_matches;
+
+    #[test]
+    fn tokens() {
+        assert!(token_matches(b"secret", b"secret"));
+        assert!(!token_matches(b"secreT", b"secret"));
+        assert!(!token_matches(b"secret1", b"secret"));
+        assert!(!token_matches(b"", b"secret"));
+        assert!(!token_matches(b"s", b""));
+    }
+}

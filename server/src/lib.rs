@@ -1,0 +1,14 @@
+//! Gavel server internals, exposed as a library so tests and benchmarks can
+//! reach the pieces; the binary in `main.rs` wires them together.
+
+pub mod auction;
+pub mod buffer_pool;
+pub mod command;
+pub mod config;
+pub mod connection;
+pub mod event_loop;
+pub mod idempotency;
+pub mod listener;
+pub mod mutation;
+pub mod sale;
+pub mod shard;

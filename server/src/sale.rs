@@ -1,0 +1,127 @@
+//! One flash sale's state and the rules of a purchase.
+
+use std::collections::HashMap;
+
+use gavel_protocol::{AuctionState, ResultPayload, SaleInfo, Status};
+
+#[derive(Debug, Clone)]
+pub struct Sale {
+    pub id: u64,
+    pub stock: u64,
+    pub sold: u64,
+    pub per_buyer_limit: u32,
+    pub starts_at_ms: u64,
+    pub ends_at_ms: u64,
+    /// Units held per buyer.
+    pub holdings: HashMap<u64, u64, ahash::RandomState>,
+}
+
+impl Sale {
+    pub fn new(
+        id: u64,
+        stock: u64,
+        per_buyer_limit: u32,
+        starts_at_ms: u64,
+        ends_at_ms: u64,
+    ) -> Self {
+        Sale {
+            id,
+            stock,
+            sold: 0,
+            per_buyer_limit,
+            starts_at_ms,
+            ends_at_ms,
+            holdings: HashMap::default(),
+        }
+    }
+
+    pub fn state(&self, now_ms: u64) -> AuctionState {
+        if now_ms < self.starts_at_ms {
+            AuctionState::NotStarted
+        } else if self.ends_at_ms != 0 && now_ms >= self.ends_at_ms {
+            AuctionState::Closed
+        } else {
+            AuctionState::Open
+        }
+    }
+
+    pub fn held(&self, buyer_id: u64) -> u64 {
+        self.holdings.get(&buyer_id).copied().unwrap_or(0)
+    }
+
+    /// Applies a purchase: all of `quantity` or nothing.
+    pub fn buy(&mut self, buyer_id: u64, quantity: u32, now_ms: u64) -> ResultPayload {
+        let status = match self.state(now_ms) {
+            AuctionState::NotStarted => Status::NotStarted,
+            AuctionState::Closed => Status::Closed,
+            AuctionState::Open => {
+                let q = quantity as u64;
+                let held = self.held(buyer_id);
+                if self.sold.saturating_add(q) > self.stock {
+                    Status::SoldOut
+                } else if self.per_buyer_limit != 0 && held + q > self.per_buyer_limit as u64 {
+                    Status::LimitExceeded
+                } else {
+                    self.sold += q;
+                    *self.holdings.entry(buyer_id).or_insert(0) += q;
+                    Status::Ok
+                }
+            }
+        };
+        self.result(status, buyer_id)
+    }
+
+    /// RESULT of a purchase: value = stock left, aux = the buyer's holding.
+    pub fn result(&self, status: Status, buyer_id: u64) -> ResultPayload {
+        ResultPayload::new(status, self.stock - self.sold, self.held(buyer_id))
+    }
+
+    pub fn info(&self, now_ms: u64) -> SaleInfo {
+        SaleInfo {
+            sku_id: self.id,
+            state: self.state(now_ms),
+            stock: self.stock,
+            sold: self.sold,
+            per_buyer_limit: self.per_buyer_limit,
+            starts_at_ms: self.starts_at_ms,
+            ends_at_ms: self.ends_at_ms,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_partial_fills_and_limits() {
+        let mut s = Sale::new(1, 5, 2, 0, 0);
+        assert_eq!(s.buy(1, 2, 0), ResultPayload::new(Status::Ok, 3, 2));
+        assert_eq!(
+            s.buy(1, 1, 0),
+            ResultPayload::new(Status::LimitExceeded, 3, 2)
+        );
+        assert_eq!(s.buy(2, 2, 0), ResultPayload::new(Status::Ok, 1, 2));
+        assert_eq!(s.buy(3, 2, 0), ResultPayload::new(Status::SoldOut, 1, 0));
+        assert_eq!(s.buy(3, 1, 0), ResultPayload::new(Status::Ok, 0, 1));
+        assert_eq!(s.sold, 5);
+    }
+
+    #[test]
+    fn time_window() {
+        let mut s = Sale::new(1, 5, 0, 100, 200);
+        assert_eq!(s.buy(1, 1, 99).status, Status::NotStarted);
+        assert_eq!(s.buy(1, 1, 100).status, Status::Ok);
+        assert_eq!(s.buy(1, 1, 200).status, Status::Closed);
+        assert_eq!(s.info(50).state, AuctionState::NotStarted);
+        assert_eq!(s.info(150).state, AuctionState::Open);
+        assert_eq!(s.info(250).state, AuctionState::Closed);
+    }
+
+    #[test]
+    fn huge_quantities_do_not_overflow() {
+        let mut s = Sale::new(1, u64::MAX, 0, 0, 0);
+        s.sold = u64::MAX - 1;
+        assert_eq!(s.buy(1, u32::MAX, 0).status, Status::SoldOut);
+    }
+}
