@@ -200,6 +200,11 @@ impl Client {
         }
     }
 
+    /// Pushes received so far and not yet taken by [`Client::next_push`].
+    pub fn queued_pushes(&self) -> usize {
+        self.pushes.len()
+    }
+
     /// Sends one request and waits for its reply, whatever it is.
     pub fn call(&mut self, req: &Request) -> Result<Frame<Response>, ClientError> {
         let id = self.send(req);
