@@ -1,0 +1,133 @@
+//! Command line of `gavel-cli`.
+
+use clap::{Parser, Subcommand};
+
+/// Send one request to a gavel-server and print its reply.
+///
+/// Replies are printed readably (`RESULT OK value=1500 aux=7`, AUCTION and SALE
+/// as key=value lines) or, with --json, as one JSON object per line.
+///
+/// Exit status: 0 when the server answered with RESULT (whatever its status,
+/// NOT_FOUND included), AUCTION, SALE, WELCOME or PONG; 2 when it answered
+/// ERROR (code and message go to stderr); 1 for usage or connection problems.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "gavel-cli", version, about, long_about)]
+pub struct Cli {
+    /// Server address (host:port).
+    #[arg(
+        long,
+        global = true,
+        env = "GAVEL_CLI_ADDR",
+        default_value = "127.0.0.1:7070"
+    )]
+    pub addr: String,
+
+    /// Print replies as JSON objects, one per line.
+    #[arg(long, global = true)]
+    pub json: bool,
+
+    /// Send HELLO with this token before the request.
+    #[arg(
+        long,
+        global = true,
+        env = "GAVEL_CLI_AUTH_TOKEN",
+        hide_env_values = true
+    )]
+    pub auth_token: Option<String>,
+
+    /// How long to wait for the connection and for each reply, in ms
+    /// (`subscribe` waits for pushes without limit).
+    #[arg(long, global = true, env = "GAVEL_CLI_TIMEOUT_MS", default_value_t = 5000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub timeout_ms: u64,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum Command {
+    /// PING: the server echoes the payload in a PONG.
+    Ping {
+        /// Bytes to send (UTF-8 text).
+        #[arg(long, default_value = "")]
+        payload: String,
+    },
+    /// OPEN_AUCTION.
+    OpenAuction {
+        #[arg(long)]
+        auction: u64,
+        /// Lowest acceptable bid, in minor units.
+        #[arg(long, default_value_t = 0)]
+        reserve: u64,
+        /// A bid must beat the high bid by at least this much (0 counts as 1).
+        #[arg(long, default_value_t = 1)]
+        min_increment: u64,
+        /// End time, ms since the Unix epoch (0 = no scheduled end).
+        #[arg(long, default_value_t = 0)]
+        ends_at_ms: u64,
+    },
+    /// BID on an auction.
+    Bid {
+        #[arg(long)]
+        auction: u64,
+        #[arg(long)]
+        bidder: u64,
+        #[arg(long)]
+        amount: u64,
+        /// Idempotency key, non-zero (default: random, printed on stderr).
+        #[arg(long)]
+        bid_id: Option<u64>,
+    },
+    /// CLOSE_AUCTION: the reply carries the winning bid and winner.
+    CloseAuction {
+        #[arg(long)]
+        auction: u64,
+    },
+    /// GET_AUCTION.
+    GetAuction {
+        #[arg(long)]
+        auction: u64,
+    },
+    /// OPEN_SALE.
+    OpenSale {
+        #[arg(long)]
+        sku: u64,
+        #[arg(long)]
+        stock: u64,
+        /// Most units one buyer may hold (0 = no limit).
+        #[arg(long, default_value_t = 0)]
+        per_buyer_limit: u32,
+        /// Start time, ms since the Unix epoch (0 = open now).
+        #[arg(long, default_value_t = 0)]
+        starts_at_ms: u64,
+        /// End time, ms since the Unix epoch (0 = no scheduled end).
+        #[arg(long, default_value_t = 0)]
+        ends_at_ms: u64,
+    },
+    /// BUY from a sale.
+    Buy {
+        #[arg(long)]
+        sku: u64,
+        #[arg(long)]
+        buyer: u64,
+        #[arg(long, default_value_t = 1)]
+        quantity: u32,
+        /// Idempotency key, non-zero (default: random, printed on stderr).
+        #[arg(long)]
+        order_id: Option<u64>,
+    },
+    /// GET_SALE.
+    GetSale {
+        #[arg(long)]
+        sku: u64,
+    },
+    /// SUBSCRIBE to an auction and print its pushes as they arrive.
+    Subscribe {
+        #[arg(long)]
+        auction: u64,
+        /// Stop after this many pushes (default: until the server closes).
+        #[arg(long)]
+        count: Option<u64>,
+    },
+}

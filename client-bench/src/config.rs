@@ -1,0 +1,481 @@
+//! Command line of `client-bench` and the run plan derived from it.
+//!
+//! Every flag is also read from a `GAVEL_BENCH_*` environment variable (the
+//! flag wins). [`BenchConfig`] is what the user typed; [`Plan`] is the
+//! validated, resolved form the driver runs (defaults filled in, ids chosen).
+
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use clap::{Parser, ValueEnum};
+use serde::{Serialize, Serializer};
+
+/// Which requests the load phase sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Workload {
+    /// BID on the run's auctions, with increasing amounts.
+    Bids,
+    /// BUY one unit of the run's sales.
+    Buys,
+    /// Half bids, half buys, chosen at random per request.
+    Mixed,
+}
+
+impl Workload {
+    pub fn uses_auctions(self) -> bool {
+        matches!(self, Workload::Bids | Workload::Mixed)
+    }
+
+    pub fn uses_sales(self) -> bool {
+        matches!(self, Workload::Buys | Workload::Mixed)
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Workload::Bids => "bids",
+            Workload::Buys => "buys",
+            Workload::Mixed => "mixed",
+        }
+    }
+}
+
+/// Which server protocol the driver speaks. Only Gavel's wire v1 for now; the
+/// driver reaches the protocol through [`crate::target::Target`] only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TargetKind {
+    /// gavel-server, binary TLV wire v1.
+    Gavel,
+}
+
+impl TargetKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            TargetKind::Gavel => "gavel",
+        }
+    }
+}
+
+/// How requests spread over the run's auctions or SKUs.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Skew {
+    /// Every key equally likely.
+    Uniform,
+    /// Key `i` (0-based) chosen with weight `1 / (i + 1)^s`.
+    Zipf(f64),
+}
+
+impl FromStr for Skew {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.trim();
+        if s.eq_ignore_ascii_case("uniform") {
+            return Ok(Skew::Uniform);
+        }
+        if let Some(exp) = s.strip_prefix("zipf:") {
+            let v: f64 = exp
+                .parse()
+                .map_err(|_| format!("invalid zipf exponent {exp:?}: expected e.g. zipf:1.1"))?;
+            if !v.is_finite() || v < 0.0 {
+                return Err(format!(
+                    "zipf exponent must be a finite number >= 0, got {v}"
+                ));
+            }
+            return Ok(Skew::Zipf(v));
+        }
+        Err(format!(
+            "invalid skew {s:?}: expected `uniform` or `zipf:S`"
+        ))
+    }
+}
+
+impl fmt::Display for Skew {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Skew::Uniform => f.write_str("uniform"),
+            Skew::Zipf(s) => write!(f, "zipf:{s}"),
+        }
+    }
+}
+
+impl Serialize for Skew {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// Load generator for gavel-server: many connections, pipelined requests,
+/// closed-loop or open-loop (--rate), honest accounting and HDR latencies.
+///
+/// A run has three phases. Setup opens the auctions (reserve 0, min_increment 1,
+/// no end) and sales (--stock units, no per-buyer limit) the run uses, on a
+/// separate connection. Load drives the connections: each keeps up to
+/// --pipeline requests in flight until it has sent --bids-per-conn requests or
+/// --duration has passed, then half-closes and reads every outstanding reply
+/// until the server's EOF. With --verify, the state is read back and checked.
+///
+/// Accounting: `attempted` counts requests issued; `succeeded` counts those
+/// answered by a RESULT (any business outcome, OK or not); `failed` counts those
+/// answered by an ERROR frame (broken down by code); `lost` counts those never
+/// answered (the connection closed or timed out first).
+///
+/// Exit status: 0 on a completed run; 1 on usage, setup or I/O problems; 2 when
+/// --verify found a mismatch; 3 when the run meant to send requests but none
+/// succeeded (e.g. every connection was refused).
+#[derive(Debug, Clone, Parser, Serialize)]
+#[command(name = "client-bench", version, about, long_about)]
+pub struct BenchConfig {
+    /// Server address (host:port).
+    #[arg(long, env = "GAVEL_BENCH_ADDR", default_value = "127.0.0.1:7070")]
+    pub addr: String,
+
+    /// Protocol of the server under test.
+    #[arg(long, env = "GAVEL_BENCH_TARGET", value_enum, default_value_t = TargetKind::Gavel)]
+    pub target: TargetKind,
+
+    /// Number of load connections.
+    #[arg(long, env = "GAVEL_BENCH_CONNECTIONS", default_value_t = 100,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub connections: u32,
+
+    /// Delay between opening successive connections, in ms (0 = all at once).
+    #[arg(long, env = "GAVEL_BENCH_CONNECT_PACING_MS", default_value_t = 0)]
+    pub connect_pacing_ms: u64,
+
+    /// Requests each connection sends (bids, buys or both, per --workload).
+    /// Exclusive with --duration; without either, the run lasts 10 s.
+    #[arg(
+        long,
+        visible_alias = "requests-per-conn",
+        env = "GAVEL_BENCH_BIDS_PER_CONN",
+        conflicts_with = "duration"
+    )]
+    pub bids_per_conn: Option<u64>,
+
+    /// Stop issuing requests after this many seconds (fractions allowed); the
+    /// replies still in flight are then drained.
+    #[arg(long, env = "GAVEL_BENCH_DURATION")]
+    pub duration: Option<f64>,
+
+    /// Think time in ms: a slot of a connection's pipeline becomes free this
+    /// long after the reply that freed it (closed loop only).
+    #[arg(
+        long,
+        env = "GAVEL_BENCH_INTERVAL_MS",
+        default_value_t = 0,
+        conflicts_with = "rate"
+    )]
+    pub interval_ms: u64,
+
+    /// Requests each connection keeps in flight (pipelining depth).
+    #[arg(long, env = "GAVEL_BENCH_PIPELINE", default_value_t = 1,
+          value_parser = clap::value_parser!(u32).range(1..=65534))]
+    pub pipeline: u32,
+
+    /// Open loop: target total requests per second, spread evenly over the
+    /// connections. Latency is then measured from each request's intended send
+    /// time, so queueing behind a slow reply is counted (no coordinated
+    /// omission). A request due while its connection's pipeline is full waits.
+    #[arg(long, env = "GAVEL_BENCH_RATE")]
+    pub rate: Option<f64>,
+
+    /// What to send.
+    #[arg(long, env = "GAVEL_BENCH_WORKLOAD", value_enum, default_value_t = Workload::Bids)]
+    pub workload: Workload,
+
+    /// Number of auctions the bids spread over.
+    #[arg(long, env = "GAVEL_BENCH_AUCTIONS", default_value_t = 1,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub auctions: u32,
+
+    /// Number of sales (SKUs) the buys spread over.
+    #[arg(long, env = "GAVEL_BENCH_SKUS", default_value_t = 1,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub skus: u32,
+
+    /// Stock of each sale opened in setup.
+    #[arg(long, env = "GAVEL_BENCH_STOCK", default_value_t = 1_000_000_000)]
+    pub stock: u64,
+
+    /// Distribution of requests over auctions/SKUs: `uniform` or `zipf:S`
+    /// (key i has weight 1/(i+1)^S; S around 1 makes a few keys hot).
+    #[arg(long, env = "GAVEL_BENCH_SKEW", default_value = "uniform")]
+    pub skew: Skew,
+
+    /// Send HELLO with this token first on every connection and wait for WELCOME.
+    #[arg(long, env = "GAVEL_BENCH_AUTH_TOKEN", hide_env_values = true)]
+    #[serde(skip)]
+    pub auth_token: Option<String>,
+
+    /// Driver threads; connection i is driven by thread i mod threads.
+    #[arg(long, env = "GAVEL_BENCH_THREADS", default_value_t = 1,
+          value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub threads: u32,
+
+    /// Write the summary as JSON to this file.
+    #[arg(long, env = "GAVEL_BENCH_JSON")]
+    pub json: Option<PathBuf>,
+
+    /// Write the HDR latency percentile distribution (microseconds) to this file.
+    #[arg(long, env = "GAVEL_BENCH_HIST")]
+    pub hist: Option<PathBuf>,
+
+    /// After the run, read every auction and sale back and check it against the
+    /// acknowledged outcomes; exit 2 on any mismatch.
+    #[arg(long, env = "GAVEL_BENCH_VERIFY")]
+    pub verify: bool,
+
+    /// Testing aid: perturb the expectation so --verify must report a mismatch.
+    #[arg(long, hide = true, requires = "verify")]
+    pub verify_inject_error: bool,
+
+    /// Testing aid: every Nth request of a connection carries a zero
+    /// idempotency key, which the server must reject with ERROR MALFORMED.
+    #[arg(long, hide = true, value_parser = clap::value_parser!(u64).range(1..))]
+    pub malformed_every: Option<u64>,
+
+    /// First auction id and SKU id of this run (ids are id_base..id_base+N).
+    /// Default: derived from the clock, so repeated runs against one server do
+    /// not collide.
+    #[arg(long, env = "GAVEL_BENCH_ID_BASE")]
+    pub id_base: Option<u64>,
+
+    /// Skip the setup phase (the auctions/sales at --id-base must already exist).
+    #[arg(long, env = "GAVEL_BENCH_NO_SETUP")]
+    pub no_setup: bool,
+
+    /// Seed of the per-connection random generators (default: from --id-base).
+    #[arg(long, env = "GAVEL_BENCH_SEED")]
+    pub seed: Option<u64>,
+
+    /// Give up on a connection that waits this many seconds for a connect,
+    /// handshake or reply; its outstanding requests count as lost.
+    #[arg(long, env = "GAVEL_BENCH_TIMEOUT_SECS", default_value_t = 30,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub timeout_secs: u64,
+
+    /// Never draw the live progress line (it is drawn only when stderr is a terminal).
+    #[arg(long, env = "GAVEL_BENCH_NO_PROGRESS")]
+    pub no_progress: bool,
+}
+
+/// When the load phase stops issuing requests.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Stop {
+    /// After this many requests per connection.
+    Count(u64),
+    /// After this long from the start of the load phase.
+    After(Duration),
+}
+
+/// How requests are paced.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Pacing {
+    /// Send as soon as a pipeline slot is free (plus the think time).
+    Closed { think: Duration },
+    /// Each connection sends `per_conn_rate` requests per second on a fixed
+    /// schedule; latency counts from those intended send times.
+    Open { per_conn_rate: f64 },
+}
+
+/// The validated run: what the driver, setup and verify actually use.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub addr: String,
+    pub target: TargetKind,
+    pub connections: u32,
+    pub connect_pacing: Duration,
+    pub stop: Stop,
+    pub pacing: Pacing,
+    pub pipeline: u32,
+    pub workload: Workload,
+    pub auctions: u32,
+    pub skus: u32,
+    pub stock: u64,
+    pub skew: Skew,
+    pub auth_token: Option<Vec<u8>>,
+    pub threads: u32,
+    pub id_base: u64,
+    pub seed: u64,
+    pub malformed_every: Option<u64>,
+    pub timeout: Duration,
+}
+
+/// Run length when neither --bids-per-conn nor --duration is given.
+pub const DEFAULT_DURATION: Duration = Duration::from_secs(10);
+
+impl BenchConfig {
+    /// Checks the combination of flags and resolves defaults.
+    pub fn plan(&self) -> Result<Plan, String> {
+        let stop = match (self.bids_per_conn, self.duration) {
+            (Some(n), None) => Stop::Count(n),
+            (None, Some(d)) => {
+                if !d.is_finite() || d <= 0.0 {
+                    return Err(format!("--duration must be a positive number, got {d}"));
+                }
+                Stop::After(Duration::from_secs_f64(d))
+            }
+            (None, None) => Stop::After(DEFAULT_DURATION),
+            (Some(_), Some(_)) => {
+                return Err("--bids-per-conn and --duration exclude each other".into())
+            }
+        };
+        let pacing = match self.rate {
+            Some(r) => {
+                if !r.is_finite() || r <= 0.0 {
+                    return Err(format!("--rate must be a positive number, got {r}"));
+                }
+                Pacing::Open {
+                    per_conn_rate: r / f64::from(self.connections),
+                }
+            }
+            None => Pacing::Closed {
+                think: Duration::from_millis(self.interval_ms),
+            },
+        };
+        if let Some(token) = &self.auth_token {
+            if token.len() > u8::MAX as usize {
+                return Err("--auth-token is longer than 255 bytes".into());
+            }
+        }
+        if self.stock == 0 && self.workload.uses_sales() {
+            return Err("--stock must be at least 1".into());
+        }
+        let id_base = self.id_base.unwrap_or_else(default_id_base);
+        let max_keys = u64::from(self.auctions.max(self.skus));
+        if id_base.checked_add(max_keys).is_none() {
+            return Err("--id-base is too large for the number of auctions/skus".into());
+        }
+        Ok(Plan {
+            addr: self.addr.clone(),
+            target: self.target,
+            connections: self.connections,
+            connect_pacing: Duration::from_millis(self.connect_pacing_ms),
+            stop,
+            pacing,
+            pipeline: self.pipeline,
+            workload: self.workload,
+            auctions: self.auctions,
+            skus: self.skus,
+            stock: self.stock,
+            skew: self.skew,
+            auth_token: self.auth_token.clone().map(String::into_bytes),
+            threads: self.threads.min(self.connections),
+            id_base,
+            seed: self.seed.unwrap_or(id_base ^ 0x9e37_79b9_7f4a_7c15),
+            malformed_every: self.malformed_every,
+            timeout: Duration::from_secs(self.timeout_secs),
+        })
+    }
+}
+
+/// Milliseconds since the epoch times one million: runs started at least a
+/// millisecond apart get disjoint id ranges for up to a million auctions/SKUs.
+pub fn default_id_base() -> u64 {
+    let ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(1);
+    ms.saturating_mul(1_000_000)
+}
+
+impl Plan {
+    /// Auction id of auction index `i`.
+    pub fn auction_id(&self, i: u32) -> u64 {
+        self.id_base + u64::from(i)
+    }
+
+    /// SKU id of sale index `i`.
+    pub fn sku_id(&self, i: u32) -> u64 {
+        self.id_base + u64::from(i)
+    }
+
+    /// Total requests the run will issue, when known in advance.
+    pub fn planned_requests(&self) -> Option<u64> {
+        match self.stop {
+            Stop::Count(n) => Some(n.saturating_mul(u64::from(self.connections))),
+            Stop::After(_) => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_consistent() {
+        BenchConfig::command().debug_assert();
+    }
+
+    #[test]
+    fn skew_parses() {
+        assert_eq!("uniform".parse::<Skew>().unwrap(), Skew::Uniform);
+        assert_eq!("zipf:1.2".parse::<Skew>().unwrap(), Skew::Zipf(1.2));
+        assert!("zipf:".parse::<Skew>().is_err());
+        assert!("zipf:-1".parse::<Skew>().is_err());
+        assert!("pareto".parse::<Skew>().is_err());
+        assert_eq!(Skew::Zipf(0.5).to_string(), "zipf:0.5");
+    }
+
+    #[test]
+    fn plan_defaults_and_conflicts() {
+        let c = BenchConfig::try_parse_from(["client-bench"]).unwrap();
+        let p = c.plan().unwrap();
+        assert_eq!(p.stop, Stop::After(DEFAULT_DURATION));
+        assert_eq!(p.connections, 100);
+        assert_eq!(p.pipeline, 1);
+        assert!(matches!(p.pacing, Pacing::Closed { .. }));
+
+        let c = BenchConfig::try_parse_from([
+            "client-bench",
+            "--connections",
+            "4",
+            "--bids-per-conn",
+            "10",
+            "--rate",
+            "100",
+            "--id-base",
+            "5",
+        ])
+        .unwrap();
+        let p = c.plan().unwrap();
+        assert_eq!(p.stop, Stop::Count(10));
+        assert_eq!(
+            p.pacing,
+            Pacing::Open {
+                per_conn_rate: 25.0
+            }
+        );
+        assert_eq!(p.auction_id(2), 7);
+        assert_eq!(p.planned_requests(), Some(40));
+
+        assert!(BenchConfig::try_parse_from([
+            "client-bench",
+            "--bids-per-conn",
+            "1",
+            "--duration",
+            "1"
+        ])
+        .is_err());
+        assert!(
+            BenchConfig::try_parse_from(["client-bench", "--rate", "1", "--interval-ms", "5"])
+                .is_err()
+        );
+        assert!(BenchConfig::try_parse_from(["client-bench", "--pipeline", "0"]).is_err());
+        let c = BenchConfig::try_parse_from(["client-bench", "--duration=-1"]).unwrap();
+        assert!(c.plan().is_err());
+    }
+
+    #[test]
+    fn auth_token_is_not_echoed() {
+        let c = BenchConfig::try_parse_from(["client-bench", "--auth-token", "sekrit"]).unwrap();
+        let j = serde_json::to_string(&c).unwrap();
+        assert!(!j.contains("sekrit"), "{j}");
+    }
+}
