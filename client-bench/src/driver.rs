@@ -37,6 +37,7 @@ use crate::config::{Pacing, Plan, Stop};
 use crate::inflight::InFlight;
 use crate::stats::{Live, Published, Stats};
 use crate::target::{new_target, Reply, ReplyKind, Target, HANDSHAKE_TAG};
+use crate::timer::{Wakeup, TIMER_TOKEN};
 use crate::workload::{Op, OpGen, WorkloadShared};
 
 /// Longest a poll waits, so timeouts are checked and progress is published.
@@ -183,6 +184,7 @@ struct Worker {
     plan: Arc<Plan>,
     addr: SocketAddr,
     poll: Poll,
+    wakeup: Option<Wakeup>,
     conns: Vec<Conn>,
     timers: Timers,
     stats: Stats,
@@ -230,12 +232,15 @@ impl Worker {
             Stop::After(d) => Some(started + d),
             Stop::Count(_) => None,
         };
+        let poll = Poll::new()?;
+        let wakeup = Wakeup::new(poll.registry())?;
         Ok(Worker {
             stats: Stats::new(plan.auctions as usize, plan.skus as usize),
             active: conns.len(),
             plan,
             addr,
-            poll: Poll::new()?,
+            poll,
+            wakeup,
             conns,
             timers: Timers::default(),
             live,
@@ -246,11 +251,13 @@ impl Worker {
     }
 
     fn run(mut self) -> Stats {
+        crate::timer::tune_thread();
         let mut events = Events::with_capacity(1024);
         let Worker {
             plan,
             addr,
             poll,
+            wakeup,
             conns,
             timers,
             stats,
@@ -260,6 +267,7 @@ impl Worker {
             deadline,
             active,
         } = &mut self;
+        let mut armed: Option<Instant> = None;
         for c in conns.iter_mut() {
             let at = c.ready_at;
             timers.schedule(c, at);
@@ -289,12 +297,19 @@ impl Worker {
             if *active == 0 {
                 break;
             }
-            let wait = timers
-                .heap
-                .peek()
-                .map(|Reverse((t, _))| t.saturating_duration_since(now))
+            let next = timers.heap.peek().map(|Reverse((t, _))| *t);
+            let wait = next
+                .map(|t| t.saturating_duration_since(now))
                 .unwrap_or(MAX_POLL_WAIT)
                 .min(MAX_POLL_WAIT);
+            // The poll timeout has millisecond granularity; a timerfd wakes
+            // the poll on time for sub-millisecond schedules.
+            if let (Some(w), Some(t)) = (wakeup.as_mut(), next) {
+                if !wait.is_zero() && armed != Some(t) {
+                    w.arm(wait);
+                    armed = Some(t);
+                }
+            }
             if let Err(e) = poll.poll(&mut events, Some(wait)) {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
@@ -311,7 +326,12 @@ impl Worker {
                 active,
             };
             for ev in events.iter() {
-                if let Some(c) = conns.get_mut(ev.token().0) {
+                if ev.token() == TIMER_TOKEN {
+                    if let Some(w) = wakeup.as_mut() {
+                        w.clear();
+                    }
+                    armed = None;
+                } else if let Some(c) = conns.get_mut(ev.token().0) {
                     on_event(&mut cx, c, ev);
                 }
             }
@@ -478,6 +498,8 @@ fn refill(cx: &mut Ctx<'_>, c: &mut Conn, now: Instant) {
                     wake_at(cx, c, due);
                     return;
                 }
+                let lag = now.duration_since(due).as_micros() as u64;
+                cx.stats.send_lag.saturating_record(lag);
                 due
             }
         };

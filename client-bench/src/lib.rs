@@ -15,6 +15,7 @@
 //! * [`verify`]: reading the server's state back and comparing;
 //! * [`report`]: the text summary, `--json` and `--hist` outputs;
 //! * [`progress`]: the live progress line on a terminal;
+//! * [`timer`]: sub-millisecond wakeups of the poll loop;
 //! * [`cli`]: `gavel-cli`, one request per invocation.
 
 pub mod cli;
@@ -26,5 +27,6 @@ pub mod report;
 pub mod setup;
 pub mod stats;
 pub mod target;
+pub mod timer;
 pub mod verify;
 pub mod workload;

@@ -55,6 +55,10 @@ pub struct Summary {
     pub p999_us: u64,
     pub max_us: u64,
     pub mean_us: f64,
+    /// Open loop only: p50/p99/max of how late requests left after their
+    /// intended send time (high values: the generator could not keep up).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub send_lag_us: Option<[u64; 3]>,
     /// Load phase, from its start until the last connection ended.
     pub duration_s: f64,
     /// Requests answered by an ERROR frame.
@@ -131,6 +135,10 @@ impl Summary {
             p999_us: pct(0.999),
             max_us: max,
             mean_us: mean,
+            send_lag_us: (!s.send_lag.is_empty()).then(|| {
+                let l = &s.send_lag;
+                [l.value_at_quantile(0.5), l.value_at_quantile(0.99), l.max()]
+            }),
             duration_s,
             failed: s.failed,
             lost: s.lost,
@@ -249,6 +257,12 @@ impl Summary {
             self.max_us,
             self.mean_us
         );
+        if let Some([p50, p99, max]) = self.send_lag_us {
+            let _ = writeln!(
+                t,
+                "  send lag (us): p50 {p50}  p99 {p99}  max {max}  (open loop: sent after intended time)"
+            );
+        }
         if let Some(v) = &self.verify {
             if v.ok {
                 let _ = writeln!(

@@ -94,6 +94,9 @@ pub struct Stats {
     pub outcomes: [u64; 9],
     /// Latency of answered requests, microseconds.
     pub hist: Histogram<u64>,
+    /// Open loop: how late requests were sent after their intended time, µs.
+    /// Large values mean the generator (or its machine) could not keep up.
+    pub send_lag: Histogram<u64>,
     pub expect: Expectations,
 }
 
@@ -119,6 +122,8 @@ impl Stats {
             first_protocol_error: None,
             outcomes: [0; 9],
             hist: Histogram::new_with_bounds(1, HIST_MAX_US, 3).expect("valid histogram bounds"),
+            send_lag: Histogram::new_with_bounds(1, HIST_MAX_US, 2)
+                .expect("valid histogram bounds"),
             expect: Expectations::new(auctions, sales),
         }
     }
@@ -207,6 +212,9 @@ impl Stats {
                 .clone_from(&o.first_protocol_error);
         }
         self.hist.add(&o.hist).expect("histograms share bounds");
+        self.send_lag
+            .add(&o.send_lag)
+            .expect("histograms share bounds");
         self.expect.merge(&o.expect);
     }
 
