@@ -396,13 +396,14 @@ fn on_event(cx: &mut Ctx<'_>, c: &mut Conn, ev: &Event) {
             // Edge-triggered: anything that arrived with the connect event
             // would not be announced again.
             if matches!(c.phase, Phase::Handshake | Phase::Running) {
-                read_replies(cx, c);
+                read_replies(cx, c, false);
                 advance(cx, c, Instant::now());
             }
         }
         Phase::Handshake | Phase::Running | Phase::Draining => {
-            if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
-                read_replies(cx, c);
+            let hup = ev.is_read_closed() || ev.is_error();
+            if ev.is_readable() || hup {
+                read_replies(cx, c, !hup);
             }
             advance(cx, c, Instant::now());
         }
@@ -541,18 +542,28 @@ fn flush(c: &mut Conn) -> io::Result<()> {
 }
 
 /// Reads and handles every reply available; ends the connection on EOF/error.
-fn read_replies(cx: &mut Ctx<'_>, c: &mut Conn) {
+///
+/// With `may_stop_short`, a read that did not fill the buffer is taken as
+/// having drained the socket (edge-triggered readiness announces any later
+/// data), saving the syscall that would only return EAGAIN. It is not used
+/// when the event also announced the peer's close, nor while draining, where
+/// the EOF itself must be read.
+fn read_replies(cx: &mut Ctx<'_>, c: &mut Conn, may_stop_short: bool) {
     loop {
         let Some(s) = c.stream.as_mut() else { return };
         if c.rbuf.capacity() - c.rbuf.len() < READ_SPARE {
             c.rbuf.reserve(READ_SPARE.max(c.rbuf.capacity()));
         }
+        let spare = c.rbuf.capacity() - c.rbuf.len();
         match read_into(s, &mut c.rbuf) {
             Ok(0) => return on_eof(cx, c),
-            Ok(_) => {
+            Ok(n) => {
                 let now = Instant::now();
                 c.last_activity = now;
                 if !handle_replies(cx, c, now) {
+                    return;
+                }
+                if may_stop_short && n < spare && c.phase == Phase::Running {
                     return;
                 }
             }
@@ -593,7 +604,7 @@ fn server_closed(cx: &mut Ctx<'_>, c: &mut Conn) {
 
 /// A write or shutdown failed: collect any replies still readable, then end.
 fn broken(cx: &mut Ctx<'_>, c: &mut Conn) {
-    read_replies(cx, c);
+    read_replies(cx, c, false);
     if c.phase != Phase::Done {
         server_closed(cx, c);
     }

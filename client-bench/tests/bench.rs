@@ -60,6 +60,10 @@ fn accounting_is_exact_and_verify_passes() {
     assert_eq!(u(&j, "lost"), 0);
     assert_eq!(u(&j, "failed"), 0);
     assert_eq!(u(&j, "connect_failures"), 0);
+    // Every connection saw the server's EOF after its last reply.
+    assert_eq!(u(&j, "timeouts"), 0);
+    assert_eq!(u(&j, "closed_by_server"), 0);
+    assert!(j["duration_s"].as_f64().unwrap() < 20.0);
     assert_eq!(sum(&j["outcomes"]), 2000);
     assert!(u(&j["outcomes"], "OK") > 0);
     assert_eq!(j["errors"].as_object().unwrap().len(), 0);
@@ -172,6 +176,7 @@ fn mixed_workload_with_threads_pacing_and_skew() {
     assert_eq!(u(&j, "attempted"), 180);
     assert_eq!(u(&j, "succeeded"), 180);
     assert_eq!(u(&j, "connections_opened"), 6);
+    assert_eq!(u(&j, "timeouts"), 0);
     assert_eq!(j["verify"]["ok"], true);
     assert_eq!(u(&j["verify"], "auctions_checked"), 7);
     assert_eq!(u(&j["verify"], "sales_checked"), 3);
