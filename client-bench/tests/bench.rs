@@ -323,3 +323,33 @@ fn usage_errors_exit_1() {
     assert_eq!(out.status.code(), Some(0));
     assert!(stdout(&out).contains("GAVEL_BENCH_CONNECTIONS"));
 }
+
+#[test]
+fn connections_refused_at_capacity_count_busy_and_lost() {
+    // The server answers connections beyond --max-connections with an ERROR
+    // BUSY (request_id 0) and closes them: their pipelined bids are lost.
+    let server = Server::start(&["--max-connections", "3"]);
+    let (code, j) = bench_json(
+        &server.addr(),
+        "busy",
+        &[
+            "--connections",
+            "6",
+            "--bids-per-conn",
+            "50",
+            "--pipeline",
+            "4",
+        ],
+    );
+    assert_eq!(code, 0, "some connections worked: {j}");
+    let busy = u(&j["errors"], "BUSY");
+    assert!(busy >= 3, "{j}");
+    assert_eq!(u(&j, "unmatched_replies"), busy);
+    assert!(u(&j, "closed_by_server") >= 3);
+    assert!(u(&j, "succeeded") < u(&j, "attempted"));
+    assert!(u(&j, "lost") > 0);
+    assert_eq!(
+        u(&j, "succeeded") + u(&j, "failed") + u(&j, "lost"),
+        u(&j, "attempted")
+    );
+}
