@@ -184,19 +184,14 @@ impl Client {
 
     /// Next push, waiting for one if none is queued (subject to the timeout).
     pub fn next_push(&mut self) -> Result<Push, ClientError> {
-        loop {
-            if let Some(p) = self.pushes.pop_front() {
-                return Ok(p);
-            }
-            let f = self.read_frame()?;
-            match f.body {
-                ServerMessage::Push(p) => return Ok(p),
-                ServerMessage::Response(r) => {
-                    return Err(ClientError::Unexpected(format!(
-                        "response {r:?} while waiting for a push"
-                    )))
-                }
-            }
+        if let Some(p) = self.pushes.pop_front() {
+            return Ok(p);
+        }
+        match self.read_frame()?.body {
+            ServerMessage::Push(p) => Ok(p),
+            ServerMessage::Response(r) => Err(ClientError::Unexpected(format!(
+                "response {r:?} while waiting for a push"
+            ))),
         }
     }
 

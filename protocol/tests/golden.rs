@@ -34,7 +34,10 @@ fn check_server(msg: ServerMessage, request_id: u32, flags: u8, expected: &str) 
     let mut buf = BytesMut::new();
     msg.encode(request_id, flags, &mut buf);
     assert_eq!(&buf[..], &hex(expected)[..], "encoding of {msg:?}");
-    let f = Decoder::new(65535).decode_server(&mut buf).unwrap().unwrap();
+    let f = Decoder::new(65535)
+        .decode_server(&mut buf)
+        .unwrap()
+        .unwrap();
     assert_eq!(
         f,
         Frame {

@@ -16,12 +16,16 @@ fn key() -> impl Strategy<Value = u64> {
 
 fn request() -> impl Strategy<Value = Request> {
     prop_oneof![
-        (any::<u16>(), proptest::collection::vec(any::<u8>(), 0..=255)).prop_map(|(v, t)| {
-            Request::Hello {
-                version: v,
-                token: Bytes::from(t),
-            }
-        }),
+        (
+            any::<u16>(),
+            proptest::collection::vec(any::<u8>(), 0..=255)
+        )
+            .prop_map(|(v, t)| {
+                Request::Hello {
+                    version: v,
+                    token: Bytes::from(t),
+                }
+            }),
         proptest::collection::vec(any::<u8>(), 0..=1024).prop_map(|p| Request::Ping(p.into())),
         any::<[u64; 4]>().prop_map(|a| Request::OpenAuction(OpenAuctionRequest {
             auction_id: a[0],

@@ -86,6 +86,12 @@ pub struct Config {
     #[arg(long, env = "GAVEL_SUBSCRIBER_CAP", default_value_t = 1024 * 1024)]
     pub subscriber_cap: usize,
 
+    /// SO_SNDBUF of accepted sockets in bytes; 0 leaves the kernel's
+    /// autotuning in charge (the default). A small value makes a
+    /// non-reading subscriber hit --subscriber-cap sooner.
+    #[arg(long, env = "GAVEL_SEND_BUFFER", default_value_t = 0)]
+    pub send_buffer: usize,
+
     /// This node's id, reported in WELCOME.
     #[arg(long, env = "GAVEL_NODE_ID", default_value_t = 0)]
     pub node_id: u16,

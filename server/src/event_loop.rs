@@ -43,6 +43,7 @@ pub struct Shared {
     pub max_in_flight: u32,
     pub output_cap: usize,
     pub subscriber_cap: usize,
+    pub send_buffer: usize,
     pub max_connections: usize,
     pub idle_timeout: Duration,
     pub shutdown_grace: Duration,
@@ -196,6 +197,10 @@ impl EventLoop {
                 continue;
             }
             let _ = stream.set_nodelay(true);
+            if self.ctx.shared.send_buffer > 0 {
+                let _ = socket2::SockRef::from(&stream)
+                    .set_send_buffer_size(self.ctx.shared.send_buffer);
+            }
             let entry = self.conns.vacant_entry();
             let slot = entry.key();
             let gen = self.next_gen;

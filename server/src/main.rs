@@ -70,6 +70,7 @@ fn main() -> anyhow::Result<()> {
         max_in_flight: config.max_in_flight.max(1),
         output_cap: config.output_cap,
         subscriber_cap: config.subscriber_cap,
+        send_buffer: config.send_buffer,
         max_connections: config.max_connections,
         idle_timeout: config.idle_timeout,
         shutdown_grace: config.shutdown_grace,

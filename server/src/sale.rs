@@ -57,9 +57,11 @@ impl Sale {
             AuctionState::Open => {
                 let q = quantity as u64;
                 let held = self.held(buyer_id);
-                if self.sold.saturating_add(q) > self.stock {
+                if q > self.stock - self.sold {
                     Status::SoldOut
-                } else if self.per_buyer_limit != 0 && held + q > self.per_buyer_limit as u64 {
+                } else if self.per_buyer_limit != 0
+                    && held.saturating_add(q) > self.per_buyer_limit as u64
+                {
                     Status::LimitExceeded
                 } else {
                     self.sold += q;
