@@ -1,0 +1,1 @@
+//! Throwaway Redis and Redis Cluster (being written).
