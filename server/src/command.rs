@@ -34,6 +34,14 @@ pub enum Op {
 }
 
 impl Op {
+    /// Requests that may change state: refused while the store is failing.
+    pub fn is_mutating(&self) -> bool {
+        matches!(
+            self,
+            Op::OpenAuction(_) | Op::Bid(_) | Op::CloseAuction(_) | Op::OpenSale(_) | Op::Buy(_)
+        )
+    }
+
     /// The key that decides the owning shard: auctions and SKUs live in
     /// separate key spaces.
     pub fn routing_key(&self) -> u64 {

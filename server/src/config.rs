@@ -8,6 +8,14 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 
+use crate::store::StoreUrl;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum AckMode {
+    Durable,
+    Async,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
     Text,
@@ -42,9 +50,43 @@ pub struct Config {
     #[arg(long, env = "GAVEL_SHARD_QUEUE", default_value_t = 65536)]
     pub shard_queue: usize,
 
-    /// Where state is kept. `memory` keeps nothing across restarts.
-    #[arg(long, env = "GAVEL_STORE", default_value = "memory")]
-    pub store: String,
+    /// Where state is kept: `sqlite:PATH` (embedded, created on first start),
+    /// `postgres://USER[:PASSWORD]@HOST:PORT/DB`, or `memory` (nothing survives
+    /// a restart; for benchmarks and tests).
+    #[arg(
+        long,
+        env = "GAVEL_STORE",
+        default_value = "sqlite:./gavel-data/gavel.db"
+    )]
+    pub store: StoreUrl,
+
+    /// When a mutating request is acknowledged. `durable`: only after the
+    /// transaction holding it has committed (group commit; nothing
+    /// acknowledged is ever lost). `async`: at once; a crash loses what was
+    /// acknowledged but not yet committed — at most --flush-interval plus the
+    /// writer's queue (--writer-queue mutations).
+    #[arg(long, env = "GAVEL_ACK", value_enum, default_value_t = AckMode::Durable)]
+    pub ack: AckMode,
+
+    /// The batch writer commits at least this often (0 = as soon as anything is queued).
+    #[arg(long, env = "GAVEL_FLUSH_INTERVAL", default_value = "2ms", value_parser = parse_duration)]
+    pub flush_interval: Duration,
+
+    /// The batch writer commits once this many mutations are queued, even
+    /// before --flush-interval (1 = one transaction per mutation).
+    #[arg(long, env = "GAVEL_BATCH_MAX", default_value_t = 8192, value_parser = clap::value_parser!(u32).range(1..))]
+    pub batch_max: u32,
+
+    /// Mutations that may wait for the batch writer; beyond it mutating
+    /// requests are answered ERROR BUSY (bounded memory, back-pressure).
+    #[arg(long, env = "GAVEL_WRITER_QUEUE", default_value_t = 262_144)]
+    pub writer_queue: usize,
+
+    /// In durable mode, how long a request waits for a failing store before
+    /// it is answered ERROR UNAVAILABLE. Also bounds connecting and each
+    /// statement.
+    #[arg(long, env = "GAVEL_STORE_TIMEOUT", default_value = "2s", value_parser = parse_duration)]
+    pub store_timeout: Duration,
 
     /// How long idempotency keys (bid_id, order_id) are remembered, e.g. 24h, 30m, 90s.
     #[arg(long, env = "GAVEL_IDEMPOTENCY_WINDOW", default_value = "24h", value_parser = parse_duration)]

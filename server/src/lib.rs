@@ -2,6 +2,7 @@
 //! reach the pieces; the binary in `main.rs` wires them together.
 
 pub mod auction;
+pub mod batch_writer;
 pub mod buffer_pool;
 pub mod command;
 pub mod config;
@@ -12,3 +13,4 @@ pub mod listener;
 pub mod mutation;
 pub mod sale;
 pub mod shard;
+pub mod store;

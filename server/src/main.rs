@@ -9,21 +9,50 @@ use clap::Parser;
 use signal_hook::consts::{SIGINT, SIGTERM};
 use tracing_subscriber::EnvFilter;
 
-use gavel_server::config::{Config, LogFormat};
+use gavel_server::batch_writer::{self, StoreGate, WriterConfig};
+use gavel_server::command::{shard_of, Op};
+use gavel_server::config::{AckMode, Config, LogFormat};
 use gavel_server::event_loop::{EventLoop, Shared};
 use gavel_server::listener;
 use gavel_server::shard::{self, LoopHandle, ShardHandle, ShardState};
+use gavel_server::store::{self, Snapshot};
 
 fn main() -> anyhow::Result<()> {
     let config = Config::parse();
     init_logging(config.log_format);
-    if config.store != "memory" {
-        bail!(
-            "--store {:?} is not supported by this build; use --store memory",
-            config.store
-        );
-    }
     let shard_count = config.shard_count();
+    let durable = config.ack == AckMode::Durable;
+
+    // Open the store and read back its state before serving anything.
+    let store = store::open(&config.store, durable, config.store_timeout)
+        .with_context(|| format!("cannot open store {}", config.store))?;
+    let mut states: Vec<ShardState> = (0..shard_count)
+        .map(|_| {
+            ShardState::new(
+                config.idempotency_window.as_millis() as u64,
+                (config.idempotency_max_keys / shard_count).max(1),
+            )
+        })
+        .collect();
+    let mut store = match store {
+        Some(mut s) => {
+            let since =
+                shard::now_ms().saturating_sub(config.idempotency_window.as_millis() as u64);
+            let snap = s
+                .load(since)
+                .with_context(|| format!("cannot load state from {}", config.store))?;
+            restore(&mut states, &snap);
+            tracing::info!(
+                auctions = snap.auctions.len(),
+                sales = snap.sales.len(),
+                bids = snap.bids.len(),
+                orders = snap.orders.len(),
+                "state recovered from the store"
+            );
+            Some(s)
+        }
+        None => None,
+    };
     let io_threads = config.io_threads.max(1);
 
     let std_listener = listener::bind(config.listen, config.backlog)
@@ -43,13 +72,29 @@ fn main() -> anyhow::Result<()> {
         reply_rxs.push(rx);
     }
 
+    let (writer, writer_thread) = match store.take() {
+        Some(s) => {
+            let gate = Arc::new(StoreGate::new(shard_count, config.writer_queue, durable));
+            let (h, t) = batch_writer::spawn(
+                s,
+                gate,
+                loop_handles.clone(),
+                WriterConfig {
+                    flush_interval: config.flush_interval,
+                    batch_max: config.batch_max as usize,
+                    store_timeout: config.store_timeout,
+                },
+            )?;
+            (Some(h), Some(t))
+        }
+        None => (None, None),
+    };
+
     let mut shard_handles = Vec::new();
     let mut shard_threads = Vec::new();
-    let per_shard_keys = (config.idempotency_max_keys / shard_count).max(1);
-    for i in 0..shard_count {
+    for (i, state) in states.into_iter().enumerate() {
         let (tx, rx) = crossbeam_channel::unbounded();
         let queued = Arc::new(AtomicUsize::new(0));
-        let state = ShardState::new(config.idempotency_window.as_millis() as u64, per_shard_keys);
         shard_threads.push(shard::spawn(
             i,
             state,
@@ -57,6 +102,7 @@ fn main() -> anyhow::Result<()> {
             queued.clone(),
             loop_handles.clone(),
             config.sweep_interval,
+            writer.clone(),
         )?);
         shard_handles.push(ShardHandle { tx, queued });
     }
@@ -111,6 +157,7 @@ fn main() -> anyhow::Result<()> {
         shards = shard_count,
         io_threads,
         store = %config.store,
+        ack = ?config.ack,
         "gavel-server ready"
     );
     {
@@ -135,11 +182,37 @@ fn main() -> anyhow::Result<()> {
     for t in shard_threads {
         let _ = t.join();
     }
+    // The shards held the last writer handles: the writer commits what is
+    // left, releases the replies and exits.
+    drop(writer);
+    if let Some(t) = writer_thread {
+        let _ = t.join();
+    }
     tracing::info!("gavel-server stopped");
     if failed {
         bail!("an event loop failed");
     }
     Ok(())
+}
+
+/// Hands each shard the rows it owns.
+fn restore(states: &mut [ShardState], snap: &Snapshot) {
+    let n = states.len();
+    for a in &snap.auctions {
+        states[shard_of(Op::GetAuction(a.id).routing_key(), n)].restore_auction(a);
+    }
+    for s in &snap.sales {
+        states[shard_of(Op::GetSale(s.id).routing_key(), n)].restore_sale(s);
+    }
+    for &(sku, buyer, held) in &snap.holdings {
+        states[shard_of(Op::GetSale(sku).routing_key(), n)].restore_holding(sku, buyer, held);
+    }
+    for b in &snap.bids {
+        states[shard_of(Op::GetAuction(b.auction_id).routing_key(), n)].restore_bid(b);
+    }
+    for o in &snap.orders {
+        states[shard_of(Op::GetSale(o.sku_id).routing_key(), n)].restore_order(o);
+    }
 }
 
 fn init_logging(format: LogFormat) {

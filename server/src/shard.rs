@@ -15,10 +15,12 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use gavel_protocol::{ErrorCode, Push, ResultPayload, Status, FLAG_REPLAYED};
 
 use crate::auction::{Auction, BidOutcome};
+use crate::batch_writer::{Round, WriterHandle};
 use crate::command::{Command, ConnRef, Op, Outgoing, Reply, ShardMsg};
 use crate::idempotency::{IdempotencyStore, Key, KeyKind, Seen};
 use crate::mutation::Mutation;
 use crate::sale::Sale;
+use crate::store::{AuctionRow, BidRow, OrderRow, SaleRow};
 
 /// Milliseconds since the Unix epoch, server clock.
 pub fn now_ms() -> u64 {
@@ -47,7 +49,7 @@ impl Effects {
         }
     }
 
-    fn send(&mut self, to: ConnRef, reply: Reply) {
+    pub(crate) fn send(&mut self, to: ConnRef, reply: Reply) {
         self.replies[to.io as usize].push(Outgoing {
             slot: to.slot,
             gen: to.gen,
@@ -370,6 +372,74 @@ impl ShardState {
         }
     }
 
+    /// Recovery: an auction as the store has it.
+    pub fn restore_auction(&mut self, r: &AuctionRow) {
+        let mut a = Auction::new(r.id, r.reserve, r.min_increment, r.ends_at_ms);
+        a.high_bid = r.high_bid;
+        a.high_bidder = r.high_bidder;
+        a.bid_count = r.bid_count;
+        a.closed = r.closed;
+        if !a.closed && a.ends_at_ms != 0 {
+            self.deadlines.push(Reverse((a.ends_at_ms, a.id)));
+        }
+        self.auctions.insert(
+            r.id,
+            AuctionEntry {
+                auction: a,
+                subscribers: Vec::new(),
+            },
+        );
+    }
+
+    pub fn restore_sale(&mut self, r: &SaleRow) {
+        let mut s = Sale::new(
+            r.id,
+            r.stock,
+            r.per_buyer_limit,
+            r.starts_at_ms,
+            r.ends_at_ms,
+        );
+        s.sold = r.sold;
+        self.sales.insert(r.id, s);
+    }
+
+    pub fn restore_holding(&mut self, sku_id: u64, buyer_id: u64, held: u64) {
+        if let Some(s) = self.sales.get_mut(&sku_id) {
+            s.holdings.insert(buyer_id, held);
+        }
+    }
+
+    /// Recovery: an accepted bid inside the idempotency window, so a retry
+    /// after a restart replays `OK` with the values first sent.
+    pub fn restore_bid(&mut self, b: &BidRow) {
+        let key = Key {
+            kind: KeyKind::Bid,
+            scope: b.auction_id,
+            key: b.bid_id,
+        };
+        let result = ResultPayload::new(Status::Ok, b.amount, b.bidder_id);
+        self.idempotency
+            .remember(key, (b.bidder_id, b.amount), result, b.at_ms);
+    }
+
+    pub fn restore_order(&mut self, o: &OrderRow) {
+        let Some(sale) = self.sales.get(&o.sku_id) else {
+            return;
+        };
+        let key = Key {
+            kind: KeyKind::Order,
+            scope: o.sku_id,
+            key: o.order_id,
+        };
+        let result = ResultPayload::new(
+            Status::Ok,
+            sale.stock.saturating_sub(o.sold_after),
+            o.held_after,
+        );
+        self.idempotency
+            .remember(key, (o.buyer_id, o.quantity as u64), result, o.at_ms);
+    }
+
     pub fn auction_count(&self) -> usize {
         self.auctions.len()
     }
@@ -394,6 +464,8 @@ pub struct ShardHandle {
 const MAX_COMMANDS_PER_ROUND: usize = 8192;
 
 /// Starts the shard thread. It exits when every sender of `rx` is dropped.
+/// With a `writer`, mutations are persisted and (in durable mode) replies are
+/// released by the writer after commit; without one, state is memory only.
 pub fn spawn(
     index: usize,
     mut state: ShardState,
@@ -401,6 +473,7 @@ pub fn spawn(
     queued: Arc<AtomicUsize>,
     loops: Vec<LoopHandle>,
     sweep_interval: Duration,
+    writer: Option<WriterHandle>,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     std::thread::Builder::new()
         .name(format!("gavel-shard-{index}"))
@@ -421,6 +494,20 @@ pub fn spawn(
                     match m {
                         ShardMsg::Batch(cmds) => {
                             for c in &cmds {
+                                if let Some(code) = writer
+                                    .as_ref()
+                                    .filter(|_| c.op.is_mutating())
+                                    .and_then(|w| w.gate.refuse())
+                                {
+                                    fx.send(
+                                        c.conn,
+                                        Reply::Error {
+                                            request_id: c.request_id,
+                                            code,
+                                        },
+                                    );
+                                    continue;
+                                }
                                 state.execute(c, now, &mut fx);
                             }
                             executed += cmds.len();
@@ -436,7 +523,25 @@ pub fn spawn(
                     state.sweep(now, &mut fx);
                     next_sweep = Instant::now() + sweep_interval;
                 }
-                // The in-memory outlet: mutations are not persisted, replies go out now.
+                if let Some(w) = &writer {
+                    let taken = Round {
+                        shard: index,
+                        mutations: std::mem::take(&mut fx.mutations),
+                        replies: if w.gate.durable {
+                            fx.replies.iter_mut().map(std::mem::take).collect()
+                        } else {
+                            Vec::new()
+                        },
+                    };
+                    if let Some(back) = w.submit(taken) {
+                        // Nothing to wait for: release as the memory store does.
+                        fx.mutations = back.mutations;
+                        for (io, r) in back.replies.into_iter().enumerate() {
+                            fx.replies[io] = r;
+                        }
+                    }
+                }
+                // Memory store (or nothing held): mutations are not persisted, replies go out now.
                 fx.mutations.clear();
                 for (io, l) in loops.iter().enumerate() {
                     if !fx.replies[io].is_empty() {

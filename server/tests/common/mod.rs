@@ -16,12 +16,16 @@ pub struct Server {
 }
 
 impl Server {
-    /// Starts the server with `--listen 127.0.0.1:0` plus `args`, and waits
-    /// for its `listening on ADDR` line.
+    /// Starts the server with `--listen 127.0.0.1:0` plus `args` (and
+    /// `--store memory` unless `args` name a store), and waits for its
+    /// `listening on ADDR` line.
     pub fn start(args: &[&str]) -> Server {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_gavel-server"));
-        cmd.args(["--listen", "127.0.0.1:0"])
-            .args(args)
+        cmd.args(["--listen", "127.0.0.1:0"]);
+        if !args.contains(&"--store") {
+            cmd.args(["--store", "memory"]);
+        }
+        cmd.args(args)
             .env(
                 "RUST_LOG",
                 std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
@@ -56,6 +60,12 @@ impl Server {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// SIGKILL: no chance to flush anything.
+    pub fn kill9(&mut self) {
+        unsafe { libc_kill(self.child.id() as i32, 9) };
+        let _ = self.child.wait();
     }
 
     /// Sends SIGTERM and waits for the exit status.

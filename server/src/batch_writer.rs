@@ -1,0 +1,361 @@
+//! The batch writer: group commit of the shards' mutations.
+//!
+//! Every shard round that made mutations is sent here as a [`Round`] (its
+//! mutations and, in durable mode, its replies). The writer folds rounds into
+//! one [`WriteBatch`] and commits it every `--flush-interval` or at
+//! `--batch-max` mutations, whichever comes first; replies are released to
+//! the event loops only after the transaction holding their mutations has
+//! committed, in the order the shards produced them.
+//!
+//! Store failures open a circuit breaker ([`StoreGate`]): shards then answer
+//! mutating requests ERROR UNAVAILABLE without applying them, held replies
+//! older than `--store-timeout` are answered UNAVAILABLE, and the writer
+//! retries (the pending batch, or a ping) with exponential backoff and
+//! jitter. Nothing is ever dropped: mutations applied just before the outage
+//! are committed when the store returns, before the breaker closes, so a
+//! client that retries the same idempotency key then gets the replayed
+//! outcome of a committed request.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use gavel_protocol::ErrorCode;
+
+use crate::command::{Outgoing, Reply};
+use crate::mutation::Mutation;
+use crate::shard::LoopHandle;
+use crate::store::{Store, WriteBatch};
+
+/// What shards consult before applying a mutating request.
+pub struct StoreGate {
+    /// False while the store is failing (breaker open).
+    up: AtomicBool,
+    /// Mutations sent to the writer and not yet committed.
+    queued: AtomicUsize,
+    queue_cap: usize,
+    /// Durable mode holds replies until commit; async releases them at once.
+    pub durable: bool,
+    /// Per shard: rounds whose replies the writer still holds. A shard whose
+    /// count is 0 may release a mutation-free round directly without
+    /// overtaking anything.
+    held: Vec<AtomicUsize>,
+}
+
+impl StoreGate {
+    pub fn new(shards: usize, queue_cap: usize, durable: bool) -> Self {
+        StoreGate {
+            up: AtomicBool::new(true),
+            queued: AtomicUsize::new(0),
+            queue_cap,
+            durable,
+            held: (0..shards).map(|_| AtomicUsize::new(0)).collect(),
+        }
+    }
+
+    /// Why a mutating request must be refused now, if it must.
+    #[inline]
+    pub fn refuse(&self) -> Option<ErrorCode> {
+        if self.durable && !self.up.load(Ordering::Relaxed) {
+            Some(ErrorCode::Unavailable)
+        } else if self.queued.load(Ordering::Relaxed) >= self.queue_cap {
+            Some(ErrorCode::Busy)
+        } else {
+            None
+        }
+    }
+
+    pub fn is_up(&self) -> bool {
+        self.up.load(Ordering::Acquire)
+    }
+
+    pub fn queued(&self) -> usize {
+        self.queued.load(Ordering::Relaxed)
+    }
+}
+
+/// One shard round handed to the writer.
+pub struct Round {
+    pub shard: usize,
+    pub mutations: Vec<Mutation>,
+    /// Replies per event loop; empty in async mode.
+    pub replies: Vec<Vec<Outgoing>>,
+}
+
+/// The shards' side of the writer.
+#[derive(Clone)]
+pub struct WriterHandle {
+    tx: Sender<Round>,
+    pub gate: Arc<StoreGate>,
+}
+
+impl WriterHandle {
+    /// Hands a round over. In durable mode a round without mutations goes
+    /// through the writer only if earlier rounds of the same shard are still
+    /// held; otherwise the caller releases it itself (returns it back).
+    pub fn submit(&self, round: Round) -> Option<Round> {
+        let g = &self.gate;
+        if round.mutations.is_empty()
+            && (!g.durable || g.held[round.shard].load(Ordering::Acquire) == 0)
+        {
+            return Some(round);
+        }
+        g.queued.fetch_add(round.mutations.len(), Ordering::Relaxed);
+        if g.durable {
+            g.held[round.shard].fetch_add(1, Ordering::AcqRel);
+        }
+        // The writer only exits after every handle is dropped.
+        let _ = self.tx.send(round);
+        None
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct WriterConfig {
+    pub flush_interval: Duration,
+    pub batch_max: usize,
+    pub store_timeout: Duration,
+}
+
+struct Held {
+    shard: usize,
+    replies: Vec<Vec<Outgoing>>,
+    since: Instant,
+    has_mutations: bool,
+}
+
+/// Starts the writer thread. It exits, after a last commit attempt, when all
+/// [`WriterHandle`]s are dropped.
+pub fn spawn(
+    store: Box<dyn Store>,
+    gate: Arc<StoreGate>,
+    loops: Vec<LoopHandle>,
+    cfg: WriterConfig,
+) -> std::io::Result<(WriterHandle, std::thread::JoinHandle<()>)> {
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let handle = WriterHandle {
+        tx,
+        gate: gate.clone(),
+    };
+    let t = std::thread::Builder::new()
+        .name("gavel-writer".into())
+        .spawn(move || BatchWriter::new(store, gate, loops, cfg).run(rx))?;
+    Ok((handle, t))
+}
+
+pub struct BatchWriter {
+    store: Box<dyn Store>,
+    gate: Arc<StoreGate>,
+    loops: Vec<LoopHandle>,
+    cfg: WriterConfig,
+    batch: WriteBatch,
+    held: VecDeque<Held>,
+    /// When the oldest uncommitted mutation arrived.
+    first_at: Option<Instant>,
+    /// Breaker state: next attempt and current backoff while failing.
+    retry_at: Option<Instant>,
+    backoff: Duration,
+}
+
+const BACKOFF_MIN: Duration = Duration::from_millis(50);
+const BACKOFF_MAX: Duration = Duration::from_secs(2);
+
+impl BatchWriter {
+    fn new(
+        store: Box<dyn Store>,
+        gate: Arc<StoreGate>,
+        loops: Vec<LoopHandle>,
+        cfg: WriterConfig,
+    ) -> Self {
+        BatchWriter {
+            store,
+            gate,
+            loops,
+            cfg,
+            batch: WriteBatch::default(),
+            held: VecDeque::new(),
+            first_at: None,
+            retry_at: None,
+            backoff: BACKOFF_MIN,
+        }
+    }
+
+    fn run(mut self, rx: Receiver<Round>) {
+        let mut open = true;
+        while open || !self.batch.is_empty() {
+            let now = Instant::now();
+            let deadline = self.next_deadline(now);
+            if open {
+                let wait = deadline.map(|d| d.saturating_duration_since(now));
+                let first = match wait {
+                    Some(w) => rx.recv_timeout(w),
+                    None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
+                };
+                match first {
+                    Ok(r) => {
+                        self.accept(r);
+                        while self.batch.mutations < self.cfg.batch_max {
+                            match rx.try_recv() {
+                                Ok(r) => self.accept(r),
+                                Err(_) => break,
+                            }
+                        }
+                    }
+                    Err(RecvTimeoutError::Timeout) => {}
+                    Err(RecvTimeoutError::Disconnected) => open = false,
+                }
+            } else if let Some(d) = deadline {
+                std::thread::sleep(d.saturating_duration_since(now).min(BACKOFF_MAX));
+            }
+            let now = Instant::now();
+            let due = match (self.retry_at, self.first_at) {
+                (Some(r), _) => now >= r,
+                (None, Some(f)) => {
+                    !open
+                        || self.batch.mutations >= self.cfg.batch_max
+                        || now >= f + self.cfg.flush_interval
+                }
+                (None, None) => false,
+            };
+            if due {
+                self.flush(now);
+            }
+            self.expire_held(Instant::now());
+            if !open && self.retry_at.is_some() && self.give_up_on_exit() {
+                break;
+            }
+        }
+        // Replies held for mutations never committed were answered UNAVAILABLE
+        // by expire_held, or are dropped with their connections at exit.
+        self.release_all_as_unavailable();
+    }
+
+    /// When the loop must wake without new input.
+    fn next_deadline(&self, now: Instant) -> Option<Instant> {
+        let mut d = match (self.retry_at, self.first_at) {
+            (Some(r), _) => Some(r),
+            (None, Some(f)) => Some(f + self.cfg.flush_interval),
+            (None, None) => None,
+        };
+        if let Some(h) = self.held.front() {
+            let t = h.since + self.cfg.store_timeout;
+            d = Some(d.map_or(t, |d| d.min(t)));
+        }
+        d.map(|d| d.max(now))
+    }
+
+    fn accept(&mut self, r: Round) {
+        if !r.mutations.is_empty() && self.first_at.is_none() {
+            self.first_at = Some(Instant::now());
+        }
+        for m in &r.mutations {
+            self.batch.add(m);
+        }
+        if self.gate.durable {
+            self.held.push_back(Held {
+                shard: r.shard,
+                replies: r.replies,
+                since: Instant::now(),
+                has_mutations: !r.mutations.is_empty(),
+            });
+            // A mutation-free round at the front depends on nothing uncommitted.
+            while self.held.front().is_some_and(|h| !h.has_mutations) {
+                let h = self.held.pop_front().unwrap();
+                self.release(h, false);
+            }
+        }
+    }
+
+    fn flush(&mut self, now: Instant) {
+        let result = if self.batch.is_empty() {
+            self.store.ping()
+        } else {
+            self.store.commit(&self.batch)
+        };
+        match result {
+            Ok(()) => {
+                if self.retry_at.is_some() {
+                    tracing::info!("store is reachable again; accepting writes");
+                }
+                let n = self.batch.mutations;
+                self.batch.clear();
+                self.first_at = None;
+                self.retry_at = None;
+                self.backoff = BACKOFF_MIN;
+                while let Some(h) = self.held.pop_front() {
+                    self.release(h, false);
+                }
+                self.gate.queued.fetch_sub(n, Ordering::AcqRel);
+                self.gate.up.store(true, Ordering::Release);
+            }
+            Err(e) => {
+                if self.retry_at.is_none() {
+                    tracing::error!(error = %e, pending = self.batch.mutations, "store commit failed; refusing writes until it recovers");
+                } else {
+                    tracing::debug!(error = %e, "store still unavailable");
+                }
+                self.gate.up.store(false, Ordering::Release);
+                let jitter = rand::random::<f64>() * 0.5 + 0.75;
+                self.retry_at = Some(now + self.backoff.mul_f64(jitter));
+                self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
+            }
+        }
+    }
+
+    /// Answers UNAVAILABLE for held rounds that waited past the store timeout.
+    fn expire_held(&mut self, now: Instant) {
+        while self
+            .held
+            .front()
+            .is_some_and(|h| now >= h.since + self.cfg.store_timeout || !h.has_mutations)
+        {
+            let h = self.held.pop_front().unwrap();
+            let unavailable = h.has_mutations;
+            self.release(h, unavailable);
+        }
+    }
+
+    fn give_up_on_exit(&mut self) -> bool {
+        // At shutdown, keep retrying within one store timeout, then stop:
+        // nothing uncommitted was acknowledged.
+        self.held.is_empty()
+            && self
+                .first_at
+                .is_some_and(|f| f.elapsed() > self.cfg.store_timeout * 2)
+    }
+
+    fn release_all_as_unavailable(&mut self) {
+        while let Some(h) = self.held.pop_front() {
+            self.release(h, true);
+        }
+    }
+
+    fn release(&mut self, h: Held, unavailable: bool) {
+        for (io, mut replies) in h.replies.into_iter().enumerate() {
+            if replies.is_empty() {
+                continue;
+            }
+            if unavailable {
+                replies.retain_mut(|o| {
+                    o.reply = match o.reply {
+                        // A RESULT claims execution, which cannot be confirmed.
+                        Reply::Result { request_id, .. } => Reply::Error {
+                            request_id,
+                            code: ErrorCode::Unavailable,
+                        },
+                        Reply::Push(_) => return false,
+                        other => other,
+                    };
+                    true
+                });
+            }
+            let l = &self.loops[io];
+            if l.replies.send(replies).is_ok() {
+                let _ = l.waker.wake();
+            }
+        }
+        self.gate.held[h.shard].fetch_sub(1, Ordering::AcqRel);
+    }
+}

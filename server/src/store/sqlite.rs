@@ -1,0 +1,322 @@
+//! The embedded store: one SQLite file in WAL mode.
+//!
+//! A batch is one `BEGIN IMMEDIATE … COMMIT` with cached prepared statements;
+//! in durable mode `synchronous=FULL` makes the commit reach the disk before
+//! the batch writer releases its replies.
+
+use std::path::Path;
+use std::time::Duration;
+
+use rusqlite::{params, Connection};
+
+use super::{
+    from_sql, to_sql, AuctionRow, BidRow, OrderRow, SaleRow, Snapshot, Store, StoreError,
+    WriteBatch,
+};
+
+const SCHEMA: &str = include_str!("sqlite_schema.sql");
+
+pub struct SqliteStore {
+    conn: Connection,
+}
+
+impl SqliteStore {
+    pub fn open(path: &str, durable: bool) -> Result<Self, StoreError> {
+        if let Some(dir) = Path::new(path).parent() {
+            if !dir.as_os_str().is_empty() {
+                std::fs::create_dir_all(dir).map_err(|e| {
+                    StoreError::Other(format!("cannot create {}: {e}", dir.display()))
+                })?;
+            }
+        }
+        let conn = Connection::open(path)?;
+        conn.busy_timeout(Duration::from_secs(2))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", if durable { "FULL" } else { "NORMAL" })?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        conn.execute_batch(SCHEMA)?;
+        conn.set_prepared_statement_cache_capacity(32);
+        Ok(SqliteStore { conn })
+    }
+
+    fn write(&mut self, b: &WriteBatch) -> rusqlite::Result<()> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        {
+            let mut st = tx.prepare_cached(
+                "INSERT INTO auctions (id, reserve, min_increment, ends_at_ms) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (id) DO NOTHING",
+            )?;
+            for o in &b.auctions_opened {
+                st.execute(params![
+                    to_sql(o.auction_id),
+                    to_sql(o.reserve),
+                    to_sql(o.min_increment),
+                    to_sql(o.ends_at_ms)
+                ])?;
+            }
+            let mut st = tx.prepare_cached(
+                "INSERT INTO sales (id, stock, per_buyer_limit, starts_at_ms, ends_at_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (id) DO NOTHING",
+            )?;
+            for o in &b.sales_opened {
+                st.execute(params![
+                    to_sql(o.sku_id),
+                    to_sql(o.stock),
+                    o.per_buyer_limit as i64,
+                    to_sql(o.starts_at_ms),
+                    to_sql(o.ends_at_ms)
+                ])?;
+            }
+            // Guarded by the count, so an older state never overwrites a newer one.
+            let mut st = tx.prepare_cached(
+                "UPDATE auctions SET high_bid = ?2, high_bidder = ?3, bid_count = ?4
+                 WHERE id = ?1 AND bid_count < ?4",
+            )?;
+            for u in b.auction_updates.values() {
+                st.execute(params![
+                    to_sql(u.id),
+                    to_sql(u.high_bid),
+                    to_sql(u.high_bidder),
+                    to_sql(u.bid_count)
+                ])?;
+            }
+            let mut st = tx.prepare_cached(
+                "INSERT INTO bids (auction_id, bid_id, bidder_id, amount, seq, at_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT DO NOTHING",
+            )?;
+            for r in &b.bids {
+                st.execute(params![
+                    to_sql(r.auction_id),
+                    to_sql(r.bid_id),
+                    to_sql(r.bidder_id),
+                    to_sql(r.amount),
+                    to_sql(r.seq),
+                    to_sql(r.at_ms)
+                ])?;
+            }
+            let mut st = tx.prepare_cached("UPDATE auctions SET closed = 1 WHERE id = ?1")?;
+            for id in &b.auctions_closed {
+                st.execute(params![to_sql(*id)])?;
+            }
+            let mut st =
+                tx.prepare_cached("UPDATE sales SET sold = ?2 WHERE id = ?1 AND sold < ?2")?;
+            for (id, sold) in &b.sale_updates {
+                st.execute(params![to_sql(*id), to_sql(*sold)])?;
+            }
+            let mut st = tx.prepare_cached(
+                "INSERT INTO holdings (sku_id, buyer_id, held) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (sku_id, buyer_id) DO UPDATE SET held = excluded.held
+                 WHERE holdings.held < excluded.held",
+            )?;
+            for ((sku, buyer), held) in &b.holdings {
+                st.execute(params![to_sql(*sku), to_sql(*buyer), to_sql(*held)])?;
+            }
+            let mut st = tx.prepare_cached(
+                "INSERT INTO orders (sku_id, order_id, buyer_id, quantity, sold_after, held_after, at_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT DO NOTHING",
+            )?;
+            for o in &b.orders {
+                st.execute(params![
+                    to_sql(o.sku_id),
+                    to_sql(o.order_id),
+                    to_sql(o.buyer_id),
+                    o.quantity as i64,
+                    to_sql(o.sold_after),
+                    to_sql(o.held_after),
+                    to_sql(o.at_ms)
+                ])?;
+            }
+        }
+        tx.commit()
+    }
+}
+
+impl Store for SqliteStore {
+    fn commit(&mut self, batch: &WriteBatch) -> Result<(), StoreError> {
+        Ok(self.write(batch)?)
+    }
+
+    fn ping(&mut self) -> Result<(), StoreError> {
+        self.conn.query_row("SELECT 1", [], |_| Ok(()))?;
+        Ok(())
+    }
+
+    fn load(&mut self, since_ms: u64) -> Result<Snapshot, StoreError> {
+        let c = &self.conn;
+        let mut s = Snapshot::default();
+        let mut st = c.prepare(
+            "SELECT id, reserve, min_increment, ends_at_ms, high_bid, high_bidder, bid_count, closed
+             FROM auctions",
+        )?;
+        s.auctions = st
+            .query_map([], |r| {
+                Ok(AuctionRow {
+                    id: from_sql(r.get(0)?),
+                    reserve: from_sql(r.get(1)?),
+                    min_increment: from_sql(r.get(2)?),
+                    ends_at_ms: from_sql(r.get(3)?),
+                    high_bid: from_sql(r.get(4)?),
+                    high_bidder: from_sql(r.get(5)?),
+                    bid_count: from_sql(r.get(6)?),
+                    closed: r.get::<_, i64>(7)? != 0,
+                })
+            })?
+            .collect::<Result<_, _>>()?;
+        let mut st = c.prepare(
+            "SELECT id, stock, sold, per_buyer_limit, starts_at_ms, ends_at_ms FROM sales",
+        )?;
+        s.sales = st
+            .query_map([], |r| {
+                Ok(SaleRow {
+                    id: from_sql(r.get(0)?),
+                    stock: from_sql(r.get(1)?),
+                    sold: from_sql(r.get(2)?),
+                    per_buyer_limit: r.get::<_, i64>(3)? as u32,
+                    starts_at_ms: from_sql(r.get(4)?),
+                    ends_at_ms: from_sql(r.get(5)?),
+                })
+            })?
+            .collect::<Result<_, _>>()?;
+        let mut st = c.prepare("SELECT sku_id, buyer_id, held FROM holdings")?;
+        s.holdings = st
+            .query_map([], |r| {
+                Ok((
+                    from_sql(r.get(0)?),
+                    from_sql(r.get(1)?),
+                    from_sql(r.get(2)?),
+                ))
+            })?
+            .collect::<Result<_, _>>()?;
+        // at_ms is a real clock time (< 2^63), so the SQL comparison is exact.
+        let mut st = c.prepare(
+            "SELECT auction_id, bid_id, bidder_id, amount, seq, at_ms FROM bids
+             WHERE at_ms >= ?1 ORDER BY at_ms, auction_id, seq",
+        )?;
+        s.bids = st
+            .query_map([to_sql(since_ms)], |r| {
+                Ok(BidRow {
+                    auction_id: from_sql(r.get(0)?),
+                    bid_id: from_sql(r.get(1)?),
+                    bidder_id: from_sql(r.get(2)?),
+                    amount: from_sql(r.get(3)?),
+                    seq: from_sql(r.get(4)?),
+                    at_ms: from_sql(r.get(5)?),
+                })
+            })?
+            .collect::<Result<_, _>>()?;
+        let mut st = c.prepare(
+            "SELECT sku_id, order_id, buyer_id, quantity, sold_after, held_after, at_ms FROM orders
+             WHERE at_ms >= ?1 ORDER BY at_ms, sku_id, sold_after",
+        )?;
+        s.orders = st
+            .query_map([to_sql(since_ms)], |r| {
+                Ok(OrderRow {
+                    sku_id: from_sql(r.get(0)?),
+                    order_id: from_sql(r.get(1)?),
+                    buyer_id: from_sql(r.get(2)?),
+                    quantity: r.get::<_, i64>(3)? as u32,
+                    sold_after: from_sql(r.get(4)?),
+                    held_after: from_sql(r.get(5)?),
+                    at_ms: from_sql(r.get(6)?),
+                })
+            })?
+            .collect::<Result<_, _>>()?;
+        Ok(s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mutation::Mutation;
+    use gavel_protocol::{OpenAuctionRequest, OpenSaleRequest};
+
+    fn temp_db() -> (std::path::PathBuf, SqliteStore) {
+        let dir = std::env::temp_dir().join(format!(
+            "gavel-sqlite-test-{}-{}",
+            std::process::id(),
+            rand::random::<u64>()
+        ));
+        let path = dir.join("g.db");
+        let st = SqliteStore::open(path.to_str().unwrap(), true).unwrap();
+        (dir, st)
+    }
+
+    #[test]
+    fn batch_round_trips_through_load_and_coalesces() {
+        let (dir, mut st) = temp_db();
+        let mut b = WriteBatch::default();
+        b.add(&Mutation::AuctionOpened {
+            req: OpenAuctionRequest {
+                auction_id: 1,
+                reserve: 10,
+                min_increment: 0,
+                ends_at_ms: 0,
+            },
+            at_ms: 5,
+        });
+        for i in 1..=500u64 {
+            b.add(&Mutation::BidAccepted {
+                auction_id: 1,
+                bidder_id: i,
+                amount: u64::MAX - 500 + i,
+                bid_id: 1000 + i,
+                bid_count: i,
+                at_ms: 6,
+            });
+        }
+        b.add(&Mutation::SaleOpened {
+            req: OpenSaleRequest {
+                sku_id: 2,
+                stock: 3,
+                per_buyer_limit: 2,
+                starts_at_ms: 0,
+                ends_at_ms: 0,
+            },
+            at_ms: 5,
+        });
+        b.add(&Mutation::Purchase {
+            sku_id: 2,
+            buyer_id: 9,
+            quantity: 2,
+            order_id: 77,
+            sold_after: 2,
+            held_after: 2,
+            at_ms: 7,
+        });
+        st.commit(&b).unwrap();
+        // Committing the same batch again (unknown outcome retried) changes nothing.
+        st.commit(&b).unwrap();
+        let rows: i64 = st
+            .conn
+            .query_row("SELECT count(*) FROM auctions", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(rows, 1, "500 bids on one auction are one state row");
+        let snap = st.load(0).unwrap();
+        assert_eq!(snap.auctions.len(), 1);
+        let a = snap.auctions[0];
+        assert_eq!(
+            (a.high_bid, a.high_bidder, a.bid_count),
+            (u64::MAX, 500, 500)
+        );
+        assert_eq!(snap.bids.len(), 500, "every bid is in the log");
+        assert_eq!(snap.sales[0].sold, 2);
+        assert_eq!(snap.holdings, vec![(2, 9, 2)]);
+        assert_eq!(snap.orders.len(), 1);
+        assert!(
+            st.load(7).unwrap().bids.is_empty(),
+            "window filters the log"
+        );
+
+        // An oversell is refused by the database itself.
+        let mut bad = WriteBatch::default();
+        bad.sale_updates.insert(2, 4);
+        bad.mutations = 1;
+        assert!(st.commit(&bad).is_err());
+        assert_eq!(st.load(0).unwrap().sales[0].sold, 2, "rolled back");
+        drop(st);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
