@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod crash;
+
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
