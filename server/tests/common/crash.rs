@@ -115,7 +115,7 @@ fn stream_then_kill(s: &mut Server, l: &mut Ledger, kill_after: usize) {
         while !killed && inflight.len() < 64 {
             l.next_id += 1;
             let id = l.next_id;
-            let (req, sent) = if id % 3 == 0 {
+            let (req, sent) = if id.is_multiple_of(3) {
                 let qty = 1 + (id % 3) as u32;
                 l.sent_units += qty as u64;
                 (buy(id, qty), Sent::Buy { order_id: id, qty })
