@@ -151,6 +151,8 @@ pub struct BatchWriter {
     loops: Vec<LoopHandle>,
     cfg: WriterConfig,
     batch: WriteBatch,
+    /// A commit of (part of) this batch failed; the next attempt must be idempotent.
+    batch_failed: bool,
     held: VecDeque<Held>,
     /// When the oldest uncommitted mutation arrived.
     first_at: Option<Instant>,
@@ -175,6 +177,7 @@ impl BatchWriter {
             loops,
             cfg,
             batch: WriteBatch::default(),
+            batch_failed: false,
             held: VecDeque::new(),
             first_at: None,
             retry_at: None,
@@ -272,7 +275,7 @@ impl BatchWriter {
         let result = if self.batch.is_empty() {
             self.store.ping()
         } else {
-            self.store.commit(&self.batch)
+            self.store.commit(&self.batch, !self.batch_failed)
         };
         match result {
             Ok(()) => {
@@ -281,6 +284,7 @@ impl BatchWriter {
                 }
                 let n = self.batch.mutations;
                 self.batch.clear();
+                self.batch_failed = false;
                 self.first_at = None;
                 self.retry_at = None;
                 self.backoff = BACKOFF_MIN;
@@ -296,6 +300,7 @@ impl BatchWriter {
                 } else {
                     tracing::debug!(error = %e, "store still unavailable");
                 }
+                self.batch_failed = !self.batch.is_empty();
                 self.gate.up.store(false, Ordering::Release);
                 let jitter = rand::random::<f64>() * 0.5 + 0.75;
                 self.retry_at = Some(now + self.backoff.mul_f64(jitter));

@@ -79,9 +79,10 @@ pub enum StoreError {
 /// A durable store. Calls are blocking; the batch writer owns the store on
 /// its own thread.
 pub trait Store: Send {
-    /// Commits one batch in one transaction; all or nothing. Must be
-    /// idempotent: a batch whose commit outcome was unknown is sent again.
-    fn commit(&mut self, batch: &WriteBatch) -> Result<(), StoreError>;
+    /// Commits one batch in one transaction; all or nothing. A batch whose
+    /// previous attempt failed (its outcome may be unknown) is sent again with
+    /// `first_attempt == false`, and must then be idempotent.
+    fn commit(&mut self, batch: &WriteBatch, first_attempt: bool) -> Result<(), StoreError>;
     /// Cheap reachability check used while the circuit breaker is open.
     fn ping(&mut self) -> Result<(), StoreError>;
     /// Everything needed to serve again after a restart: all auctions and

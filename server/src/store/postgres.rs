@@ -3,8 +3,10 @@
 //! thread, so the event loops and shards stay synchronous.
 //!
 //! A batch is one transaction of a handful of set-based statements: logs are
-//! appended with `INSERT … SELECT FROM unnest($1::bigint[], …)`, state rows
-//! are updated from `unnest` arrays guarded by their version column. Each
+//! appended with binary `COPY` (on a retry, whose previous outcome may be
+//! unknown, with `INSERT … SELECT FROM unnest($1::bigint[], …) ON CONFLICT DO
+//! NOTHING`), state rows are updated from `unnest` arrays guarded by their
+//! version column. Each
 //! statement costs one round trip whatever the batch size, which is why
 //! batching wins (one-row commits run at ~15k rows/s here, unnest batches at
 //! hundreds of thousands).
@@ -13,6 +15,8 @@ use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio::runtime::Runtime as TokioRuntime;
+use tokio_postgres::binary_copy::BinaryCopyInWriter;
+use tokio_postgres::types::Type;
 use tokio_postgres::NoTls;
 
 use super::{
@@ -85,7 +89,7 @@ impl PgStore {
         })
     }
 
-    async fn write(pool: &Pool, b: &WriteBatch) -> Result<(), StoreError> {
+    async fn write(pool: &Pool, b: &WriteBatch, first_attempt: bool) -> Result<(), StoreError> {
         let mut c = pool.get().await.map_err(pg)?;
         let tx = c.transaction().await.map_err(pg)?;
         if !b.auctions_opened.is_empty() {
@@ -162,7 +166,32 @@ impl PgStore {
                 .await
                 .map_err(pg)?;
         }
-        if !b.bids.is_empty() {
+        if !b.bids.is_empty() && first_attempt {
+            // The common case: binary COPY, the fastest way in. A duplicate
+            // key aborts the transaction and the retry takes the path below.
+            let sink = tx
+                .copy_in("COPY bids (auction_id, bid_id, bidder_id, amount, seq, at_ms) FROM STDIN BINARY")
+                .await
+                .map_err(pg)?;
+            let w = BinaryCopyInWriter::new(sink, &[Type::INT8; 6]);
+            let mut w = std::pin::pin!(w);
+            for r in &b.bids {
+                w.as_mut()
+                    .write(&[
+                        &to_sql(r.auction_id),
+                        &to_sql(r.bid_id),
+                        &to_sql(r.bidder_id),
+                        &to_sql(r.amount),
+                        &to_sql(r.seq),
+                        &to_sql(r.at_ms),
+                    ])
+                    .await
+                    .map_err(pg)?;
+            }
+            w.finish().await.map_err(pg)?;
+        } else if !b.bids.is_empty() {
+            // A retry (the previous attempt's outcome may be unknown): skip
+            // rows already there.
             let r = &b.bids;
             let cols: [Vec<i64>; 6] = [
                 r.iter().map(|r| to_sql(r.auction_id)).collect(),
@@ -225,7 +254,29 @@ impl PgStore {
                 .await
                 .map_err(pg)?;
         }
-        if !b.orders.is_empty() {
+        if !b.orders.is_empty() && first_attempt {
+            let sink = tx
+                .copy_in("COPY orders (sku_id, order_id, buyer_id, quantity, sold_after, held_after, at_ms) FROM STDIN BINARY")
+                .await
+                .map_err(pg)?;
+            let w = BinaryCopyInWriter::new(sink, &[Type::INT8; 7]);
+            let mut w = std::pin::pin!(w);
+            for o in &b.orders {
+                w.as_mut()
+                    .write(&[
+                        &to_sql(o.sku_id),
+                        &to_sql(o.order_id),
+                        &to_sql(o.buyer_id),
+                        &(o.quantity as i64),
+                        &to_sql(o.sold_after),
+                        &to_sql(o.held_after),
+                        &to_sql(o.at_ms),
+                    ])
+                    .await
+                    .map_err(pg)?;
+            }
+            w.finish().await.map_err(pg)?;
+        } else if !b.orders.is_empty() {
             let o = &b.orders;
             let cols: [Vec<i64>; 7] = [
                 o.iter().map(|o| to_sql(o.sku_id)).collect(),
@@ -347,9 +398,9 @@ impl PgStore {
 }
 
 impl Store for PgStore {
-    fn commit(&mut self, batch: &WriteBatch) -> Result<(), StoreError> {
+    fn commit(&mut self, batch: &WriteBatch, first_attempt: bool) -> Result<(), StoreError> {
         let pool = &self.pool;
-        self.run(Self::write(pool, batch))
+        self.run(Self::write(pool, batch, first_attempt))
     }
 
     fn ping(&mut self) -> Result<(), StoreError> {

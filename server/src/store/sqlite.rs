@@ -33,7 +33,6 @@ impl SqliteStore {
         conn.busy_timeout(Duration::from_secs(2))?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", if durable { "FULL" } else { "NORMAL" })?;
-        conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.execute_batch(SCHEMA)?;
         conn.set_prepared_statement_cache_capacity(32);
         Ok(SqliteStore { conn })
@@ -134,7 +133,7 @@ impl SqliteStore {
 }
 
 impl Store for SqliteStore {
-    fn commit(&mut self, batch: &WriteBatch) -> Result<(), StoreError> {
+    fn commit(&mut self, batch: &WriteBatch, _first_attempt: bool) -> Result<(), StoreError> {
         Ok(self.write(batch)?)
     }
 
@@ -286,9 +285,9 @@ mod tests {
             held_after: 2,
             at_ms: 7,
         });
-        st.commit(&b).unwrap();
+        st.commit(&b, true).unwrap();
         // Committing the same batch again (unknown outcome retried) changes nothing.
-        st.commit(&b).unwrap();
+        st.commit(&b, false).unwrap();
         let rows: i64 = st
             .conn
             .query_row("SELECT count(*) FROM auctions", [], |r| r.get(0))
@@ -314,7 +313,7 @@ mod tests {
         let mut bad = WriteBatch::default();
         bad.sale_updates.insert(2, 4);
         bad.mutations = 1;
-        assert!(st.commit(&bad).is_err());
+        assert!(st.commit(&bad, true).is_err());
         assert_eq!(st.load(0).unwrap().sales[0].sold, 2, "rolled back");
         drop(st);
         let _ = std::fs::remove_dir_all(dir);

@@ -22,7 +22,7 @@ CREATE TABLE IF NOT EXISTS auctions (
 -- The bid log. (auction_id, bid_id) is the idempotency key: a bid can be
 -- recorded once; (auction_id, seq) orders the log and cannot repeat either.
 CREATE TABLE IF NOT EXISTS bids (
-    auction_id INTEGER NOT NULL REFERENCES auctions (id),
+    auction_id INTEGER NOT NULL,
     bid_id     INTEGER NOT NULL,
     bidder_id  INTEGER NOT NULL,
     amount     INTEGER NOT NULL,
@@ -45,7 +45,7 @@ CREATE TABLE IF NOT EXISTS sales (
 ) WITHOUT ROWID;
 
 CREATE TABLE IF NOT EXISTS holdings (
-    sku_id   INTEGER NOT NULL REFERENCES sales (id),
+    sku_id   INTEGER NOT NULL,
     buyer_id INTEGER NOT NULL,
     held     INTEGER NOT NULL CHECK (held > 0),
     PRIMARY KEY (sku_id, buyer_id)
@@ -53,7 +53,7 @@ CREATE TABLE IF NOT EXISTS holdings (
 
 -- The order log; (sku_id, order_id) is the idempotency key.
 CREATE TABLE IF NOT EXISTS orders (
-    sku_id     INTEGER NOT NULL REFERENCES sales (id),
+    sku_id     INTEGER NOT NULL,
     order_id   INTEGER NOT NULL,
     buyer_id   INTEGER NOT NULL,
     quantity   INTEGER NOT NULL CHECK (quantity > 0),
