@@ -72,3 +72,56 @@ fn async_ack_replies_before_commit_and_still_persists_on_clean_shutdown() {
     );
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// SIGTERM while requests are in flight: what was answered OK is committed,
+/// the rest is answered SHUTTING_DOWN (or nothing, after the close), and the
+/// process exits 0 within the grace period.
+#[test]
+fn sigterm_answers_in_flight_requests_and_exits_zero() {
+    let dir = temp_dir("sqlite-sigterm");
+    let store = format!("sqlite:{}/gavel.db", dir.display());
+    let mut s = Server::start(&["--store", &store]);
+    let mut c = s.client();
+    c.open_auction(1, 0, 1, 0).unwrap();
+    for i in 1..=20_000 {
+        c.send(&bid(i, i * 10));
+    }
+    c.flush().unwrap();
+    let t = std::time::Instant::now();
+    send_sigterm(&s);
+    let (mut ok, mut shutting_down, mut max_ok) = (0u64, 0u64, 0u64);
+    while let Ok(f) = c.recv() {
+        match f.body {
+            Response::Result(r) if r.status == Status::Ok => {
+                ok += 1;
+                max_ok = max_ok.max(r.value);
+            }
+            Response::Error { code, .. } if code == gavel_protocol::ErrorCode::ShuttingDown => {
+                shutting_down += 1
+            }
+            other => panic!("unexpected reply during shutdown: {other:?}"),
+        }
+    }
+    let status = s.child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    assert!(
+        t.elapsed() < std::time::Duration::from_secs(10),
+        "{:?}",
+        t.elapsed()
+    );
+    assert!(ok + shutting_down > 0);
+    let s = Server::start(&["--store", &store]);
+    let a = s.client().get_auction(1).unwrap().unwrap();
+    assert!(
+        a.high_bid >= max_ok && a.bid_count >= ok,
+        "acknowledged before shutdown but not committed: {a:?} ok={ok} max={max_ok}"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+fn send_sigterm(s: &Server) {
+    std::process::Command::new("kill")
+        .args(["-TERM", &s.pid().to_string()])
+        .status()
+        .unwrap();
+}
