@@ -96,9 +96,10 @@ fn sigterm_answers_in_flight_requests_and_exits_zero() {
                 ok += 1;
                 max_ok = max_ok.max(r.value);
             }
-            Response::Error { code, .. } if code == gavel_protocol::ErrorCode::ShuttingDown => {
-                shutting_down += 1
-            }
+            Response::Error {
+                code: gavel_protocol::ErrorCode::ShuttingDown,
+                ..
+            } => shutting_down += 1,
             other => panic!("unexpected reply during shutdown: {other:?}"),
         }
     }
