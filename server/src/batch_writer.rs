@@ -25,6 +25,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use gavel_protocol::ErrorCode;
 
 use crate::command::{Outgoing, Reply};
+use crate::metrics::Metrics;
 use crate::mutation::Mutation;
 use crate::shard::LoopHandle;
 use crate::store::{Store, WriteBatch};
@@ -133,6 +134,7 @@ pub fn spawn(
     gate: Arc<StoreGate>,
     loops: Vec<LoopHandle>,
     cfg: WriterConfig,
+    metrics: Arc<Metrics>,
 ) -> std::io::Result<(WriterHandle, std::thread::JoinHandle<()>)> {
     let (tx, rx) = crossbeam_channel::unbounded();
     let handle = WriterHandle {
@@ -141,7 +143,7 @@ pub fn spawn(
     };
     let t = std::thread::Builder::new()
         .name("gavel-writer".into())
-        .spawn(move || BatchWriter::new(store, gate, loops, cfg).run(rx))?;
+        .spawn(move || BatchWriter::new(store, gate, loops, cfg, metrics).run(rx))?;
     Ok((handle, t))
 }
 
@@ -159,6 +161,7 @@ pub struct BatchWriter {
     /// Breaker state: next attempt and current backoff while failing.
     retry_at: Option<Instant>,
     backoff: Duration,
+    metrics: Arc<Metrics>,
 }
 
 const BACKOFF_MIN: Duration = Duration::from_millis(50);
@@ -170,6 +173,7 @@ impl BatchWriter {
         gate: Arc<StoreGate>,
         loops: Vec<LoopHandle>,
         cfg: WriterConfig,
+        metrics: Arc<Metrics>,
     ) -> Self {
         BatchWriter {
             store,
@@ -182,6 +186,7 @@ impl BatchWriter {
             first_at: None,
             retry_at: None,
             backoff: BACKOFF_MIN,
+            metrics,
         }
     }
 
@@ -277,8 +282,16 @@ impl BatchWriter {
         } else {
             self.store.commit(&self.batch, !self.batch_failed)
         };
+        if !self.batch.is_empty() {
+            self.metrics
+                .flush_seconds
+                .observe(now.elapsed().as_micros() as u64);
+        }
         match result {
             Ok(()) => {
+                if !self.batch.is_empty() {
+                    self.metrics.batch_size.observe(self.batch.mutations as u64);
+                }
                 if self.retry_at.is_some() {
                     tracing::info!("store is reachable again; accepting writes");
                 }
@@ -295,6 +308,7 @@ impl BatchWriter {
                 self.gate.up.store(true, Ordering::Release);
             }
             Err(e) => {
+                self.metrics.store_errors.inc();
                 if self.retry_at.is_none() {
                     tracing::error!(error = %e, pending = self.batch.mutations, "store commit failed; refusing writes until it recovers");
                 } else {

@@ -81,6 +81,11 @@ pub struct Command {
     pub conn: ConnRef,
     pub request_id: u32,
     pub op: Op,
+    /// When the event loop decoded it (µs on that loop's clock), for the
+    /// latency histogram; carried back in the reply.
+    pub t0_us: u32,
+    /// The request's message type, for per-type metrics.
+    pub kind: u8,
 }
 
 #[derive(Debug)]
@@ -119,6 +124,9 @@ pub enum Reply {
 pub struct Outgoing {
     pub slot: u32,
     pub gen: u32,
+    /// Copied from the [`Command`] answered (0 for pushes).
+    pub t0_us: u32,
+    pub kind: u8,
     pub reply: Reply,
 }
 

@@ -134,6 +134,11 @@ pub struct Config {
     #[arg(long, env = "GAVEL_SEND_BUFFER", default_value_t = 0)]
     pub send_buffer: usize,
 
+    /// Serve Prometheus metrics on http://ADDR/metrics, plus /healthz (the
+    /// process is up) and /readyz (the store accepts writes). Off by default.
+    #[arg(long, env = "GAVEL_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+
     /// This node's id, reported in WELCOME.
     #[arg(long, env = "GAVEL_NODE_ID", default_value_t = 0)]
     pub node_id: u16,

@@ -17,10 +17,11 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use crossbeam_channel::Receiver;
+use gavel_protocol::frame::msg_type;
 use gavel_protocol::message::{
     encode_auction, encode_error, encode_pong, encode_result, encode_sale,
 };
-use gavel_protocol::{Decoder, ErrorCode, Frame, Request, Response, PROTOCOL_VERSION};
+use gavel_protocol::{Decoder, ErrorCode, Frame, Push, Request, Response, PROTOCOL_VERSION};
 use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
@@ -28,6 +29,7 @@ use slab::Slab;
 use crate::buffer_pool::BufferPool;
 use crate::command::{shard_of, Command, ConnRef, Op, Outgoing, Reply, ShardMsg};
 use crate::connection::{Connection, ReadResult};
+use crate::metrics::{LoopStats, Metrics};
 use crate::shard::ShardHandle;
 
 const LISTENER: Token = Token(0);
@@ -50,6 +52,7 @@ pub struct Shared {
     pub node_id: u16,
     pub shutdown: Arc<AtomicBool>,
     pub open_connections: AtomicUsize,
+    pub metrics: Arc<Metrics>,
 }
 
 /// Per-loop state other than the connections themselves, split out so a
@@ -64,6 +67,12 @@ struct Ctx {
     /// Connections with new output this turn.
     dirty: Vec<usize>,
     shutting_down: bool,
+    /// Counts of this turn, added to the shared metrics once per turn.
+    stats: LoopStats,
+    /// Origin of this loop's microsecond clock (request latency stamps).
+    epoch: Instant,
+    /// When the current read batch started, in µs since `epoch`.
+    turn_us: u32,
 }
 
 pub struct EventLoop {
@@ -101,6 +110,9 @@ impl EventLoop {
                 pending: (0..shards).map(|_| Vec::new()).collect(),
                 dirty: Vec::new(),
                 shutting_down: false,
+                stats: LoopStats::default(),
+                epoch: Instant::now(),
+                turn_us: 0,
             },
             next_gen: 1,
             resume: Vec::new(),
@@ -149,6 +161,7 @@ impl EventLoop {
             self.take_replies(now);
             self.dispatch();
             self.flush_dirty();
+            self.ctx.shared.metrics.absorb(&mut self.ctx.stats);
 
             if !self.ctx.shutting_down && self.ctx.shared.shutdown.load(Ordering::Acquire) {
                 self.begin_shutdown();
@@ -193,6 +206,8 @@ impl EventLoop {
                 let mut b = BytesMut::with_capacity(64);
                 encode_error(&mut b, 0, ErrorCode::Busy, "too many connections");
                 let _ = io::Write::write(&mut stream, &b);
+                self.ctx.stats.refused_capacity += 1;
+                self.ctx.stats.dirty = true;
                 tracing::warn!(%peer, "refused connection: --max-connections reached");
                 continue;
             }
@@ -216,6 +231,8 @@ impl EventLoop {
             let authed = shared.auth_token.is_none();
             entry.insert(Connection::new(stream, peer, gen, authed));
             shared.open_connections.fetch_add(1, Ordering::Relaxed);
+            self.ctx.stats.accepted += 1;
+            self.ctx.stats.dirty = true;
         }
     }
 
@@ -227,6 +244,7 @@ impl EventLoop {
     /// cap stops us.
     fn on_readable(&mut self, slot: usize, now: Instant) {
         let ctx = &mut self.ctx;
+        ctx.turn_us = now.duration_since(ctx.epoch).as_micros() as u32;
         let conn = &mut self.conns[slot];
         let mut progressed = decode_buffered(conn, slot, ctx);
         let mut failed = None;
@@ -256,6 +274,7 @@ impl EventLoop {
 
     /// Encodes the replies shards sent back.
     fn take_replies(&mut self, now: Instant) {
+        let now_us = Instant::now().duration_since(self.ctx.epoch).as_micros() as u32;
         while let Ok(batch) = self.replies.try_recv() {
             for out in batch {
                 let slot = out.slot as usize;
@@ -279,8 +298,21 @@ impl EventLoop {
                     if conn.close_after_flush {
                         continue;
                     }
+                    ctx.stats.frame_out(match p {
+                        Push::BidUpdate { .. } => msg_type::BID_UPDATE,
+                        Push::AuctionClosed { .. } => msg_type::AUCTION_CLOSED,
+                    });
                     p.encode(conn.out(&mut ctx.pool));
                 } else {
+                    match out.reply {
+                        Reply::Result { result, .. } => ctx.stats.result(result.status),
+                        Reply::Error { code, .. } => ctx.stats.error(code),
+                        Reply::Auction { .. } => ctx.stats.frame_out(msg_type::AUCTION),
+                        Reply::Sale { .. } => ctx.stats.frame_out(msg_type::SALE),
+                        Reply::Push(_) => {}
+                    }
+                    ctx.stats
+                        .latency_us(out.kind, now_us.wrapping_sub(out.t0_us) as u64);
                     encode_reply(conn.out(&mut ctx.pool), &out.reply);
                     conn.in_flight -= 1;
                     if conn.paused
@@ -334,6 +366,7 @@ impl EventLoop {
         if let Some(c) = self.conns.get_mut(slot) {
             if c.gen == conn.gen {
                 encode_error(c.out(&mut self.ctx.pool), request_id, code, code.name());
+                self.ctx.stats.error(code);
                 c.in_flight -= 1;
                 mark_dirty(c, slot, &mut self.ctx.dirty);
             }
@@ -352,6 +385,7 @@ impl EventLoop {
             if conn.in_flight == 0 {
                 if let Some((rid, code, msg)) = conn.fatal.take() {
                     encode_error(conn.out(&mut self.ctx.pool), rid, code, msg);
+                    self.ctx.stats.error(code);
                     conn.close_after_flush = true;
                 }
                 if conn.read_eof {
@@ -498,6 +532,7 @@ fn decode_buffered(conn: &mut Connection, slot: usize, ctx: &mut Ctx) -> bool {
                         _ => "malformed payload",
                     };
                     encode_error(conn.out(&mut ctx.pool), e.request_id(), e.error_code(), msg);
+                    ctx.stats.error(e.error_code());
                 }
                 mark_dirty(conn, slot, &mut ctx.dirty);
             }
@@ -516,6 +551,8 @@ fn token_matches(given: &[u8], expected: &[u8]) -> bool {
 
 fn handle_request(conn: &mut Connection, slot: usize, frame: Frame<Request>, ctx: &mut Ctx) {
     let rid = frame.request_id;
+    let kind = frame.body.msg_type();
+    ctx.stats.frame_in(kind);
     let fatal = |conn: &mut Connection, code: ErrorCode, msg: &'static str| {
         conn.fatal = Some((rid, code, msg));
         if let Some(b) = conn.rbuf.as_mut() {
@@ -548,6 +585,7 @@ fn handle_request(conn: &mut Connection, slot: usize, frame: Frame<Request>, ctx
             max_payload: shared.max_payload,
         }
         .encode(rid, 0, conn.out(&mut ctx.pool));
+        ctx.stats.frame_out(msg_type::WELCOME);
         return mark_dirty(conn, slot, &mut ctx.dirty);
     }
     if !conn.authed {
@@ -561,6 +599,7 @@ fn handle_request(conn: &mut Connection, slot: usize, frame: Frame<Request>, ctx
         Request::Hello { .. } => unreachable!("handled above"),
         Request::Ping(payload) => {
             encode_pong(conn.out(&mut ctx.pool), rid, &payload);
+            ctx.stats.frame_out(msg_type::PONG);
             return mark_dirty(conn, slot, &mut ctx.dirty);
         }
         Request::OpenAuction(o) => Op::OpenAuction(o),
@@ -575,6 +614,7 @@ fn handle_request(conn: &mut Connection, slot: usize, frame: Frame<Request>, ctx
                 ErrorCode::Malformed,
                 "quantity must be non-zero",
             );
+            ctx.stats.error(ErrorCode::Malformed);
             return mark_dirty(conn, slot, &mut ctx.dirty);
         }
         Request::Buy(b) => Op::Buy(b),
@@ -595,6 +635,8 @@ fn handle_request(conn: &mut Connection, slot: usize, frame: Frame<Request>, ctx
         },
         request_id: rid,
         op,
+        t0_us: ctx.turn_us,
+        kind,
     });
 }
 

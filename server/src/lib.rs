@@ -10,6 +10,8 @@ pub mod connection;
 pub mod event_loop;
 pub mod idempotency;
 pub mod listener;
+pub mod metrics;
+pub mod metrics_http;
 pub mod mutation;
 pub mod sale;
 pub mod shard;

@@ -14,6 +14,8 @@ use gavel_server::command::{shard_of, Op};
 use gavel_server::config::{AckMode, Config, LogFormat};
 use gavel_server::event_loop::{EventLoop, Shared};
 use gavel_server::listener;
+use gavel_server::metrics::Metrics;
+use gavel_server::metrics_http;
 use gavel_server::shard::{self, LoopHandle, ShardHandle, ShardState};
 use gavel_server::store::{self, Snapshot};
 
@@ -72,9 +74,12 @@ fn main() -> anyhow::Result<()> {
         reply_rxs.push(rx);
     }
 
+    let metrics = Arc::new(Metrics::new(shard_count));
+    let mut gate_for_metrics = None;
     let (writer, writer_thread) = match store.take() {
         Some(s) => {
             let gate = Arc::new(StoreGate::new(shard_count, config.writer_queue, durable));
+            gate_for_metrics = Some(gate.clone());
             let (h, t) = batch_writer::spawn(
                 s,
                 gate,
@@ -84,6 +89,7 @@ fn main() -> anyhow::Result<()> {
                     batch_max: config.batch_max as usize,
                     store_timeout: config.store_timeout,
                 },
+                metrics.clone(),
             )?;
             (Some(h), Some(t))
         }
@@ -123,7 +129,34 @@ fn main() -> anyhow::Result<()> {
         node_id: config.node_id,
         shutdown: shutdown.clone(),
         open_connections: AtomicUsize::new(0),
+        metrics: metrics.clone(),
     });
+
+    if let Some(addr) = config.metrics_listen {
+        let live = shared.clone();
+        let gate = gate_for_metrics.clone();
+        let refresh = Box::new(move |m: &Metrics| {
+            m.open_connections
+                .set(live.open_connections.load(Ordering::Relaxed) as i64);
+            for (i, s) in live.shards.iter().enumerate() {
+                m.set_shard_queue(i, s.queued.load(Ordering::Relaxed));
+            }
+            if let Some(g) = &gate {
+                m.writer_queue.set(g.queued() as i64);
+                m.store_up.set(g.is_up() as i64);
+            }
+        });
+        let gate = gate_for_metrics.clone();
+        let ready = Box::new(move || match &gate {
+            Some(g) if !g.is_up() => Err("the store is not accepting writes".to_string()),
+            _ => Ok(()),
+        });
+        let bound = metrics_http::spawn(addr, metrics.clone(), refresh, ready)
+            .with_context(|| format!("cannot serve metrics on {addr}"))?;
+        tracing::info!(%bound, "metrics on http://{bound}/metrics");
+        // Scripts and tests find the port here when they asked for port 0.
+        eprintln!("metrics on {bound}");
+    }
 
     let wakers: Vec<_> = loop_handles.iter().map(|l| l.waker.clone()).collect();
     drop(loop_handles);

@@ -39,6 +39,8 @@ struct AuctionEntry {
 pub struct Effects {
     pub replies: Vec<Vec<Outgoing>>,
     pub mutations: Vec<Mutation>,
+    /// Stamp of the command being executed, copied into its replies.
+    cur: (u32, u8),
 }
 
 impl Effects {
@@ -46,13 +48,20 @@ impl Effects {
         Effects {
             replies: (0..io_loops).map(|_| Vec::new()).collect(),
             mutations: Vec::new(),
+            cur: (0, 0),
         }
     }
 
     pub(crate) fn send(&mut self, to: ConnRef, reply: Reply) {
+        let (t0_us, kind) = match reply {
+            Reply::Push(_) => (0, 0),
+            _ => self.cur,
+        };
         self.replies[to.io as usize].push(Outgoing {
             slot: to.slot,
             gen: to.gen,
+            t0_us,
+            kind,
             reply,
         });
     }
@@ -95,6 +104,7 @@ impl ShardState {
     }
 
     pub fn execute(&mut self, cmd: &Command, now_ms: u64, fx: &mut Effects) {
+        fx.cur = (cmd.t0_us, cmd.kind);
         let (to, rid) = (cmd.conn, cmd.request_id);
         match cmd.op {
             Op::OpenAuction(o) => {
@@ -494,6 +504,7 @@ pub fn spawn(
                     match m {
                         ShardMsg::Batch(cmds) => {
                             for c in &cmds {
+                                fx.cur = (c.t0_us, c.kind);
                                 if let Some(code) = writer
                                     .as_ref()
                                     .filter(|_| c.op.is_mutating())
@@ -520,6 +531,7 @@ pub fn spawn(
                     msg = rx.try_recv().ok();
                 }
                 if Instant::now() >= next_sweep {
+                    fx.cur = (0, 0);
                     state.sweep(now, &mut fx);
                     next_sweep = Instant::now() + sweep_interval;
                 }
@@ -581,6 +593,8 @@ mod tests {
                 conn: C,
                 request_id: 9,
                 op,
+                t0_us: 0,
+                kind: 0,
             },
             now,
             &mut fx,
@@ -662,6 +676,8 @@ mod tests {
                 conn: S,
                 request_id: 1,
                 op: Op::Subscribe(1),
+                t0_us: 0,
+                kind: 0,
             },
             0,
             &mut fx,
@@ -711,6 +727,8 @@ mod tests {
                 conn: S,
                 request_id: 1,
                 op: Op::Subscribe(1),
+                t0_us: 0,
+                kind: 0,
             },
             0,
             &mut fx,

@@ -15,6 +15,8 @@ use gavel_protocol::Client;
 pub struct Server {
     pub child: Child,
     pub addr: SocketAddr,
+    /// Where `/metrics` is served, when started with `--metrics-listen`.
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 impl Server {
@@ -37,8 +39,12 @@ impl Server {
             .stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("spawn gavel-server");
         let stderr = child.stderr.take().unwrap();
+        let (metrics_tx, metrics_rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(a) = line.strip_prefix("metrics on ") {
+                    let _ = metrics_tx.send(a.trim().parse::<SocketAddr>().unwrap());
+                }
                 eprintln!("[server] {line}");
             }
         });
@@ -51,7 +57,38 @@ impl Server {
             .unwrap_or_else(|| panic!("unexpected first line from server: {line:?}"))
             .parse()
             .unwrap();
-        Server { child, addr }
+        let metrics_addr = if args.contains(&"--metrics-listen") {
+            Some(
+                metrics_rx
+                    .recv_timeout(Duration::from_secs(10))
+                    .expect("server printed `metrics on ADDR`"),
+            )
+        } else {
+            None
+        };
+        Server {
+            child,
+            addr,
+            metrics_addr,
+        }
+    }
+
+    /// `GET path` on the metrics listener: (status code, body).
+    pub fn http_get(&self, path: &str) -> (u16, String) {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(self.metrics_addr.expect("--metrics-listen"))
+            .expect("connect to metrics");
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        let mut resp = String::new();
+        s.read_to_string(&mut resp).unwrap();
+        let code = resp[9..12].parse().unwrap();
+        let body = resp
+            .split_once("\r\n\r\n")
+            .map(|x| x.1)
+            .unwrap_or("")
+            .to_string();
+        (code, body)
     }
 
     pub fn client(&self) -> Client {

@@ -1,0 +1,568 @@
+//! Prometheus metrics: what is counted, and how it is kept cheap.
+//!
+//! Hot-path counts are plain `u64`s in a per-event-loop [`LoopStats`] and
+//! are added to the shared atomics once per loop turn ([`Metrics::absorb`]),
+//! so a request costs no atomic operation and no lock. Gauges that mirror
+//! state the server already keeps (open connections, shard queue depths,
+//! writer queue, store health) are read when scraped. The registry and the
+//! text exposition are `prometheus-client`'s; latency histograms are
+//! lock-free [`AtomicHistogram`]s encoded through its `EncodeMetric` trait.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use gavel_protocol::frame::msg_type;
+use gavel_protocol::{ErrorCode, Status};
+use prometheus_client::encoding::{EncodeMetric, MetricEncoder};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
+
+/// Message types with their metric label, in a fixed order.
+pub const MSG_TYPES: [(u8, &str); 19] = [
+    (msg_type::HELLO, "hello"),
+    (msg_type::PING, "ping"),
+    (msg_type::OPEN_AUCTION, "open_auction"),
+    (msg_type::BID, "bid"),
+    (msg_type::CLOSE_AUCTION, "close_auction"),
+    (msg_type::GET_AUCTION, "get_auction"),
+    (msg_type::OPEN_SALE, "open_sale"),
+    (msg_type::BUY, "buy"),
+    (msg_type::GET_SALE, "get_sale"),
+    (msg_type::SUBSCRIBE, "subscribe"),
+    (msg_type::UNSUBSCRIBE, "unsubscribe"),
+    (msg_type::WELCOME, "welcome"),
+    (msg_type::PONG, "pong"),
+    (msg_type::RESULT, "result"),
+    (msg_type::AUCTION, "auction"),
+    (msg_type::SALE, "sale"),
+    (msg_type::ERROR, "error"),
+    (msg_type::BID_UPDATE, "bid_update"),
+    (msg_type::AUCTION_CLOSED, "auction_closed"),
+];
+const N_TYPES: usize = MSG_TYPES.len();
+const N_STATUS: usize = 9;
+const N_ERRORS: usize = 11;
+
+/// Index of a message type in [`MSG_TYPES`] (unknown types share the last slot
+/// of the array they are counted in; callers only pass known types).
+#[inline]
+pub fn type_index(t: u8) -> usize {
+    match t {
+        0x01 => 0,
+        0x02 => 1,
+        0x10..=0x13 => 2 + (t - 0x10) as usize,
+        0x20..=0x22 => 6 + (t - 0x20) as usize,
+        0x30 | 0x31 => 9 + (t - 0x30) as usize,
+        0x81 | 0x82 => 11 + (t - 0x81) as usize,
+        0x90 => 13,
+        0x93 => 14,
+        0xA2 => 15,
+        0xBF => 16,
+        0xC0 | 0xC1 => 17 + (t - 0xC0) as usize,
+        _ => 16,
+    }
+}
+
+/// Upper bounds of the latency buckets, in microseconds.
+const LATENCY_BOUNDS_US: [u64; 16] = [
+    50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000,
+    1_000_000, 2_500_000, 10_000_000,
+];
+/// Upper bounds of the batch-size buckets, in mutations.
+const BATCH_BOUNDS: [u64; 12] = [1, 4, 16, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384];
+
+/// A histogram of `u64` observations with fixed bounds, updated with relaxed
+/// atomics (no lock), exposed in seconds or units by `scale`. Clones share
+/// the same counts.
+#[derive(Debug, Clone)]
+pub struct AtomicHistogram(Arc<HistogramInner>);
+
+#[derive(Debug)]
+pub struct HistogramInner {
+    bounds: &'static [u64],
+    /// One count per bound plus +Inf.
+    counts: Vec<AtomicU64>,
+    sum: AtomicU64,
+    scale: f64,
+}
+
+impl std::ops::Deref for AtomicHistogram {
+    type Target = HistogramInner;
+    fn deref(&self) -> &HistogramInner {
+        &self.0
+    }
+}
+
+impl AtomicHistogram {
+    fn new(bounds: &'static [u64], scale: f64) -> Self {
+        AtomicHistogram(Arc::new(HistogramInner {
+            bounds,
+            counts: (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect(),
+            sum: AtomicU64::new(0),
+            scale,
+        }))
+    }
+
+    #[inline]
+    fn bucket(&self, v: u64) -> usize {
+        self.bounds.partition_point(|&b| b < v)
+    }
+
+    pub fn observe(&self, v: u64) {
+        self.counts[self.bucket(v)].fetch_add(1, Ordering::Relaxed);
+        self.sum.fetch_add(v, Ordering::Relaxed);
+    }
+
+    fn add_local(&self, local: &LocalHistogram) {
+        for (i, &c) in local.counts.iter().enumerate() {
+            if c != 0 {
+                self.counts[i].fetch_add(c, Ordering::Relaxed);
+            }
+        }
+        self.sum.fetch_add(local.sum, Ordering::Relaxed);
+    }
+
+    pub fn count(&self) -> u64 {
+        self.counts.iter().map(|c| c.load(Ordering::Relaxed)).sum()
+    }
+}
+
+impl EncodeMetric for AtomicHistogram {
+    fn encode(&self, encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        self.encode_into(encoder)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Histogram
+    }
+}
+
+impl AtomicHistogram {
+    fn encode_into(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        let mut cumulative = 0u64;
+        let mut buckets = Vec::with_capacity(self.counts.len());
+        for (i, c) in self.counts.iter().enumerate() {
+            cumulative += c.load(Ordering::Relaxed);
+            let upper = self
+                .bounds
+                .get(i)
+                .map_or(f64::MAX, |&b| b as f64 * self.scale);
+            buckets.push((upper, cumulative));
+        }
+        let sum = self.sum.load(Ordering::Relaxed) as f64 * self.scale;
+        encoder.encode_histogram::<()>(sum, cumulative, &buckets, None)
+    }
+}
+
+/// Request latency histograms, one per request type, as one metric family.
+#[derive(Debug, Clone)]
+struct LatencyByType(Vec<(&'static str, AtomicHistogram)>);
+
+impl EncodeMetric for LatencyByType {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        for (name, h) in &self.0 {
+            let labels = [("type", *name)];
+            h.encode_into(encoder.encode_family(&labels)?)?;
+        }
+        Ok(())
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Histogram
+    }
+}
+
+/// A histogram being filled during one loop turn.
+#[derive(Debug, Clone)]
+pub struct LocalHistogram {
+    counts: [u64; LATENCY_BOUNDS_US.len() + 1],
+    sum: u64,
+    n: u64,
+}
+
+impl Default for LocalHistogram {
+    fn default() -> Self {
+        LocalHistogram {
+            counts: [0; LATENCY_BOUNDS_US.len() + 1],
+            sum: 0,
+            n: 0,
+        }
+    }
+}
+
+impl LocalHistogram {
+    #[inline]
+    pub fn observe_us(&mut self, us: u64) {
+        let i = LATENCY_BOUNDS_US.partition_point(|&b| b < us);
+        self.counts[i] += 1;
+        self.sum += us;
+        self.n += 1;
+    }
+}
+
+/// Counts one event loop gathers during a turn.
+#[derive(Debug, Clone)]
+pub struct LoopStats {
+    pub frames_in: [u64; N_TYPES],
+    pub frames_out: [u64; N_TYPES],
+    pub results: [u64; N_STATUS],
+    pub errors: [u64; N_ERRORS],
+    pub latency: Vec<LocalHistogram>,
+    pub accepted: u64,
+    pub refused_capacity: u64,
+    pub dirty: bool,
+}
+
+impl Default for LoopStats {
+    fn default() -> Self {
+        LoopStats {
+            frames_in: [0; N_TYPES],
+            frames_out: [0; N_TYPES],
+            results: [0; N_STATUS],
+            errors: [0; N_ERRORS],
+            latency: vec![LocalHistogram::default(); N_TYPES],
+            accepted: 0,
+            refused_capacity: 0,
+            dirty: false,
+        }
+    }
+}
+
+impl LoopStats {
+    #[inline]
+    pub fn frame_in(&mut self, t: u8) {
+        self.frames_in[type_index(t)] += 1;
+        self.dirty = true;
+    }
+
+    #[inline]
+    pub fn frame_out(&mut self, t: u8) {
+        self.frames_out[type_index(t)] += 1;
+        self.dirty = true;
+    }
+
+    #[inline]
+    pub fn result(&mut self, s: Status) {
+        self.results[s as usize] += 1;
+        self.frames_out[type_index(msg_type::RESULT)] += 1;
+        self.dirty = true;
+    }
+
+    #[inline]
+    pub fn error(&mut self, c: ErrorCode) {
+        self.errors[(c as usize).min(N_ERRORS - 1)] += 1;
+        self.frames_out[type_index(msg_type::ERROR)] += 1;
+        self.dirty = true;
+    }
+
+    /// Latency of a request of type `t` answered now.
+    #[inline]
+    pub fn latency_us(&mut self, t: u8, us: u64) {
+        self.latency[type_index(t)].observe_us(us);
+    }
+}
+
+/// All metrics of one server process.
+pub struct Metrics {
+    registry: Registry,
+    frames_in: Vec<Counter>,
+    frames_out: Vec<Counter>,
+    results: Vec<Counter>,
+    errors: Vec<Counter>,
+    latency: Vec<AtomicHistogram>,
+    pub accepted: Counter,
+    refused: Family<Vec<(String, String)>, Counter>,
+    pub open_connections: Gauge,
+    shard_queue: Family<Vec<(String, String)>, Gauge>,
+    pub batch_size: AtomicHistogram,
+    pub flush_seconds: AtomicHistogram,
+    pub store_errors: Counter,
+    pub writer_queue: Gauge,
+    pub store_up: Gauge,
+    pub redis_round_trips: Counter,
+    pub redis_seconds: AtomicHistogram,
+    pub redis_errors: Counter,
+    pub redis_up: Gauge,
+}
+
+fn labels(k: &str, v: &str) -> Vec<(String, String)> {
+    vec![(k.to_string(), v.to_string())]
+}
+
+impl Metrics {
+    pub fn new(shards: usize) -> Self {
+        let mut r = Registry::with_prefix("gavel");
+        let frames_in_f = Family::<Vec<(String, String)>, Counter>::default();
+        let frames_out_f = Family::<Vec<(String, String)>, Counter>::default();
+        let frames_in = MSG_TYPES
+            .iter()
+            .map(|(_, n)| frames_in_f.get_or_create(&labels("type", n)).clone())
+            .collect();
+        let frames_out = MSG_TYPES
+            .iter()
+            .map(|(_, n)| frames_out_f.get_or_create(&labels("type", n)).clone())
+            .collect();
+        r.register("frames_in", "Frames received, by message type", frames_in_f);
+        r.register("frames_out", "Frames sent, by message type", frames_out_f);
+        let results_f = Family::<Vec<(String, String)>, Counter>::default();
+        let results = Status::ALL
+            .iter()
+            .map(|s| results_f.get_or_create(&labels("status", s.name())).clone())
+            .collect();
+        r.register("results", "RESULT frames sent, by status", results_f);
+        let errors_f = Family::<Vec<(String, String)>, Counter>::default();
+        let mut errors: Vec<Counter> = vec![Counter::default()];
+        errors.extend(
+            ErrorCode::ALL
+                .iter()
+                .map(|c| errors_f.get_or_create(&labels("code", c.name())).clone()),
+        );
+        r.register(
+            "errors",
+            "ERROR frames sent, by code (BUSY is back-pressure)",
+            errors_f,
+        );
+        let latency: Vec<AtomicHistogram> = (0..11)
+            .map(|_| AtomicHistogram::new(&LATENCY_BOUNDS_US, 1e-6))
+            .collect();
+        r.register(
+            "request_latency_seconds",
+            "From decoding a request to encoding its reply, by request type",
+            LatencyByType(
+                MSG_TYPES
+                    .iter()
+                    .take(11)
+                    .map(|(_, n)| *n)
+                    .zip(latency.iter().cloned())
+                    .collect(),
+            ),
+        );
+        let accepted = Counter::default();
+        r.register(
+            "connections_accepted",
+            "Connections accepted",
+            accepted.clone(),
+        );
+        let refused = Family::<Vec<(String, String)>, Counter>::default();
+        r.register(
+            "connections_refused",
+            "Connections refused, by reason",
+            refused.clone(),
+        );
+        let open_connections = Gauge::default();
+        r.register(
+            "connections_open",
+            "Connections open",
+            open_connections.clone(),
+        );
+        let shard_queue = Family::<Vec<(String, String)>, Gauge>::default();
+        for i in 0..shards {
+            let _ = shard_queue.get_or_create(&labels("shard", &i.to_string()));
+        }
+        r.register(
+            "shard_queue_depth",
+            "Commands waiting in each shard's queue",
+            shard_queue.clone(),
+        );
+        let batch_size = AtomicHistogram::new(&BATCH_BOUNDS, 1.0);
+        r.register(
+            "writer_batch_mutations",
+            "Mutations per committed batch",
+            batch_size.clone(),
+        );
+        let flush_seconds = AtomicHistogram::new(&LATENCY_BOUNDS_US, 1e-6);
+        r.register(
+            "writer_flush_seconds",
+            "Duration of one batch commit (successful or not)",
+            flush_seconds.clone(),
+        );
+        let store_errors = Counter::default();
+        r.register(
+            "store_errors",
+            "Failed store commits and pings",
+            store_errors.clone(),
+        );
+        let writer_queue = Gauge::default();
+        r.register(
+            "writer_queue_mutations",
+            "Mutations waiting for the batch writer",
+            writer_queue.clone(),
+        );
+        let store_up = Gauge::default();
+        r.register(
+            "store_up",
+            "1 when the store accepts writes, 0 while the breaker is open",
+            store_up.clone(),
+        );
+        let redis_round_trips = Counter::default();
+        r.register(
+            "redis_round_trips",
+            "Pipelined round trips to Redis",
+            redis_round_trips.clone(),
+        );
+        let redis_seconds = AtomicHistogram::new(&LATENCY_BOUNDS_US, 1e-6);
+        r.register(
+            "redis_round_trip_seconds",
+            "Duration of one pipelined Redis round trip",
+            redis_seconds.clone(),
+        );
+        let redis_errors = Counter::default();
+        r.register(
+            "redis_errors",
+            "Failed Redis round trips",
+            redis_errors.clone(),
+        );
+        let redis_up = Gauge::default();
+        r.register(
+            "redis_up",
+            "1 when Redis answers, 0 while the breaker is open (absent without --redis)",
+            redis_up.clone(),
+        );
+        Metrics {
+            registry: r,
+            frames_in,
+            frames_out,
+            results,
+            errors,
+            latency,
+            accepted,
+            refused,
+            open_connections,
+            shard_queue,
+            batch_size,
+            flush_seconds,
+            store_errors,
+            writer_queue,
+            store_up,
+            redis_round_trips,
+            redis_seconds,
+            redis_errors,
+            redis_up,
+        }
+    }
+
+    /// Adds a loop turn's counts to the shared metrics and resets them.
+    pub fn absorb(&self, s: &mut LoopStats) {
+        if !s.dirty {
+            return;
+        }
+        for (i, n) in s.frames_in.iter_mut().enumerate() {
+            if *n != 0 {
+                self.frames_in[i].inc_by(*n);
+                *n = 0;
+            }
+        }
+        for (i, n) in s.frames_out.iter_mut().enumerate() {
+            if *n != 0 {
+                self.frames_out[i].inc_by(*n);
+                *n = 0;
+            }
+        }
+        for (i, n) in s.results.iter_mut().enumerate() {
+            if *n != 0 {
+                self.results[i].inc_by(*n);
+                *n = 0;
+            }
+        }
+        for (i, n) in s.errors.iter_mut().enumerate() {
+            if *n != 0 {
+                self.errors[i].inc_by(*n);
+                *n = 0;
+            }
+        }
+        for (i, h) in s.latency.iter_mut().enumerate().take(self.latency.len()) {
+            if h.n != 0 {
+                self.latency[i].add_local(h);
+                *h = LocalHistogram::default();
+            }
+        }
+        if s.accepted != 0 {
+            self.accepted.inc_by(s.accepted);
+            s.accepted = 0;
+        }
+        if s.refused_capacity != 0 {
+            self.refused(s.refused_capacity, "max_connections");
+            s.refused_capacity = 0;
+        }
+        s.dirty = false;
+    }
+
+    pub fn refused(&self, n: u64, reason: &str) {
+        self.refused
+            .get_or_create(&labels("reason", reason))
+            .inc_by(n);
+    }
+
+    pub fn set_shard_queue(&self, shard: usize, depth: usize) {
+        self.shard_queue
+            .get_or_create(&labels("shard", &shard.to_string()))
+            .set(depth as i64);
+    }
+
+    /// The OpenMetrics text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            let _ = writeln!(out, "# encoding failed");
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn type_indexes_are_distinct_and_in_order() {
+        for (i, (t, _)) in MSG_TYPES.iter().enumerate() {
+            assert_eq!(type_index(*t), i, "{t:#x}");
+        }
+    }
+
+    #[test]
+    fn loop_stats_reach_the_exposition() {
+        let m = Metrics::new(2);
+        let mut s = LoopStats::default();
+        for _ in 0..7 {
+            s.frame_in(msg_type::BID);
+            s.result(Status::Ok);
+            s.latency_us(msg_type::BID, 300);
+        }
+        s.result(Status::Outbid);
+        s.error(ErrorCode::Busy);
+        m.absorb(&mut s);
+        m.absorb(&mut s); // nothing twice
+        let text = m.encode();
+        assert!(
+            text.contains("gavel_frames_in_total{type=\"bid\"} 7"),
+            "{text}"
+        );
+        assert!(
+            text.contains("gavel_results_total{status=\"OK\"} 7"),
+            "{text}"
+        );
+        assert!(
+            text.contains("gavel_results_total{status=\"OUTBID\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("gavel_errors_total{code=\"BUSY\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("gavel_request_latency_seconds_count{type=\"bid\"} 7"),
+            "{text}"
+        );
+        assert!(
+            text.contains("gavel_request_latency_seconds_bucket{le=\"0.0005\",type=\"bid\"} 7")
+                || text
+                    .contains("gavel_request_latency_seconds_bucket{type=\"bid\",le=\"0.0005\"} 7"),
+            "{text}"
+        );
+    }
+}

@@ -1,0 +1,118 @@
+//! `--metrics-listen`: counters after known traffic match that traffic, and
+//! the health endpoints answer.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::Server;
+use gavel_protocol::{BidRequest, BuyRequest, Request, Response, Status};
+
+/// Value of one sample line, e.g. `gavel_results_total{status="OK"}`.
+fn sample(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+        .and_then(|l| l[name.len()..].trim().parse().ok())
+}
+
+#[test]
+fn counters_match_known_traffic() {
+    let s = Server::start(&["--metrics-listen", "127.0.0.1:0"]);
+    let mut c = s.client();
+    assert_eq!(
+        c.open_auction(1, 100, 1, 0).unwrap().result.status,
+        Status::Ok
+    );
+    c.open_sale(2, 10, 0, 0, 0).unwrap();
+    // 50 accepted, 30 outbid, 3 on an auction that does not exist, 5 malformed buys.
+    for i in 1..=50u64 {
+        c.send(&Request::Bid(BidRequest {
+            auction_id: 1,
+            bidder_id: i,
+            amount: 100 + i,
+            bid_id: i,
+        }));
+    }
+    for i in 51..=80u64 {
+        c.send(&Request::Bid(BidRequest {
+            auction_id: 1,
+            bidder_id: i,
+            amount: 69 + i, // 120..=149: above the reserve, below the high bid of 150
+            bid_id: i,
+        }));
+    }
+    for i in 1..=3u64 {
+        c.send(&Request::Bid(BidRequest {
+            auction_id: 3,
+            bidder_id: i,
+            amount: 500,
+            bid_id: i,
+        }));
+    }
+    for i in 1..=5u64 {
+        c.send(&Request::Buy(BuyRequest {
+            sku_id: 2,
+            buyer_id: i,
+            quantity: 0,
+            order_id: i,
+        }));
+    }
+    c.flush().unwrap();
+    let mut statuses = std::collections::HashMap::new();
+    for _ in 0..88 {
+        let key = match c.recv().unwrap().body {
+            Response::Result(r) => r.status.name().to_string(),
+            Response::Error { code, .. } => code.name().to_string(),
+            other => panic!("{other:?}"),
+        };
+        *statuses.entry(key).or_insert(0) += 1;
+    }
+    assert_eq!(statuses["OK"], 50);
+    assert_eq!(statuses["OUTBID"], 30);
+    assert_eq!(statuses["NOT_FOUND"], 3);
+    assert_eq!(statuses["MALFORMED"], 5);
+
+    // Counts are published once per event-loop turn: poll (bounded) until
+    // the last one lands, then check every counter exactly.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let text = loop {
+        let (code, body) = s.http_get("/metrics");
+        assert_eq!(code, 200);
+        if sample(&body, "gavel_errors_total{code=\"MALFORMED\"}") == Some(5.0)
+            && sample(&body, "gavel_results_total{status=\"NOT_FOUND\"}") == Some(3.0)
+        {
+            break body;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "metrics never caught up:\n{body}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let expect = [
+        ("gavel_frames_in_total{type=\"bid\"}", 83.0),
+        ("gavel_frames_in_total{type=\"buy\"}", 5.0),
+        ("gavel_frames_in_total{type=\"open_auction\"}", 1.0),
+        ("gavel_results_total{status=\"OK\"}", 52.0), // 50 bids + 2 opens
+        ("gavel_results_total{status=\"OUTBID\"}", 30.0),
+        ("gavel_results_total{status=\"NOT_FOUND\"}", 3.0),
+        ("gavel_errors_total{code=\"MALFORMED\"}", 5.0),
+        ("gavel_errors_total{code=\"BUSY\"}", 0.0),
+        ("gavel_frames_out_total{type=\"result\"}", 85.0),
+        ("gavel_frames_out_total{type=\"error\"}", 5.0),
+        ("gavel_request_latency_seconds_count{type=\"bid\"}", 83.0),
+        ("gavel_connections_accepted_total", 1.0),
+        ("gavel_connections_open", 1.0),
+    ];
+    for (name, want) in expect {
+        assert_eq!(sample(&text, name), Some(want), "{name}\n{text}");
+    }
+    assert!(
+        text.contains("gavel_shard_queue_depth{shard=\"0\"}"),
+        "{text}"
+    );
+
+    assert_eq!(s.http_get("/healthz").0, 200);
+    assert_eq!(s.http_get("/readyz"), (200, "ready\n".to_string()));
+    assert_eq!(s.http_get("/nope").0, 404);
+}
