@@ -124,11 +124,10 @@ struct Held {
     shard: usize,
     replies: Vec<Vec<Outgoing>>,
     since: Instant,
-    has_mutations: bool,
+    /// Released once this many mutations (counted since start) are committed.
+    upto: u64,
 }
 
-/// Starts the writer thread. It exits, after a last commit attempt, when all
-/// [`WriterHandle`]s are dropped.
 pub fn spawn(
     store: Box<dyn Store>,
     gate: Arc<StoreGate>,
@@ -152,10 +151,15 @@ pub struct BatchWriter {
     gate: Arc<StoreGate>,
     loops: Vec<LoopHandle>,
     cfg: WriterConfig,
+    /// Mutations received and not yet in a commit attempt, oldest first.
+    pending: VecDeque<Mutation>,
+    /// The batch being committed (kept across failed attempts).
     batch: WriteBatch,
-    /// A commit of (part of) this batch failed; the next attempt must be idempotent.
+    /// A commit of this batch failed; the next attempt must be idempotent.
     batch_failed: bool,
     held: VecDeque<Held>,
+    received: u64,
+    committed: u64,
     /// When the oldest uncommitted mutation arrived.
     first_at: Option<Instant>,
     /// Breaker state: next attempt and current backoff while failing.
@@ -180,9 +184,12 @@ impl BatchWriter {
             gate,
             loops,
             cfg,
+            pending: VecDeque::new(),
             batch: WriteBatch::default(),
             batch_failed: false,
             held: VecDeque::new(),
+            received: 0,
+            committed: 0,
             first_at: None,
             retry_at: None,
             backoff: BACKOFF_MIN,
@@ -190,9 +197,13 @@ impl BatchWriter {
         }
     }
 
+    fn uncommitted(&self) -> usize {
+        self.pending.len() + self.batch.mutations
+    }
+
     fn run(mut self, rx: Receiver<Round>) {
         let mut open = true;
-        while open || !self.batch.is_empty() {
+        while open || self.uncommitted() > 0 {
             let now = Instant::now();
             let deadline = self.next_deadline(now);
             if open {
@@ -204,7 +215,7 @@ impl BatchWriter {
                 match first {
                     Ok(r) => {
                         self.accept(r);
-                        while self.batch.mutations < self.cfg.batch_max {
+                        while self.uncommitted() < self.cfg.batch_max {
                             match rx.try_recv() {
                                 Ok(r) => self.accept(r),
                                 Err(_) => break,
@@ -222,13 +233,13 @@ impl BatchWriter {
                 (Some(r), _) => now >= r,
                 (None, Some(f)) => {
                     !open
-                        || self.batch.mutations >= self.cfg.batch_max
+                        || self.uncommitted() >= self.cfg.batch_max
                         || now >= f + self.cfg.flush_interval
                 }
                 (None, None) => false,
             };
             if due {
-                self.flush(now);
+                self.flush();
             }
             self.expire_held(Instant::now());
             if !open && self.retry_at.is_some() && self.give_up_on_exit() {
@@ -258,69 +269,96 @@ impl BatchWriter {
         if !r.mutations.is_empty() && self.first_at.is_none() {
             self.first_at = Some(Instant::now());
         }
-        for m in &r.mutations {
-            self.batch.add(m);
-        }
+        self.received += r.mutations.len() as u64;
+        self.pending.extend(r.mutations);
         if self.gate.durable {
             self.held.push_back(Held {
                 shard: r.shard,
                 replies: r.replies,
                 since: Instant::now(),
-                has_mutations: !r.mutations.is_empty(),
+                upto: self.received,
             });
-            // A mutation-free round at the front depends on nothing uncommitted.
-            while self.held.front().is_some_and(|h| !h.has_mutations) {
-                let h = self.held.pop_front().unwrap();
-                self.release(h, false);
-            }
+            self.release_committed();
         }
     }
 
-    fn flush(&mut self, now: Instant) {
-        let result = if self.batch.is_empty() {
-            self.store.ping()
-        } else {
-            self.store.commit(&self.batch, !self.batch_failed)
-        };
-        if !self.batch.is_empty() {
+    /// Releases, in order, every held round whose mutations are all committed.
+    fn release_committed(&mut self) {
+        while self.held.front().is_some_and(|h| h.upto <= self.committed) {
+            let h = self.held.pop_front().unwrap();
+            self.release(h, false);
+        }
+    }
+
+    /// Commits everything pending, `--batch-max` mutations per transaction.
+    /// Stops at the first failure; the failed batch is retried as is.
+    fn flush(&mut self) {
+        if self.uncommitted() == 0 {
+            // Breaker open with nothing to write: probe the store.
+            match self.store.ping() {
+                Ok(()) => self.recovered(),
+                Err(e) => self.failed(e),
+            }
+            return;
+        }
+        loop {
+            if self.batch.is_empty() {
+                let n = self.pending.len().min(self.cfg.batch_max);
+                if n == 0 {
+                    break;
+                }
+                for m in self.pending.drain(..n) {
+                    self.batch.add(&m);
+                }
+            }
+            let t = Instant::now();
+            let result = self.store.commit(&self.batch, !self.batch_failed);
             self.metrics
                 .flush_seconds
-                .observe(now.elapsed().as_micros() as u64);
-        }
-        match result {
-            Ok(()) => {
-                if !self.batch.is_empty() {
-                    self.metrics.batch_size.observe(self.batch.mutations as u64);
+                .observe(t.elapsed().as_micros() as u64);
+            match result {
+                Ok(()) => {
+                    let n = self.batch.mutations;
+                    self.metrics.batch_size.observe(n as u64);
+                    self.batch.clear();
+                    self.batch_failed = false;
+                    self.committed += n as u64;
+                    self.gate.queued.fetch_sub(n, Ordering::AcqRel);
+                    self.release_committed();
+                    if self.retry_at.is_some() {
+                        self.recovered();
+                    }
                 }
-                if self.retry_at.is_some() {
-                    tracing::info!("store is reachable again; accepting writes");
+                Err(e) => {
+                    self.batch_failed = true;
+                    self.failed(e);
+                    return;
                 }
-                let n = self.batch.mutations;
-                self.batch.clear();
-                self.batch_failed = false;
-                self.first_at = None;
-                self.retry_at = None;
-                self.backoff = BACKOFF_MIN;
-                while let Some(h) = self.held.pop_front() {
-                    self.release(h, false);
-                }
-                self.gate.queued.fetch_sub(n, Ordering::AcqRel);
-                self.gate.up.store(true, Ordering::Release);
-            }
-            Err(e) => {
-                self.metrics.store_errors.inc();
-                if self.retry_at.is_none() {
-                    tracing::error!(error = %e, pending = self.batch.mutations, "store commit failed; refusing writes until it recovers");
-                } else {
-                    tracing::debug!(error = %e, "store still unavailable");
-                }
-                self.batch_failed = !self.batch.is_empty();
-                self.gate.up.store(false, Ordering::Release);
-                let jitter = rand::random::<f64>() * 0.5 + 0.75;
-                self.retry_at = Some(now + self.backoff.mul_f64(jitter));
-                self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
             }
         }
+        self.first_at = None;
+    }
+
+    fn recovered(&mut self) {
+        if self.retry_at.is_some() {
+            tracing::info!("store is reachable again; accepting writes");
+        }
+        self.retry_at = None;
+        self.backoff = BACKOFF_MIN;
+        self.gate.up.store(true, Ordering::Release);
+    }
+
+    fn failed(&mut self, e: crate::store::StoreError) {
+        self.metrics.store_errors.inc();
+        if self.retry_at.is_none() {
+            tracing::error!(error = %e, pending = self.uncommitted(), "store commit failed; refusing writes until it recovers");
+        } else {
+            tracing::debug!(error = %e, "store still unavailable");
+        }
+        self.gate.up.store(false, Ordering::Release);
+        let jitter = rand::random::<f64>() * 0.5 + 0.75;
+        self.retry_at = Some(Instant::now() + self.backoff.mul_f64(jitter));
+        self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
     }
 
     /// Answers UNAVAILABLE for held rounds that waited past the store timeout.
@@ -328,16 +366,15 @@ impl BatchWriter {
         while self
             .held
             .front()
-            .is_some_and(|h| now >= h.since + self.cfg.store_timeout || !h.has_mutations)
+            .is_some_and(|h| now >= h.since + self.cfg.store_timeout)
         {
             let h = self.held.pop_front().unwrap();
-            let unavailable = h.has_mutations;
-            self.release(h, unavailable);
+            self.release(h, true);
         }
     }
 
     fn give_up_on_exit(&mut self) -> bool {
-        // At shutdown, keep retrying within one store timeout, then stop:
+        // At shutdown, keep retrying within two store timeouts, then stop:
         // nothing uncommitted was acknowledged.
         self.held.is_empty()
             && self
