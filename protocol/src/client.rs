@@ -5,6 +5,9 @@
 //! [`Client::recv`] replies (or [`Client::recv_for`] one `request_id`).
 //! Pushes that arrive while waiting for a reply are queued for
 //! [`Client::next_push`].
+//!
+//! With the `tls` feature, [`Client::connect_tls`] speaks TLS (rustls, ring
+//! provider) to a server started with `--tls-cert`.
 
 use std::collections::{HashMap, VecDeque};
 use std::io::{self, Read, Write};
@@ -52,8 +55,57 @@ pub struct Welcome {
     pub max_payload: u16,
 }
 
+/// The byte stream under a [`Client`]: plain TCP or TLS over TCP.
+enum Transport {
+    Plain(TcpStream),
+    #[cfg(feature = "tls")]
+    Tls(Box<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>),
+}
+
+impl Transport {
+    fn tcp(&self) -> &TcpStream {
+        match self {
+            Transport::Plain(s) => s,
+            #[cfg(feature = "tls")]
+            Transport::Tls(s) => s.get_ref(),
+        }
+    }
+}
+
+impl Read for Transport {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Transport::Plain(s) => s.read(buf),
+            #[cfg(feature = "tls")]
+            Transport::Tls(s) => match s.read(buf) {
+                // A peer that closes without close_notify: same as a TCP EOF.
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Ok(0),
+                r => r,
+            },
+        }
+    }
+}
+
+impl Write for Transport {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Transport::Plain(s) => s.write(buf),
+            #[cfg(feature = "tls")]
+            Transport::Tls(s) => s.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Transport::Plain(s) => s.flush(),
+            #[cfg(feature = "tls")]
+            Transport::Tls(s) => s.flush(),
+        }
+    }
+}
+
 pub struct Client {
-    stream: TcpStream,
+    stream: Transport,
     rbuf: BytesMut,
     wbuf: BytesMut,
     decoder: Decoder,
@@ -71,7 +123,45 @@ impl Client {
 
     pub fn from_stream(stream: TcpStream) -> io::Result<Client> {
         stream.set_nodelay(true)?;
-        Ok(Client {
+        Ok(Client::with_transport(Transport::Plain(stream)))
+    }
+
+    /// Connects over TLS, trusting the CA certificates in `ca_pem` (PEM), and
+    /// checks the server's certificate against `server_name` (a DNS name or
+    /// an IP address). The handshake is done before this returns.
+    #[cfg(feature = "tls")]
+    pub fn connect_tls<A: ToSocketAddrs>(
+        addr: A,
+        server_name: &str,
+        ca_pem: &[u8],
+    ) -> Result<Client, ClientError> {
+        let config = crate::tls::client_config(ca_pem)?;
+        Client::from_stream_tls(TcpStream::connect(addr)?, server_name, config)
+    }
+
+    /// TLS over an already connected socket with a prepared configuration
+    /// (see [`crate::tls::client_config`]); handshakes before returning.
+    #[cfg(feature = "tls")]
+    pub fn from_stream_tls(
+        mut stream: TcpStream,
+        server_name: &str,
+        config: std::sync::Arc<rustls::ClientConfig>,
+    ) -> Result<Client, ClientError> {
+        stream.set_nodelay(true)?;
+        let name = rustls::pki_types::ServerName::try_from(server_name.to_string())
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        let mut conn = rustls::ClientConnection::new(config, name)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        while conn.is_handshaking() {
+            conn.complete_io(&mut stream)?;
+        }
+        Ok(Client::with_transport(Transport::Tls(Box::new(
+            rustls::StreamOwned::new(conn, stream),
+        ))))
+    }
+
+    fn with_transport(stream: Transport) -> Client {
+        Client {
             stream,
             rbuf: BytesMut::with_capacity(64 * 1024),
             wbuf: BytesMut::with_capacity(16 * 1024),
@@ -80,16 +170,22 @@ impl Client {
             pushes: VecDeque::new(),
             parked: HashMap::new(),
             parked_order: VecDeque::new(),
-        })
+        }
+    }
+
+    /// True when this client speaks TLS.
+    pub fn is_tls(&self) -> bool {
+        !matches!(self.stream, Transport::Plain(_))
     }
 
     /// Read timeout for every blocking wait (`None` waits forever).
     pub fn set_timeout(&self, t: Option<Duration>) -> io::Result<()> {
-        self.stream.set_read_timeout(t)
+        self.stream.tcp().set_read_timeout(t)
     }
 
+    /// The TCP socket (under TLS, when the client speaks TLS).
     pub fn stream(&self) -> &TcpStream {
-        &self.stream
+        self.stream.tcp()
     }
 
     /// Buffers a request and returns the `request_id` it was given.
@@ -109,6 +205,7 @@ impl Client {
     pub fn flush(&mut self) -> Result<(), ClientError> {
         if !self.wbuf.is_empty() {
             self.stream.write_all(&self.wbuf)?;
+            self.stream.flush()?;
             self.wbuf.clear();
         }
         Ok(())
@@ -117,7 +214,12 @@ impl Client {
     /// Half-closes the write side, so the server sees EOF after what was sent.
     pub fn shutdown_write(&mut self) -> Result<(), ClientError> {
         self.flush()?;
-        self.stream.shutdown(std::net::Shutdown::Write)?;
+        #[cfg(feature = "tls")]
+        if let Transport::Tls(s) = &mut self.stream {
+            s.conn.send_close_notify();
+            s.flush()?;
+        }
+        self.stream.tcp().shutdown(std::net::Shutdown::Write)?;
         Ok(())
     }
 
@@ -348,7 +450,7 @@ fn unexpected(r: Response) -> ClientError {
 }
 
 /// Reads once into the spare capacity of `buf`.
-fn read_into(stream: &mut TcpStream, buf: &mut BytesMut) -> io::Result<usize> {
+fn read_into(stream: &mut Transport, buf: &mut BytesMut) -> io::Result<usize> {
     let start = buf.len();
     let cap = buf.capacity();
     buf.resize(cap, 0);

@@ -16,6 +16,8 @@ pub mod codec;
 pub mod error;
 pub mod frame;
 pub mod message;
+#[cfg(feature = "tls")]
+pub mod tls;
 
 pub use client::{Client, ClientError};
 pub use codec::Decoder;

@@ -4,10 +4,12 @@
 //! `--help` text is the reference for operators.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 
+use crate::rate_limit::RateSpec;
 use crate::store::StoreUrl;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -98,12 +100,57 @@ pub struct Config {
     pub idempotency_max_keys: usize,
 
     /// When set, every connection must start with a HELLO carrying this token.
+    /// Tokens are compared in constant time.
     #[arg(long, env = "GAVEL_AUTH_TOKEN", hide_env_values = true)]
     pub auth_token: Option<String>,
+
+    /// File of accepted auth tokens, one per line (blank lines and `#`
+    /// comments ignored); implies auth. Re-read on SIGHUP, so keys rotate
+    /// without a restart (`kill -HUP PID`); connections already past HELLO
+    /// stay connected. Combines with --auth-token.
+    #[arg(long, env = "GAVEL_AUTH_TOKEN_FILE")]
+    pub auth_token_file: Option<PathBuf>,
 
     /// Maximum simultaneous connections; further ones get ERROR BUSY and are closed.
     #[arg(long, env = "GAVEL_MAX_CONNECTIONS", default_value_t = 100_000)]
     pub max_connections: usize,
+
+    /// Maximum simultaneous connections from one IP address (0 = no limit).
+    /// Further ones get ERROR BUSY "too many connections from your address"
+    /// and are closed at once (over TLS: closed without a reply).
+    #[arg(long, env = "GAVEL_MAX_CONNECTIONS_PER_IP", default_value_t = 0)]
+    pub max_connections_per_ip: u32,
+
+    /// Per-connection rate limit, RATE[/BURST]: RATE requests per second
+    /// with bursts of up to BURST (default BURST = RATE). Every request
+    /// counts; one over the limit gets ERROR RATE_LIMITED, is not executed,
+    /// and the connection stays open. Off by default.
+    /// Example: --rate-per-conn 1000/2000
+    #[arg(long, env = "GAVEL_RATE_PER_CONN", value_name = "RATE[/BURST]")]
+    pub rate_per_conn: Option<RateSpec>,
+
+    /// Per-bidder rate limit, RATE[/BURST], on BID (by bidder_id) and BUY (by
+    /// buyer_id) together, whichever connections they come over. Kept per
+    /// event loop: with --io-threads N a bidder whose connections land on
+    /// different loops may get up to N times RATE. Off by default.
+    /// Example: --rate-per-bidder 50/100
+    #[arg(long, env = "GAVEL_RATE_PER_BIDDER", value_name = "RATE[/BURST]")]
+    pub rate_per_bidder: Option<RateSpec>,
+
+    /// Most bidder ids one event loop tracks for --rate-per-bidder. Idle
+    /// entries are evicted every second; if the table is still full, the
+    /// least recently used half is dropped.
+    #[arg(long, env = "GAVEL_RATE_MAX_BIDDERS", default_value_t = 1_000_000)]
+    pub rate_max_bidders: usize,
+
+    /// Serve TLS with this PEM certificate chain (leaf first); needs
+    /// --tls-key. Plain TCP is not served alongside.
+    #[arg(long, env = "GAVEL_TLS_CERT", value_name = "PEM", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) for --tls-cert.
+    #[arg(long, env = "GAVEL_TLS_KEY", value_name = "PEM", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
 
     /// Largest accepted frame payload in bytes (at most 65535). Larger
     /// headers get ERROR FRAME_TOO_LARGE and the connection is closed.

@@ -4,8 +4,14 @@
 //! bytes. Reads go straight into the spare capacity of the read buffer
 //! (`read(2)` on the raw fd), writes drain the write buffer with one `write(2)`
 //! per loop turn.
+//!
+//! With TLS on, the connection also holds a `rustls::ServerConnection`: reads
+//! go through `read_tls` + `process_new_packets` and the decrypted bytes land
+//! in the same read buffer; the write buffer keeps plaintext until rustls
+//! takes it (`writer()`), and `write_tls` sends the records. Without TLS the
+//! only difference is one `None` check per read and per flush.
 
-use std::io;
+use std::io::{self, Read, Write};
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::time::Instant;
@@ -13,6 +19,7 @@ use std::time::Instant;
 use bytes::{Buf, BytesMut};
 use gavel_protocol::ErrorCode;
 use mio::net::TcpStream;
+use rustls::ServerConnection;
 
 use crate::buffer_pool::BufferPool;
 
@@ -40,6 +47,12 @@ pub struct Connection {
     pub close_after_flush: bool,
     /// Already in the loop's list of connections to flush this turn.
     pub dirty: bool,
+    /// The TLS session, when the server runs with `--tls-cert`.
+    pub tls: Option<Box<ServerConnection>>,
+    /// Per-connection rate-limit bucket (unused without `--rate-per-conn`).
+    pub bucket: crate::rate_limit::Bucket,
+    /// This connection counts towards its address's `--max-connections-per-ip`.
+    pub counted_ip: bool,
 }
 
 pub enum ReadResult {
@@ -49,7 +62,14 @@ pub enum ReadResult {
 }
 
 impl Connection {
-    pub fn new(stream: TcpStream, peer: SocketAddr, gen: u32, authed: bool) -> Self {
+    pub fn new(
+        stream: TcpStream,
+        peer: SocketAddr,
+        gen: u32,
+        authed: bool,
+        tls: Option<Box<ServerConnection>>,
+        bucket: crate::rate_limit::Bucket,
+    ) -> Self {
         Connection {
             stream,
             peer,
@@ -65,6 +85,9 @@ impl Connection {
             fatal: None,
             close_after_flush: false,
             dirty: false,
+            tls,
+            bucket,
+            counted_ip: false,
         }
     }
 
@@ -84,6 +107,9 @@ impl Connection {
 
     /// One `read(2)` into the read buffer's spare capacity.
     pub fn read_once(&mut self, pool: &mut BufferPool) -> io::Result<ReadResult> {
+        if self.tls.is_some() {
+            return self.read_once_tls(pool);
+        }
         let buf = self.rbuf.get_or_insert_with(|| pool.get());
         if buf.capacity() - buf.len() < 1024 {
             buf.reserve(16 * 1024);
@@ -114,9 +140,56 @@ impl Connection {
         Ok(ReadResult::Data)
     }
 
+    /// One `read(2)` of TLS records, decrypted into the read buffer.
+    fn read_once_tls(&mut self, pool: &mut BufferPool) -> io::Result<ReadResult> {
+        let tls = self.tls.as_mut().expect("checked");
+        let n = match tls.read_tls(&mut &self.stream) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(ReadResult::WouldBlock),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(ReadResult::Data),
+            Err(e) => return Err(e),
+        };
+        let state = match tls.process_new_packets() {
+            Ok(s) => s,
+            Err(e) => {
+                // Send the alert rustls queued, best effort, then give up.
+                let _ = tls.write_tls(&mut &self.stream);
+                return Err(io::Error::new(io::ErrorKind::InvalidData, e));
+            }
+        };
+        let avail = state.plaintext_bytes_to_read();
+        let closed = state.peer_has_closed();
+        if avail > 0 {
+            let buf = self.rbuf.get_or_insert_with(|| pool.get());
+            let start = buf.len();
+            buf.resize(start + avail, 0);
+            let got = match tls.reader().read(&mut buf[start..]) {
+                Ok(got) => got,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
+                Err(e) => {
+                    buf.truncate(start);
+                    return Err(e);
+                }
+            };
+            buf.truncate(start + got);
+        }
+        if n == 0 || (closed && avail == 0) {
+            return Ok(ReadResult::Eof);
+        }
+        Ok(ReadResult::Data)
+    }
+
+    /// TLS records (handshake, alerts) are waiting to be sent.
+    pub fn tls_wants_write(&self) -> bool {
+        self.tls.as_ref().is_some_and(|t| t.wants_write())
+    }
+
     /// Writes as much of the write buffer as the socket takes. Returns true
     /// when everything was written (the buffer went back to the pool).
     pub fn flush(&mut self, pool: &mut BufferPool) -> io::Result<bool> {
+        if self.tls.is_some() {
+            return self.flush_tls(pool);
+        }
         let Some(buf) = self.wbuf.as_mut() else {
             return Ok(true);
         };
@@ -136,6 +209,53 @@ impl Connection {
             pool.put(b);
         }
         Ok(true)
+    }
+
+    /// Hands plaintext to rustls as far as its buffer limit allows and sends
+    /// the records, until everything is out or the socket is full.
+    fn flush_tls(&mut self, pool: &mut BufferPool) -> io::Result<bool> {
+        let tls = self.tls.as_mut().expect("checked");
+        loop {
+            // During the handshake rustls holds the plaintext until it can
+            // encrypt it; the read path flushes again once the handshake is done.
+            if let Some(buf) = self.wbuf.as_mut() {
+                if !buf.is_empty() {
+                    let n = tls.writer().write(buf)?;
+                    buf.advance(n);
+                }
+            }
+            if !tls.wants_write() {
+                break;
+            }
+            match tls.write_tls(&mut &self.stream) {
+                Ok(0) => return Ok(false),
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let rest = self.wbuf.as_ref().map_or(0, |b| b.len());
+        if rest > 0 {
+            // rustls' buffer is full and waits on the peer (handshake).
+            return Ok(false);
+        }
+        if let Some(b) = self.wbuf.take() {
+            pool.put(b);
+        }
+        Ok(true)
+    }
+
+    /// Before closing: tell a TLS peer the stream ends here (best effort).
+    pub fn send_close_notify(&mut self) {
+        if let Some(tls) = self.tls.as_mut() {
+            tls.send_close_notify();
+            while tls.wants_write() {
+                if tls.write_tls(&mut &self.stream).is_err() {
+                    break;
+                }
+            }
+        }
     }
 
     /// Gives the read buffer back when it holds nothing, and tracks since when

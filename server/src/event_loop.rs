@@ -10,9 +10,11 @@
 //! 4. send each shard its batch (or answer BUSY when its queue is full);
 //! 5. flush the connections that have output; close the ones that are done.
 
+use std::collections::HashMap;
 use std::io;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
@@ -26,10 +28,12 @@ use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
 
+use crate::auth::AuthTokens;
 use crate::buffer_pool::BufferPool;
 use crate::command::{shard_of, Command, ConnRef, Op, Outgoing, Reply, ShardMsg};
 use crate::connection::{Connection, ReadResult};
 use crate::metrics::{LoopStats, Metrics};
+use crate::rate_limit::{Bucket, KeyedBuckets, Limit, RateSpec};
 use crate::shard::ShardHandle;
 
 const LISTENER: Token = Token(0);
@@ -40,13 +44,26 @@ const FIRST_CONN: usize = 2;
 pub struct Shared {
     pub shards: Vec<ShardHandle>,
     pub shard_queue: usize,
-    pub auth_token: Option<Vec<u8>>,
+    /// Accepted HELLO tokens; `None`: no auth required.
+    pub auth: Option<Arc<AuthTokens>>,
     pub max_payload: u16,
     pub max_in_flight: u32,
     pub output_cap: usize,
     pub subscriber_cap: usize,
     pub send_buffer: usize,
     pub max_connections: usize,
+    /// `--max-connections-per-ip` (0 = no limit).
+    pub max_connections_per_ip: u32,
+    /// Open connections per peer address, kept only when the cap is on.
+    /// Touched on accept and close only.
+    pub per_ip: Mutex<HashMap<IpAddr, u32>>,
+    /// Connections refused by `--max-connections-per-ip`.
+    pub refused_per_ip: AtomicU64,
+    pub rate_per_conn: Option<RateSpec>,
+    pub rate_per_bidder: Option<RateSpec>,
+    pub rate_max_bidders: usize,
+    /// Set with `--tls-cert`: every accepted connection speaks TLS.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
     pub idle_timeout: Duration,
     pub shutdown_grace: Duration,
     pub node_id: u16,
@@ -73,6 +90,12 @@ struct Ctx {
     epoch: Instant,
     /// When the current read batch started, in µs since `epoch`.
     turn_us: u32,
+    /// The same instant in ns, for rate limits.
+    now_ns: u64,
+    /// `--rate-per-conn`, the bucket itself lives in each connection.
+    conn_limit: Option<Limit>,
+    /// `--rate-per-bidder`: this loop's buckets by bidder/buyer id.
+    bidders: Option<KeyedBuckets>,
 }
 
 pub struct EventLoop {
@@ -97,6 +120,10 @@ impl EventLoop {
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)?;
         let shards = shared.shards.len();
+        let conn_limit = shared.rate_per_conn.map(Limit::new);
+        let bidders = shared
+            .rate_per_bidder
+            .map(|r| KeyedBuckets::new(r, shared.rate_max_bidders));
         Ok(EventLoop {
             poll,
             listener,
@@ -113,6 +140,9 @@ impl EventLoop {
                 stats: LoopStats::default(),
                 epoch: Instant::now(),
                 turn_us: 0,
+                now_ns: 0,
+                conn_limit,
+                bidders,
             },
             next_gen: 1,
             resume: Vec::new(),
@@ -182,6 +212,10 @@ impl EventLoop {
             if now.duration_since(last_sweep) >= Duration::from_secs(1) {
                 last_sweep = now;
                 self.close_stalled(now);
+                let now_ns = now.duration_since(self.ctx.epoch).as_nanos() as u64;
+                if let Some(b) = self.ctx.bidders.as_mut() {
+                    b.sweep(now_ns);
+                }
             }
         }
     }
@@ -211,6 +245,36 @@ impl EventLoop {
                 tracing::warn!(%peer, "refused connection: --max-connections reached");
                 continue;
             }
+            let ip = peer.ip().to_canonical();
+            if shared.max_connections_per_ip > 0 && !take_ip_slot(shared, ip) {
+                shared.refused_per_ip.fetch_add(1, Ordering::Relaxed);
+                if shared.tls.is_none() {
+                    let mut b = BytesMut::with_capacity(80);
+                    encode_error(
+                        &mut b,
+                        0,
+                        ErrorCode::Busy,
+                        "too many connections from your address",
+                    );
+                    let _ = io::Write::write(&mut stream, &b);
+                }
+                tracing::info!(%peer, "refused connection: --max-connections-per-ip reached");
+                continue;
+            }
+            let counted_ip = shared.max_connections_per_ip > 0;
+            let tls = match &shared.tls {
+                None => None,
+                Some(cfg) => match rustls::ServerConnection::new(cfg.clone()) {
+                    Ok(c) => Some(Box::new(c)),
+                    Err(e) => {
+                        tracing::warn!(%peer, error = %e, "TLS session setup failed");
+                        if counted_ip {
+                            release_ip_slot(shared, ip);
+                        }
+                        continue;
+                    }
+                },
+            };
             let _ = stream.set_nodelay(true);
             if self.ctx.shared.send_buffer > 0 {
                 let _ = socket2::SockRef::from(&stream)
@@ -226,10 +290,18 @@ impl EventLoop {
                 Interest::READABLE | Interest::WRITABLE,
             ) {
                 tracing::warn!(%peer, error = %e, "register failed");
+                if counted_ip {
+                    release_ip_slot(shared, ip);
+                }
                 continue;
             }
-            let authed = shared.auth_token.is_none();
-            entry.insert(Connection::new(stream, peer, gen, authed));
+            let authed = shared.auth.is_none();
+            let bucket = match &self.ctx.conn_limit {
+                Some(l) => Bucket::full(l, self.ctx.epoch.elapsed().as_nanos() as u64),
+                None => Bucket::default(),
+            };
+            let conn = entry.insert(Connection::new(stream, peer, gen, authed, tls, bucket));
+            conn.counted_ip = counted_ip;
             shared.open_connections.fetch_add(1, Ordering::Relaxed);
             self.ctx.stats.accepted += 1;
             self.ctx.stats.dirty = true;
@@ -244,7 +316,9 @@ impl EventLoop {
     /// cap stops us.
     fn on_readable(&mut self, slot: usize, now: Instant) {
         let ctx = &mut self.ctx;
-        ctx.turn_us = now.duration_since(ctx.epoch).as_micros() as u32;
+        let since = now.duration_since(ctx.epoch);
+        ctx.turn_us = since.as_micros() as u32;
+        ctx.now_ns = since.as_nanos() as u64;
         let conn = &mut self.conns[slot];
         let mut progressed = decode_buffered(conn, slot, ctx);
         let mut failed = None;
@@ -267,7 +341,7 @@ impl EventLoop {
             self.close(slot);
             return;
         }
-        if conn.read_eof || conn.fatal.is_some() {
+        if conn.read_eof || conn.fatal.is_some() || conn.tls_wants_write() {
             mark_dirty(conn, slot, &mut ctx.dirty);
         }
     }
@@ -432,10 +506,14 @@ impl EventLoop {
 
     fn close(&mut self, slot: usize) {
         let mut conn = self.conns.remove(slot);
+        conn.send_close_notify();
         let _ = self.poll.registry().deregister(&mut conn.stream);
         conn.release_buffers(&mut self.ctx.pool);
         let shared = &self.ctx.shared;
         shared.open_connections.fetch_sub(1, Ordering::Relaxed);
+        if conn.counted_ip {
+            release_ip_slot(shared, conn.peer.ip().to_canonical());
+        }
         let mut bits = conn.sub_shards;
         while bits != 0 {
             let shard = bits.trailing_zeros() as usize;
@@ -490,6 +568,39 @@ impl EventLoop {
     }
 }
 
+/// Counts one more connection from `ip` unless that reaches the cap.
+fn take_ip_slot(shared: &Shared, ip: IpAddr) -> bool {
+    let mut map = shared.per_ip.lock().unwrap_or_else(|e| e.into_inner());
+    let n = map.entry(ip).or_insert(0);
+    if *n >= shared.max_connections_per_ip {
+        return false;
+    }
+    *n += 1;
+    true
+}
+
+fn release_ip_slot(shared: &Shared, ip: IpAddr) {
+    let mut map = shared.per_ip.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(n) = map.get_mut(&ip) {
+        *n -= 1;
+        if *n == 0 {
+            map.remove(&ip);
+        }
+    }
+}
+
+/// Answers a request over its rate: not executed, the connection stays open.
+fn rate_limited(conn: &mut Connection, slot: usize, rid: u32, ctx: &mut Ctx) {
+    encode_error(
+        conn.out(&mut ctx.pool),
+        rid,
+        ErrorCode::RateLimited,
+        "rate limit exceeded",
+    );
+    ctx.stats.error(ErrorCode::RateLimited);
+    mark_dirty(conn, slot, &mut ctx.dirty);
+}
+
 fn mark_dirty(conn: &mut Connection, slot: usize, dirty: &mut Vec<usize>) {
     if !conn.dirty {
         conn.dirty = true;
@@ -540,15 +651,6 @@ fn decode_buffered(conn: &mut Connection, slot: usize, ctx: &mut Ctx) -> bool {
     }
 }
 
-/// Constant-time comparison so a token cannot be guessed byte by byte.
-fn token_matches(given: &[u8], expected: &[u8]) -> bool {
-    let mut diff = (given.len() != expected.len()) as u8;
-    for (i, e) in expected.iter().enumerate() {
-        diff |= e ^ given.get(i).copied().unwrap_or(0);
-    }
-    diff == 0
-}
-
 fn handle_request(conn: &mut Connection, slot: usize, frame: Frame<Request>, ctx: &mut Ctx) {
     let rid = frame.request_id;
     let kind = frame.body.msg_type();
@@ -562,6 +664,11 @@ fn handle_request(conn: &mut Connection, slot: usize, frame: Frame<Request>, ctx
     if ctx.shutting_down {
         return fatal(conn, ErrorCode::ShuttingDown, "server is shutting down");
     }
+    if let Some(limit) = &ctx.conn_limit {
+        if !conn.bucket.take(limit, ctx.now_ns) {
+            return rate_limited(conn, slot, rid, ctx);
+        }
+    }
     if let Request::Hello { version, token } = &frame.body {
         if *version != PROTOCOL_VERSION {
             return fatal(
@@ -570,8 +677,8 @@ fn handle_request(conn: &mut Connection, slot: usize, frame: Frame<Request>, ctx
                 "only version 1 is supported",
             );
         }
-        if let Some(expected) = &ctx.shared.auth_token {
-            if !token_matches(token, expected) {
+        if let Some(auth) = &ctx.shared.auth {
+            if !auth.check(token) {
                 tracing::info!(peer = %conn.peer, "bad auth token");
                 return fatal(conn, ErrorCode::Unauthorized, "invalid token");
             }
@@ -622,6 +729,18 @@ fn handle_request(conn: &mut Connection, slot: usize, frame: Frame<Request>, ctx
         Request::Subscribe { auction_id } => Op::Subscribe(auction_id),
         Request::Unsubscribe { auction_id } => Op::Unsubscribe(auction_id),
     };
+    if let Some(bidders) = ctx.bidders.as_mut() {
+        let who = match op {
+            Op::Bid(b) => Some(b.bidder_id),
+            Op::Buy(b) => Some(b.buyer_id),
+            _ => None,
+        };
+        if let Some(id) = who {
+            if !bidders.take(id, ctx.now_ns) {
+                return rate_limited(conn, slot, rid, ctx);
+            }
+        }
+    }
     let shard = shard_of(op.routing_key(), ctx.pending.len());
     if matches!(op, Op::Subscribe(_)) {
         conn.sub_shards |= 1 << shard;
@@ -651,19 +770,5 @@ fn encode_reply(buf: &mut BytesMut, reply: &Reply) {
         Reply::Sale { request_id, info } => encode_sale(buf, *request_id, info),
         Reply::Error { request_id, code } => encode_error(buf, *request_id, *code, code.name()),
         Reply::Push(p) => p.encode(buf),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::token_matches;
-
-    #[test]
-    fn tokens() {
-        assert!(token_matches(b"secret", b"secret"));
-        assert!(!token_matches(b"secreT", b"secret"));
-        assert!(!token_matches(b"secret1", b"secret"));
-        assert!(!token_matches(b"", b"secret"));
-        assert!(!token_matches(b"s", b""));
     }
 }

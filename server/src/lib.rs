@@ -2,6 +2,7 @@
 //! reach the pieces; the binary in `main.rs` wires them together.
 
 pub mod auction;
+pub mod auth;
 pub mod batch_writer;
 pub mod buffer_pool;
 pub mod command;
@@ -13,6 +14,8 @@ pub mod listener;
 pub mod metrics;
 pub mod metrics_http;
 pub mod mutation;
+pub mod rate_limit;
 pub mod sale;
 pub mod shard;
 pub mod store;
+pub mod tls;

@@ -1,14 +1,16 @@
 //! `gavel-server`: wires the listener, event loops, shards and signals together.
 
+use std::collections::HashMap;
 use std::io::Write;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 use anyhow::{bail, Context};
 use clap::Parser;
-use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use tracing_subscriber::EnvFilter;
 
+use gavel_server::auth::AuthTokens;
 use gavel_server::batch_writer::{self, StoreGate, WriterConfig};
 use gavel_server::command::{shard_of, Op};
 use gavel_server::config::{AckMode, Config, LogFormat};
@@ -18,12 +20,23 @@ use gavel_server::metrics::Metrics;
 use gavel_server::metrics_http;
 use gavel_server::shard::{self, LoopHandle, ShardHandle, ShardState};
 use gavel_server::store::{self, Snapshot};
+use gavel_server::tls;
 
 fn main() -> anyhow::Result<()> {
     let config = Config::parse();
     init_logging(config.log_format);
     let shard_count = config.shard_count();
     let durable = config.ack == AckMode::Durable;
+    let auth = AuthTokens::new(
+        config.auth_token.as_deref(),
+        config.auth_token_file.as_deref(),
+    )
+    .map_err(anyhow::Error::msg)?
+    .map(Arc::new);
+    let tls_config = match (&config.tls_cert, &config.tls_key) {
+        (Some(cert), Some(key)) => Some(tls::server_config(cert, key).map_err(anyhow::Error::msg)?),
+        _ => None,
+    };
 
     // Open the store and read back its state before serving anything.
     let store = store::open(&config.store, durable, config.store_timeout)
@@ -117,13 +130,20 @@ fn main() -> anyhow::Result<()> {
     let shared = Arc::new(Shared {
         shards: shard_handles,
         shard_queue: config.shard_queue,
-        auth_token: config.auth_token.clone().map(String::into_bytes),
+        auth: auth.clone(),
         max_payload: config.max_payload,
         max_in_flight: config.max_in_flight.max(1),
         output_cap: config.output_cap,
         subscriber_cap: config.subscriber_cap,
         send_buffer: config.send_buffer,
         max_connections: config.max_connections,
+        max_connections_per_ip: config.max_connections_per_ip,
+        per_ip: Mutex::new(HashMap::new()),
+        refused_per_ip: AtomicU64::new(0),
+        rate_per_conn: config.rate_per_conn,
+        rate_per_bidder: config.rate_per_bidder,
+        rate_max_bidders: config.rate_max_bidders,
+        tls: tls_config,
         idle_timeout: config.idle_timeout,
         shutdown_grace: config.shutdown_grace,
         node_id: config.node_id,
@@ -160,12 +180,29 @@ fn main() -> anyhow::Result<()> {
 
     let wakers: Vec<_> = loop_handles.iter().map(|l| l.waker.clone()).collect();
     drop(loop_handles);
-    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])?;
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP])?;
     let flag = shutdown.clone();
+    // Not `shared`: this thread outlives the loops, and holding the shard
+    // queues would keep the shards from finishing.
+    let for_reload = auth;
     std::thread::Builder::new()
         .name("gavel-signals".into())
         .spawn(move || {
-            if let Some(sig) = signals.forever().next() {
+            for sig in signals.forever() {
+                if sig == SIGHUP {
+                    // Rotate auth tokens; connections past HELLO are untouched.
+                    match &for_reload {
+                        Some(auth) if auth.has_file() => match auth.reload() {
+                            Ok(n) => tracing::info!(tokens = n, "SIGHUP: auth tokens reloaded"),
+                            Err(e) => tracing::error!(
+                                error = %e,
+                                "SIGHUP: auth token reload failed; the previous tokens stay in force"
+                            ),
+                        },
+                        _ => tracing::info!("SIGHUP: nothing to reload (no --auth-token-file)"),
+                    }
+                    continue;
+                }
                 tracing::info!(signal = sig, "signal received");
                 flag.store(true, Ordering::Release);
                 for w in &wakers {
