@@ -41,6 +41,19 @@ pub struct Cli {
           value_parser = clap::value_parser!(u64).range(1..))]
     pub timeout_ms: u64,
 
+    /// Speak TLS to the server (a gavel-server started with --tls-cert).
+    #[arg(long, global = true, env = "GAVEL_CLI_TLS")]
+    pub tls: bool,
+
+    /// PEM file of the CA certificate(s) to trust for --tls (implies --tls).
+    #[arg(long, global = true, env = "GAVEL_CLI_TLS_CA", value_name = "PEM")]
+    pub tls_ca: Option<std::path::PathBuf>,
+
+    /// Name to check the server's certificate against (DNS name or IP
+    /// address); default: the host part of --addr.
+    #[arg(long, global = true, env = "GAVEL_CLI_TLS_SERVER_NAME")]
+    pub tls_server_name: Option<String>,
+
     #[command(subcommand)]
     pub command: Command,
 }

@@ -69,11 +69,42 @@ fn connect(cli: &Cli) -> Result<Client, String> {
     let addr = crate::driver::resolve(&cli.addr).map_err(|e| format!("{e:#}"))?;
     let stream = TcpStream::connect_timeout(&addr, timeout)
         .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
-    let client = Client::from_stream(stream).map_err(|e| e.to_string())?;
+    let client = if cli.tls || cli.tls_ca.is_some() {
+        let Some(ca) = &cli.tls_ca else {
+            return Err(
+                "--tls needs --tls-ca PEM (the CA that signed the server's certificate)".into(),
+            );
+        };
+        let pem = std::fs::read(ca).map_err(|e| format!("cannot read {}: {e}", ca.display()))?;
+        let config = gavel_protocol::tls::client_config(&pem)
+            .map_err(|e| format!("{}: {e}", ca.display()))?;
+        let name = match &cli.tls_server_name {
+            Some(n) => n.clone(),
+            None => host_of(&cli.addr),
+        };
+        stream
+            .set_read_timeout(Some(timeout))
+            .map_err(|e| e.to_string())?;
+        Client::from_stream_tls(stream, &name, config)
+            .map_err(|e| format!("TLS handshake with {addr} (as {name:?}) failed: {e}"))?
+    } else {
+        Client::from_stream(stream).map_err(|e| e.to_string())?
+    };
     client
         .set_timeout(Some(timeout))
         .map_err(|e| e.to_string())?;
     Ok(client)
+}
+
+/// The host part of `host:port` or `[v6]:port`.
+fn host_of(addr: &str) -> String {
+    let host = match addr.rsplit_once(':') {
+        Some((h, port)) if port.chars().all(|c| c.is_ascii_digit()) => h,
+        _ => addr,
+    };
+    host.trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string()
 }
 
 fn io_err(e: ClientError) -> String {
