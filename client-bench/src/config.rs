@@ -12,6 +12,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use clap::{Parser, ValueEnum};
 use serde::{Serialize, Serializer};
 
+use crate::transport::TlsPlan;
+
 /// Which requests the load phase sends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -211,6 +213,20 @@ pub struct BenchConfig {
     #[serde(skip)]
     pub auth_token: Option<String>,
 
+    /// Speak TLS to the server (a gavel-server started with --tls-cert);
+    /// needs --tls-ca.
+    #[arg(long, env = "GAVEL_BENCH_TLS")]
+    pub tls: bool,
+
+    /// PEM file of the CA certificate(s) to trust for --tls (implies --tls).
+    #[arg(long, env = "GAVEL_BENCH_TLS_CA", value_name = "PEM")]
+    pub tls_ca: Option<PathBuf>,
+
+    /// Name to check the server's certificate against (DNS name or IP
+    /// address); default: the host part of --addr.
+    #[arg(long, env = "GAVEL_BENCH_TLS_SERVER_NAME")]
+    pub tls_server_name: Option<String>,
+
     /// Driver threads; connection i is driven by thread i mod threads.
     #[arg(long, env = "GAVEL_BENCH_THREADS", default_value_t = 1,
           value_parser = clap::value_parser!(u32).range(1..=256))]
@@ -298,6 +314,8 @@ pub struct Plan {
     pub stock: u64,
     pub skew: Skew,
     pub auth_token: Option<Vec<u8>>,
+    /// `--tls`: every connection (load, setup, verify) speaks TLS.
+    pub tls: Option<TlsPlan>,
     pub threads: u32,
     pub id_base: u64,
     pub seed: u64,
@@ -345,6 +363,23 @@ impl BenchConfig {
         if self.stock == 0 && self.workload.uses_sales() {
             return Err("--stock must be at least 1".into());
         }
+        let tls = match (&self.tls_ca, self.tls) {
+            (Some(ca), _) => {
+                let pem = std::fs::read(ca)
+                    .map_err(|e| format!("cannot read --tls-ca {}: {e}", ca.display()))?;
+                let name = match &self.tls_server_name {
+                    Some(n) => n.clone(),
+                    None => host_of(&self.addr),
+                };
+                Some(TlsPlan::new(&pem, &name).map_err(|e| format!("{}: {e}", ca.display()))?)
+            }
+            (None, true) => {
+                return Err(
+                    "--tls needs --tls-ca PEM (the CA that signed the server's certificate)".into(),
+                )
+            }
+            (None, false) => None,
+        };
         let id_base = self.id_base.unwrap_or_else(default_id_base);
         let max_keys = u64::from(self.auctions.max(self.skus));
         if id_base.checked_add(max_keys).is_none() {
@@ -364,6 +399,7 @@ impl BenchConfig {
             stock: self.stock,
             skew: self.skew,
             auth_token: self.auth_token.clone().map(String::into_bytes),
+            tls,
             threads: self.threads.min(self.connections),
             id_base,
             seed: self.seed.unwrap_or(id_base ^ 0x9e37_79b9_7f4a_7c15),
@@ -371,6 +407,17 @@ impl BenchConfig {
             timeout: Duration::from_secs(self.timeout_secs),
         })
     }
+}
+
+/// The host part of `host:port` or `[v6]:port`.
+pub fn host_of(addr: &str) -> String {
+    let host = match addr.rsplit_once(':') {
+        Some((h, port)) if port.chars().all(|c| c.is_ascii_digit()) => h,
+        _ => addr,
+    };
+    host.trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string()
 }
 
 /// Milliseconds since the epoch times one million: runs started at least a

@@ -22,7 +22,7 @@
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
 use std::io::{self, Read, Write};
-use std::net::{Shutdown, SocketAddr, ToSocketAddrs};
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -38,6 +38,7 @@ use crate::inflight::InFlight;
 use crate::stats::{Live, Published, Stats};
 use crate::target::{new_target, Reply, ReplyKind, Target, HANDSHAKE_TAG};
 use crate::timer::{Wakeup, TIMER_TOKEN};
+use crate::transport::Stream;
 use crate::workload::{Op, OpGen, WorkloadShared};
 
 /// Longest a poll waits, so timeouts are checked and progress is published.
@@ -135,7 +136,7 @@ struct Conn {
     /// Index in the worker's vector, also the mio token.
     slot: usize,
     phase: Phase,
-    stream: Option<TcpStream>,
+    stream: Option<Stream>,
     target: Box<dyn Target>,
     gen: OpGen,
     inflight: InFlight<Pending>,
@@ -362,10 +363,10 @@ fn fire_timers(cx: &mut Ctx<'_>, conns: &mut [Conn], now: Instant) {
 
 fn start_connect(cx: &mut Ctx<'_>, c: &mut Conn, now: Instant) {
     c.last_activity = now;
-    match TcpStream::connect(cx.addr) {
+    match TcpStream::connect(cx.addr).and_then(|s| Stream::new(s, cx.plan.tls.as_ref())) {
         Ok(mut s) => {
             if let Err(e) = cx.registry.register(
-                &mut s,
+                &mut s.tcp,
                 Token(c.slot),
                 Interest::READABLE | Interest::WRITABLE,
             ) {
@@ -411,7 +412,9 @@ fn on_event(cx: &mut Ctx<'_>, c: &mut Conn, ev: &Event) {
 }
 
 fn finish_connect(cx: &mut Ctx<'_>, c: &mut Conn, now: Instant) {
-    let Some(s) = c.stream.as_ref() else { return };
+    let Some(s) = c.stream.as_ref().map(|s| &s.tcp) else {
+        return;
+    };
     match s.take_error() {
         Ok(None) => {}
         Ok(Some(e)) | Err(e) => return connect_failed(cx, c, &e),
@@ -450,11 +453,15 @@ fn advance(cx: &mut Ctx<'_>, c: &mut Conn, now: Instant) {
     if matches!(c.phase, Phase::Handshake | Phase::Running | Phase::Draining) && flush(c).is_err() {
         return broken(cx, c);
     }
-    if c.phase == Phase::Running && c.finished_issuing && c.wbuf.is_empty() {
+    if c.phase == Phase::Running
+        && c.finished_issuing
+        && c.wbuf.is_empty()
+        && !c.stream.as_ref().is_some_and(Stream::has_pending)
+    {
         let ok = c
             .stream
-            .as_ref()
-            .is_some_and(|s| s.shutdown(Shutdown::Write).is_ok());
+            .as_mut()
+            .is_some_and(|s| s.shutdown_write().is_ok());
         if !ok {
             return broken(cx, c);
         }
@@ -538,7 +545,8 @@ fn flush(c: &mut Conn) -> io::Result<()> {
             Err(e) => return Err(e),
         }
     }
-    Ok(())
+    // TLS records rustls could not send yet (a no-op on plain TCP).
+    s.flush_pending()
 }
 
 /// Reads and handles every reply available; ends the connection on EOF/error.
@@ -551,6 +559,7 @@ fn flush(c: &mut Conn) -> io::Result<()> {
 fn read_replies(cx: &mut Ctx<'_>, c: &mut Conn, may_stop_short: bool) {
     loop {
         let Some(s) = c.stream.as_mut() else { return };
+        let tls = s.is_tls();
         if c.rbuf.capacity() - c.rbuf.len() < READ_SPARE {
             c.rbuf.reserve(READ_SPARE.max(c.rbuf.capacity()));
         }
@@ -563,7 +572,9 @@ fn read_replies(cx: &mut Ctx<'_>, c: &mut Conn, may_stop_short: bool) {
                 if !handle_replies(cx, c, now) {
                     return;
                 }
-                if may_stop_short && n < spare && c.phase == Phase::Running {
+                // Not under TLS: a short read there does not mean the
+                // socket is drained.
+                if may_stop_short && n < spare && c.phase == Phase::Running && !tls {
                     return;
                 }
             }
@@ -685,7 +696,7 @@ fn close(cx: &mut Ctx<'_>, c: &mut Conn) {
         return;
     }
     if let Some(mut s) = c.stream.take() {
-        let _ = cx.registry.deregister(&mut s);
+        let _ = cx.registry.deregister(&mut s.tcp);
     }
     cx.stats.lost += c.inflight.clear() as u64;
     c.credits.clear();
@@ -721,7 +732,7 @@ fn check_timeout(cx: &mut Ctx<'_>, c: &mut Conn, now: Instant) {
 }
 
 /// Reads once into the spare capacity of `buf`.
-fn read_into(s: &mut TcpStream, buf: &mut BytesMut) -> io::Result<usize> {
+fn read_into(s: &mut Stream, buf: &mut BytesMut) -> io::Result<usize> {
     let start = buf.len();
     let cap = buf.capacity();
     buf.resize(cap, 0);

@@ -16,6 +16,7 @@
 //! * [`report`]: the text summary, `--json` and `--hist` outputs;
 //! * [`progress`]: the live progress line on a terminal;
 //! * [`timer`]: sub-millisecond wakeups of the poll loop;
+//! * [`transport`]: the driver's non-blocking stream, plain TCP or TLS;
 //! * [`cli`]: `gavel-cli`, one request per invocation.
 
 pub mod cli;
@@ -28,5 +29,6 @@ pub mod setup;
 pub mod stats;
 pub mod target;
 pub mod timer;
+pub mod transport;
 pub mod verify;
 pub mod workload;

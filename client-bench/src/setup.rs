@@ -32,7 +32,15 @@ pub fn connect(plan: &Plan) -> anyhow::Result<Client> {
     let addr = resolve(&plan.addr)?;
     let stream = std::net::TcpStream::connect_timeout(&addr, plan.timeout)
         .with_context(|| format!("cannot connect to {addr}"))?;
-    let mut client = Client::from_stream(stream)?;
+    let mut client = match &plan.tls {
+        None => Client::from_stream(stream)?,
+        Some(tls) => {
+            stream.set_read_timeout(Some(plan.timeout.max(Duration::from_secs(1))))?;
+            let name = tls.server_name.to_str();
+            Client::from_stream_tls(stream, &name, tls.config.clone())
+                .with_context(|| format!("TLS handshake with {addr} failed"))?
+        }
+    };
     client.set_timeout(Some(plan.timeout.max(Duration::from_secs(1))))?;
     if let Some(token) = &plan.auth_token {
         client.hello(token).context("HELLO failed")?;

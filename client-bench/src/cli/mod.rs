@@ -80,7 +80,7 @@ fn connect(cli: &Cli) -> Result<Client, String> {
             .map_err(|e| format!("{}: {e}", ca.display()))?;
         let name = match &cli.tls_server_name {
             Some(n) => n.clone(),
-            None => host_of(&cli.addr),
+            None => crate::config::host_of(&cli.addr),
         };
         stream
             .set_read_timeout(Some(timeout))
@@ -94,17 +94,6 @@ fn connect(cli: &Cli) -> Result<Client, String> {
         .set_timeout(Some(timeout))
         .map_err(|e| e.to_string())?;
     Ok(client)
-}
-
-/// The host part of `host:port` or `[v6]:port`.
-fn host_of(addr: &str) -> String {
-    let host = match addr.rsplit_once(':') {
-        Some((h, port)) if port.chars().all(|c| c.is_ascii_digit()) => h,
-        _ => addr,
-    };
-    host.trim_start_matches('[')
-        .trim_end_matches(']')
-        .to_string()
 }
 
 fn io_err(e: ClientError) -> String {
