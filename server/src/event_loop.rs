@@ -559,7 +559,9 @@ impl EventLoop {
         let done: Vec<usize> = self
             .conns
             .iter()
-            .filter(|(_, c)| c.in_flight == 0 && c.unsent() == 0 && c.fatal.is_none())
+            .filter(|(_, c)| {
+                c.in_flight == 0 && c.unsent() == 0 && c.fatal.is_none() && !c.tls_wants_write()
+            })
             .map(|(k, _)| k)
             .collect();
         for slot in done {
