@@ -98,9 +98,10 @@ fn postgres_outage_gives_unavailable_then_recovers() {
         match c.bid(2, 1, n, n) {
             Ok(o) if o.result.status == Status::Ok => break,
             Ok(o) => panic!("{o:?}"),
-            Err(gavel_protocol::ClientError::Server { code, .. })
-                if code == ErrorCode::Unavailable =>
-            {
+            Err(gavel_protocol::ClientError::Server {
+                code: ErrorCode::Unavailable,
+                ..
+            }) => {
                 assert!(Instant::now() < deadline, "no recovery within 30 s");
                 std::thread::sleep(Duration::from_millis(50));
             }
