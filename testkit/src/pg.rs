@@ -71,11 +71,8 @@ impl Postgres {
                  `apt-get install -y postgresql-15` (or set GAVEL_TEST_PG_URL)"
             );
         }
-        let dir = std::env::temp_dir().join(format!(
-            "gavel-pg-{}-{}",
-            std::process::id(),
-            rand_u64()
-        ));
+        let dir =
+            std::env::temp_dir().join(format!("gavel-pg-{}-{}", std::process::id(), rand_u64()));
         std::fs::create_dir_all(&dir).expect("create temp dir");
         if is_root() {
             let ok = Command::new("chown")
