@@ -153,14 +153,21 @@ fn main() -> anyhow::Result<()> {
     });
 
     if let Some(addr) = config.metrics_listen {
-        let live = shared.clone();
+        // Weak: the shard queues' senders live in `shared`, and shards only
+        // exit once every sender is gone, so the metrics thread must not keep
+        // it alive through shutdown.
+        let live = Arc::downgrade(&shared);
         let gate = gate_for_metrics.clone();
         let refresh = Box::new(move |m: &Metrics| {
+            let Some(live) = live.upgrade() else {
+                return;
+            };
             m.open_connections
                 .set(live.open_connections.load(Ordering::Relaxed) as i64);
             for (i, s) in live.shards.iter().enumerate() {
                 m.set_shard_queue(i, s.queued.load(Ordering::Relaxed));
             }
+            m.sync_refused("per_ip", live.refused_per_ip.load(Ordering::Relaxed));
             if let Some(g) = &gate {
                 m.writer_queue.set(g.queued() as i64);
                 m.store_up.set(g.is_up() as i64);

@@ -491,6 +491,16 @@ impl Metrics {
         s.dirty = false;
     }
 
+    /// Mirrors a running total kept elsewhere (e.g. `refused_per_ip`) into
+    /// `connections_refused{reason}`.
+    pub fn sync_refused(&self, reason: &str, total: u64) {
+        let c = self.refused.get_or_create(&labels("reason", reason));
+        let seen = c.get();
+        if total > seen {
+            c.inc_by(total - seen);
+        }
+    }
+
     pub fn refused(&self, n: u64, reason: &str) {
         self.refused
             .get_or_create(&labels("reason", reason))

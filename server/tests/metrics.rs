@@ -116,3 +116,12 @@ fn counters_match_known_traffic() {
     assert_eq!(s.http_get("/readyz"), (200, "ready\n".to_string()));
     assert_eq!(s.http_get("/nope").0, 404);
 }
+
+/// The metrics listener must not keep the server alive through shutdown.
+#[test]
+fn sigterm_exits_zero_with_metrics_enabled() {
+    let mut s = Server::start(&["--metrics-listen", "127.0.0.1:0"]);
+    assert_eq!(s.http_get("/metrics").0, 200);
+    let status = s.terminate();
+    assert!(status.success(), "{status:?}");
+}
