@@ -1,1 +1,207 @@
-//! Throwaway Redis and Redis Cluster (being written).
+//! Throwaway Redis for tests: one `redis-server` on a free loopback port in a
+//! temp dir, or a 3-master Redis Cluster joined with `redis-cli --cluster
+//! create`. Readiness is polled (PING / `cluster_state:ok`) with a deadline;
+//! everything is killed and removed on drop.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const INSTALL: &str =
+    "install redis-server and redis-tools (apt-get install -y redis-server redis-tools)";
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("find a free port")
+}
+
+fn temp_dir(tag: &str) -> PathBuf {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u32(std::process::id());
+    let d = std::env::temp_dir().join(format!(
+        "gavel-{tag}-{}-{:x}",
+        std::process::id(),
+        h.finish()
+    ));
+    std::fs::create_dir_all(&d).expect("create temp dir");
+    d
+}
+
+/// Sends one inline command and returns the raw reply (enough for PING and INFO).
+pub fn raw_command(port: u16, cmd: &str) -> Option<String> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    s.write_all(format!("{cmd}\r\n").as_bytes()).ok()?;
+    let mut buf = vec![0u8; 16 * 1024];
+    let n = s.read(&mut buf).ok()?;
+    Some(String::from_utf8_lossy(&buf[..n]).into_owned())
+}
+
+struct Instance {
+    port: u16,
+    dir: PathBuf,
+    child: Option<Child>,
+    extra: Vec<String>,
+}
+
+impl Instance {
+    fn new(dir: PathBuf, extra: &[&str]) -> Instance {
+        Instance {
+            port: free_port(),
+            dir,
+            child: None,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    fn launch(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
+            .arg("--dir")
+            .arg(&self.dir)
+            .args(&self.extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start redis-server ({e}): {INSTALL}"));
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if raw_command(self.port, "PING").is_some_and(|r| r.starts_with("+PONG")) {
+                return;
+            }
+            if let Some(Ok(Some(st))) = self.child.as_mut().map(|c| c.try_wait()) {
+                panic!("redis-server exited with {st} on port {}", self.port);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "redis-server not ready after 20 s"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// One throwaway `redis-server`.
+pub struct RedisServer {
+    inst: Instance,
+}
+
+impl RedisServer {
+    pub fn start() -> RedisServer {
+        let mut inst = Instance::new(temp_dir("redis"), &[]);
+        inst.launch();
+        RedisServer { inst }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.inst.port)
+    }
+
+    pub fn port(&self) -> u16 {
+        self.inst.port
+    }
+
+    /// Kills the server (an outage); its data is gone (no persistence).
+    pub fn stop(&mut self) {
+        self.inst.kill();
+    }
+
+    /// Starts it again on the same port.
+    pub fn restart(&mut self) {
+        self.inst.launch();
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.inst.kill();
+        let _ = std::fs::remove_dir_all(&self.inst.dir);
+    }
+}
+
+/// A 3-master Redis Cluster (no replicas).
+pub struct RedisCluster {
+    nodes: Vec<Instance>,
+}
+
+impl RedisCluster {
+    pub fn start() -> RedisCluster {
+        let mut nodes = Vec::new();
+        for i in 0..3 {
+            let dir = temp_dir(&format!("redis-cluster-{i}"));
+            let mut inst = Instance::new(
+                dir,
+                &[
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    "nodes.conf",
+                    "--cluster-node-timeout",
+                    "5000",
+                ],
+            );
+            inst.launch();
+            nodes.push(inst);
+        }
+        let addrs: Vec<String> = nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
+        let out = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addrs)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run redis-cli ({e}): {INSTALL}"));
+        assert!(
+            out.status.success(),
+            "redis-cli --cluster create failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let deadline = Instant::now() + Duration::from_secs(30);
+        for n in &nodes {
+            loop {
+                if raw_command(n.port, "CLUSTER INFO")
+                    .is_some_and(|r| r.contains("cluster_state:ok"))
+                {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "cluster not ok after 30 s");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        RedisCluster { nodes }
+    }
+
+    pub fn urls(&self) -> Vec<String> {
+        self.nodes
+            .iter()
+            .map(|n| format!("redis://127.0.0.1:{}", n.port))
+            .collect()
+    }
+}
+
+impl Drop for RedisCluster {
+    fn drop(&mut self) {
+        for n in &mut self.nodes {
+            n.kill();
+            let _ = std::fs::remove_dir_all(&n.dir);
+        }
+    }
+}

@@ -1,0 +1,306 @@
+//! A blocking client for the scripts: one pipelined round trip per batch,
+//! scripts loaded with `SCRIPT LOAD` and reloaded on `NOSCRIPT`, bounded
+//! connect and I/O timeouts so an unreachable Redis is an error, never a hang.
+
+use std::time::Duration;
+
+use std::collections::HashMap;
+
+use redis::{ErrorKind, Value};
+
+use crate::keys::UPDATES_CHANNEL;
+use crate::scripts::{self, Op, OpResult, Update};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RedisError {
+    /// Redis could not be reached or did not answer in time.
+    #[error("redis unavailable: {0}")]
+    Unavailable(redis::RedisError),
+    /// The script cache lost our scripts (restart, failover, SCRIPT FLUSH).
+    #[error("redis lost the scripts: {0}")]
+    NoScript(redis::RedisError),
+    /// The cluster's slot map changed under us.
+    #[error("redis cluster moved a slot: {0}")]
+    Moved(redis::RedisError),
+    /// Redis answered with an error or with something the scripts never return.
+    #[error("redis script error: {0}")]
+    Script(String),
+}
+
+impl From<redis::RedisError> for RedisError {
+    fn from(e: redis::RedisError) -> Self {
+        if e.kind() == ErrorKind::NoScriptError {
+            RedisError::NoScript(e)
+        } else if matches!(e.kind(), ErrorKind::Moved | ErrorKind::Ask) {
+            RedisError::Moved(e)
+        } else if e.is_io_error()
+            || e.is_timeout()
+            || e.is_connection_dropped()
+            || e.is_connection_refusal()
+            || e.is_cluster_error()
+            || matches!(
+                e.kind(),
+                ErrorKind::ClusterDown | ErrorKind::TryAgain | ErrorKind::BusyLoadingError
+            )
+        {
+            RedisError::Unavailable(e)
+        } else {
+            RedisError::Script(e.to_string())
+        }
+    }
+}
+
+/// Where the scripts run. A cluster is driven directly: redis-rs' cluster
+/// pipeline refuses EVALSHA, and one request per op would cost a round trip
+/// each, so ops are grouped by the master owning their slot (from `CLUSTER
+/// SLOTS`) and each group is one pipeline to that master.
+pub enum Backend {
+    Single(redis::Connection),
+    Cluster {
+        /// (first slot, last slot, master address)
+        slots: Vec<(u16, u16, String)>,
+        masters: HashMap<String, redis::Connection>,
+    },
+}
+
+fn connect_one(url: &str, timeout: Duration) -> Result<redis::Connection, RedisError> {
+    let c = redis::Client::open(url)?;
+    let conn = c.get_connection_with_timeout(timeout)?;
+    conn.set_read_timeout(Some(timeout))?;
+    conn.set_write_timeout(Some(timeout))?;
+    Ok(conn)
+}
+
+fn parse_slots(v: &Value) -> Option<Vec<(u16, u16, String)>> {
+    let Value::Array(ranges) = v else { return None };
+    let mut out = Vec::new();
+    for r in ranges {
+        let Value::Array(f) = r else { return None };
+        let (Value::Int(a), Value::Int(b), Value::Array(master)) =
+            (f.first()?, f.get(1)?, f.get(2)?)
+        else {
+            return None;
+        };
+        let host = match master.first()? {
+            Value::BulkString(h) => String::from_utf8_lossy(h).into_owned(),
+            Value::SimpleString(h) => h.clone(),
+            _ => return None,
+        };
+        let Value::Int(port) = master.get(1)? else {
+            return None;
+        };
+        out.push((*a as u16, *b as u16, format!("redis://{host}:{port}")));
+    }
+    Some(out)
+}
+
+/// A connection to Redis (one node, or a cluster given by its masters).
+pub struct RedisGavel {
+    backend: Backend,
+    urls: Vec<String>,
+    cluster: bool,
+    timeout: Duration,
+    window_ms: u64,
+    shas: [String; 5],
+}
+
+impl RedisGavel {
+    /// Connects and loads the scripts. `urls` are `redis://host:port`; with
+    /// `cluster`, list every master (scripts are loaded on each).
+    pub fn connect(
+        urls: &[String],
+        cluster: bool,
+        timeout: Duration,
+        idempotency_window: Duration,
+    ) -> Result<Self, RedisError> {
+        let backend = Self::open(urls, cluster, timeout)?;
+        let mut g = RedisGavel {
+            backend,
+            urls: urls.to_vec(),
+            cluster,
+            timeout,
+            window_ms: idempotency_window.as_millis() as u64,
+            shas: Default::default(),
+        };
+        g.load_scripts()?;
+        Ok(g)
+    }
+
+    fn open(urls: &[String], cluster: bool, timeout: Duration) -> Result<Backend, RedisError> {
+        if urls.is_empty() {
+            return Err(RedisError::Script("no Redis URL given".into()));
+        }
+        if !cluster {
+            return Ok(Backend::Single(connect_one(&urls[0], timeout)?));
+        }
+        let mut last = None;
+        for url in urls {
+            let mut c = match connect_one(url, timeout) {
+                Ok(c) => c,
+                Err(e) => {
+                    last = Some(e);
+                    continue;
+                }
+            };
+            let v: Value = redis::cmd("CLUSTER").arg("SLOTS").query(&mut c)?;
+            let slots = parse_slots(&v)
+                .ok_or_else(|| RedisError::Script(format!("unreadable CLUSTER SLOTS: {v:?}")))?;
+            let mut masters = HashMap::new();
+            for (_, _, addr) in &slots {
+                if !masters.contains_key(addr) {
+                    masters.insert(addr.clone(), connect_one(addr, timeout)?);
+                }
+            }
+            return Ok(Backend::Cluster { slots, masters });
+        }
+        Err(last.unwrap_or_else(|| RedisError::Script("no reachable cluster node".into())))
+    }
+
+    /// Reconnects after a failure (the caller backs off between attempts).
+    pub fn reconnect(&mut self) -> Result<(), RedisError> {
+        self.backend = Self::open(&self.urls, self.cluster, self.timeout)?;
+        self.load_scripts()
+    }
+
+    /// `SCRIPT LOAD` on the node, or on every master of the cluster.
+    fn load_scripts(&mut self) -> Result<(), RedisError> {
+        let mut shas: [String; 5] = Default::default();
+        let conns: Vec<&mut redis::Connection> = match &mut self.backend {
+            Backend::Single(c) => vec![c],
+            Backend::Cluster { masters, .. } => masters.values_mut().collect(),
+        };
+        for conn in conns {
+            for (i, src) in scripts::ALL.iter().enumerate() {
+                let sha: String = redis::cmd("SCRIPT").arg("LOAD").arg(*src).query(conn)?;
+                shas[i] = sha;
+            }
+        }
+        self.shas = shas;
+        Ok(())
+    }
+
+    pub fn ping(&mut self) -> Result<(), RedisError> {
+        let conns: Vec<&mut redis::Connection> = match &mut self.backend {
+            Backend::Single(c) => vec![c],
+            Backend::Cluster { masters, .. } => masters.values_mut().collect(),
+        };
+        for c in conns {
+            let _: String = redis::cmd("PING").query(c)?;
+        }
+        Ok(())
+    }
+
+    /// Runs `ops` in one pipelined round trip; results in the same order.
+    /// `NOSCRIPT` (Redis restarted or flushed its script cache) reloads the
+    /// scripts and retries once; a retried bid or order then replays.
+    pub fn execute(&mut self, ops: &[Op], now_ms: u64) -> Result<Vec<OpResult>, RedisError> {
+        if ops.is_empty() {
+            return Ok(Vec::new());
+        }
+        match self.round_trip(ops, now_ms) {
+            Err(RedisError::NoScript(_)) => {
+                self.load_scripts()?;
+                self.round_trip(ops, now_ms)
+            }
+            Err(RedisError::Moved(_)) => {
+                self.reconnect()?;
+                self.round_trip(ops, now_ms)
+            }
+            other => other,
+        }
+    }
+
+    fn round_trip(&mut self, ops: &[Op], now_ms: u64) -> Result<Vec<OpResult>, RedisError> {
+        let values: Vec<Value> = match &mut self.backend {
+            Backend::Single(c) => {
+                let mut p = redis::pipe();
+                for op in ops {
+                    p.add_command(scripts::command(op, &self.shas, now_ms, self.window_ms));
+                }
+                p.query(c)?
+            }
+            Backend::Cluster { slots, masters } => {
+                // Group by master, one pipeline each, then restore the order.
+                let mut groups: HashMap<&str, Vec<usize>> = HashMap::new();
+                for (i, op) in ops.iter().enumerate() {
+                    let slot =
+                        redis::cluster_routing::get_slot(scripts::routing_key(op).as_bytes());
+                    let addr = slots
+                        .iter()
+                        .find(|(a, b, _)| (*a..=*b).contains(&slot))
+                        .map(|(_, _, addr)| addr.as_str())
+                        .ok_or_else(|| RedisError::Script(format!("no master for slot {slot}")))?;
+                    groups.entry(addr).or_default().push(i);
+                }
+                let mut out = vec![Value::Nil; ops.len()];
+                for (addr, idx) in groups {
+                    let conn = masters
+                        .get_mut(addr)
+                        .ok_or_else(|| RedisError::Script(format!("no connection to {addr}")))?;
+                    let mut p = redis::pipe();
+                    for &i in &idx {
+                        p.add_command(scripts::command(
+                            &ops[i],
+                            &self.shas,
+                            now_ms,
+                            self.window_ms,
+                        ));
+                    }
+                    let vals: Vec<Value> = p.query(conn)?;
+                    for (i, v) in idx.into_iter().zip(vals) {
+                        out[i] = v;
+                    }
+                }
+                out
+            }
+        };
+        if values.len() != ops.len() {
+            return Err(RedisError::Script(format!(
+                "{} replies for {} commands",
+                values.len(),
+                ops.len()
+            )));
+        }
+        ops.iter()
+            .zip(&values)
+            .map(|(op, v)| {
+                scripts::decode(op, v, now_ms)
+                    .ok_or_else(|| RedisError::Script(format!("unexpected reply {v:?} to {op:?}")))
+            })
+            .collect()
+    }
+}
+
+/// Subscribes to the update channel on `url` and calls `f` with each update
+/// (and with `None` about once a second when idle) until `f` returns false
+/// or the connection fails. In a cluster, `PUBLISH` reaches every node, so
+/// any one node will do.
+pub fn subscribe_updates(
+    url: &str,
+    timeout: Duration,
+    mut f: impl FnMut(Option<Update>) -> bool,
+) -> Result<(), RedisError> {
+    let c = redis::Client::open(url)?;
+    let mut conn = c.get_connection_with_timeout(timeout)?;
+    let mut ps = conn.as_pubsub();
+    ps.subscribe(UPDATES_CHANNEL)?;
+    // Wake up now and then so a caller that wants to stop is not stuck.
+    ps.set_read_timeout(Some(Duration::from_secs(1)))?;
+    loop {
+        match ps.get_message() {
+            Ok(msg) => {
+                if let Some(u) = Update::parse(msg.get_payload_bytes()) {
+                    if !f(Some(u)) {
+                        return Ok(());
+                    }
+                }
+            }
+            Err(e) if e.is_timeout() => {
+                if !f(None) {
+                    return Ok(());
+                }
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}

@@ -1,0 +1,43 @@
+//! Key names. One hash tag per auction (`{a:ID}`) or SKU (`{s:ID}`).
+
+/// The channel every node publishes bid updates and closings on.
+pub const UPDATES_CHANNEL: &str = "gavel:updates";
+
+pub fn auction(id: u64) -> String {
+    format!("gavel:{{a:{id}}}")
+}
+
+pub fn bid(auction_id: u64, bid_id: u64) -> String {
+    format!("gavel:{{a:{auction_id}}}:bid:{bid_id}")
+}
+
+pub fn sale(id: u64) -> String {
+    format!("gavel:{{s:{id}}}")
+}
+
+pub fn held(sku_id: u64) -> String {
+    format!("gavel:{{s:{sku_id}}}:held")
+}
+
+pub fn order(sku_id: u64, order_id: u64) -> String {
+    format!("gavel:{{s:{sku_id}}}:order:{order_id}")
+}
+
+/// A u64 as the scripts store it: 20 digits, zero-padded.
+pub fn dec(v: u64) -> String {
+    format!("{v:020}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_of_one_auction_share_a_hash_tag() {
+        assert_eq!(auction(42), "gavel:{a:42}");
+        assert!(bid(42, 7).starts_with("gavel:{a:42}:"));
+        assert!(order(7, 1).starts_with("gavel:{s:7}:"));
+        assert_eq!(dec(u64::MAX), "18446744073709551615");
+        assert_eq!(dec(5), "00000000000000000005");
+    }
+}
