@@ -3,8 +3,9 @@
 -- KEYS[2] = gavel:{s:ID}:held           (hash: buyer -> units held)
 -- KEYS[3] = gavel:{s:ID}:order:ORDER_ID (idempotency: "buyer|qty|status|value|aux")
 -- ARGV    = buyer, quantity, now_ms, window_ms
--- Returns {status, stock_left, held, replayed}, or {-1} on a reused order_id
--- with different fields (IDEMPOTENCY_CONFLICT).
+-- Returns {status, stock_left, held, replayed[, sold]} (sold only when
+-- accepted), or {-1} on a reused order_id with different fields
+-- (IDEMPOTENCY_CONFLICT).
 local k, held_k, idem = KEYS[1], KEYS[2], KEYS[3]
 local buyer, qty, now, window = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 
@@ -48,4 +49,6 @@ sold = add(sold, qty)
 held = new_held
 redis.call('HSET', k, 'sold', sold)
 redis.call('HSET', held_k, buyer, held)
-return remember(0)                                            -- OK
+local r = remember(0)                                         -- OK
+r[5] = sold                                                   -- for the node's log
+return r

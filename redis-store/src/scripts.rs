@@ -53,8 +53,8 @@ pub enum Op {
 /// What Redis answered for one [`Op`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OpResult {
-    /// A RESULT. `bid_count` is the auction's count after an accepted bid
-    /// (0 otherwise).
+    /// A RESULT. `bid_count` is the auction's count after an accepted bid,
+    /// or the sale's units sold after an accepted purchase (0 otherwise).
     Outcome {
         result: ResultPayload,
         replayed: bool,

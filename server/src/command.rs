@@ -94,6 +94,9 @@ pub enum ShardMsg {
     Batch(Vec<Command>),
     /// A connection closed: forget its subscriptions.
     Disconnect(ConnRef),
+    /// Cross-node mode: an update published by some node, for this shard's
+    /// local subscribers.
+    Remote(Push),
 }
 
 /// What a shard sends back for one request, or a push.

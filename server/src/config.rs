@@ -186,6 +186,31 @@ pub struct Config {
     #[arg(long, env = "GAVEL_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
 
+    /// Cross-node mode: auctions and sales live in this Redis
+    /// (`redis://HOST:PORT`) and every bid and purchase is one Lua
+    /// compare-and-set there, so several gavel-server nodes can serve the
+    /// same auctions. The --store then only logs what this node accepted.
+    #[arg(long, env = "GAVEL_REDIS", conflicts_with = "redis_cluster")]
+    pub redis: Option<String>,
+
+    /// Cross-node mode on a Redis Cluster: its masters, comma-separated
+    /// (`redis://h1:p1,redis://h2:p2,…`). Scripts are loaded on each.
+    #[arg(long, env = "GAVEL_REDIS_CLUSTER", value_delimiter = ',')]
+    pub redis_cluster: Vec<String>,
+
+    /// Bound on connecting to Redis and on each round trip; past it the
+    /// requests of that round are answered ERROR UNAVAILABLE.
+    #[arg(long, env = "GAVEL_REDIS_TIMEOUT", default_value = "1s", value_parser = parse_duration)]
+    pub redis_timeout: Duration,
+
+    /// In cross-node mode, answer OUTBID on this node, without a round trip,
+    /// for a bid strictly below the highest bid this node has seen (high bids
+    /// only rise). Off by default because it bends idempotency: a retry of a
+    /// bid that was accepted and has since been outbid gets OUTBID instead of
+    /// its replayed OK. Worth it for hot auctions whose clients do not retry.
+    #[arg(long, env = "GAVEL_OUTBID_FILTER", default_value_t = false, action = clap::ArgAction::Set)]
+    pub outbid_filter: bool,
+
     /// This node's id, reported in WELCOME.
     #[arg(long, env = "GAVEL_NODE_ID", default_value_t = 0)]
     pub node_id: u16,
@@ -204,6 +229,17 @@ pub struct Config {
 }
 
 impl Config {
+    /// Redis URLs and whether they form a cluster, in cross-node mode.
+    pub fn redis_urls(&self) -> Option<(Vec<String>, bool)> {
+        if let Some(u) = &self.redis {
+            Some((vec![u.clone()], false))
+        } else if !self.redis_cluster.is_empty() {
+            Some((self.redis_cluster.clone(), true))
+        } else {
+            None
+        }
+    }
+
     pub fn shard_count(&self) -> usize {
         self.shards
             .unwrap_or_else(|| {

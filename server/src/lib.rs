@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod metrics_http;
 pub mod mutation;
 pub mod rate_limit;
+pub mod redis_backend;
 pub mod sale;
 pub mod shard;
 pub mod store;

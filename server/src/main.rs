@@ -12,13 +12,14 @@ use tracing_subscriber::EnvFilter;
 
 use gavel_server::auth::AuthTokens;
 use gavel_server::batch_writer::{self, StoreGate, WriterConfig};
-use gavel_server::command::{shard_of, Op};
+use gavel_server::command::{shard_of, Op, ShardMsg};
 use gavel_server::config::{AckMode, Config, LogFormat};
 use gavel_server::event_loop::{EventLoop, Shared};
 use gavel_server::listener;
 use gavel_server::metrics::Metrics;
 use gavel_server::metrics_http;
-use gavel_server::shard::{self, LoopHandle, ShardHandle, ShardState};
+use gavel_server::redis_backend::{RedisConfig, RedisShard};
+use gavel_server::shard::{self, LoopHandle, ShardBackends, ShardHandle, ShardState};
 use gavel_server::store::{self, Snapshot};
 use gavel_server::tls;
 
@@ -49,7 +50,10 @@ fn main() -> anyhow::Result<()> {
             )
         })
         .collect();
+    let redis = config.redis_urls();
     let mut store = match store {
+        // In cross-node mode Redis holds the state; the store is a log.
+        Some(s) if redis.is_some() => Some(s),
         Some(mut s) => {
             let since =
                 shard::now_ms().saturating_sub(config.idempotency_window.as_millis() as u64);
@@ -120,13 +124,32 @@ fn main() -> anyhow::Result<()> {
             rx,
             queued.clone(),
             loop_handles.clone(),
-            config.sweep_interval,
-            writer.clone(),
+            ShardBackends {
+                sweep_interval: config.sweep_interval,
+                writer: writer.clone(),
+                redis: redis.as_ref().map(|(urls, cluster)| {
+                    RedisShard::new(RedisConfig {
+                        urls: urls.clone(),
+                        cluster: *cluster,
+                        timeout: config.redis_timeout,
+                        idempotency_window: config.idempotency_window,
+                        outbid_filter: config.outbid_filter,
+                    })
+                }),
+            },
         )?);
         shard_handles.push(ShardHandle { tx, queued });
     }
 
     let shutdown = Arc::new(AtomicBool::new(false));
+    if let Some((urls, _)) = &redis {
+        spawn_update_listener(
+            urls[0].clone(),
+            config.redis_timeout,
+            shard_handles.iter().map(|h| h.tx.clone()).collect(),
+            shutdown.clone(),
+        )?;
+    }
     let shared = Arc::new(Shared {
         shards: shard_handles,
         shard_queue: config.shard_queue,
@@ -269,6 +292,65 @@ fn main() -> anyhow::Result<()> {
     if failed {
         bail!("an event loop failed");
     }
+    Ok(())
+}
+
+/// Cross-node fan-out: listens on the Redis update channel and hands each
+/// update to the shard owning its auction, which pushes it to this node's
+/// subscribers. Reconnects with backoff; exits at shutdown (it holds shard
+/// queue senders, so it must, for the shards to finish). Pub/sub is
+/// fire-and-forget: updates published while this listener reconnects are
+/// not replayed.
+fn spawn_update_listener(
+    url: String,
+    timeout: std::time::Duration,
+    shards: Vec<crossbeam_channel::Sender<ShardMsg>>,
+    shutdown: Arc<AtomicBool>,
+) -> std::io::Result<()> {
+    std::thread::Builder::new()
+        .name("gavel-redis-updates".into())
+        .spawn(move || {
+            let mut backoff = std::time::Duration::from_millis(50);
+            while !shutdown.load(Ordering::Acquire) {
+                let r = gavel_redis::subscribe_updates(&url, timeout, |u| {
+                    if let Some(u) = u {
+                        let push = match u {
+                            gavel_redis::Update::Bid {
+                                auction_id,
+                                high_bid,
+                                high_bidder,
+                                bid_count,
+                            } => gavel_protocol::Push::BidUpdate {
+                                auction_id,
+                                high_bid,
+                                high_bidder,
+                                bid_count,
+                            },
+                            gavel_redis::Update::Closed {
+                                auction_id,
+                                winning_bid,
+                                winner,
+                            } => gavel_protocol::Push::AuctionClosed {
+                                auction_id,
+                                winning_bid,
+                                winner,
+                            },
+                        };
+                        let shard =
+                            shard_of(Op::GetAuction(u.auction_id()).routing_key(), shards.len());
+                        let _ = shards[shard].send(ShardMsg::Remote(push));
+                    }
+                    !shutdown.load(Ordering::Acquire)
+                });
+                if let Err(e) = r {
+                    tracing::warn!(error = %e, "redis update channel lost; resubscribing");
+                    std::thread::sleep(backoff);
+                    backoff = (backoff * 2).min(std::time::Duration::from_secs(2));
+                } else {
+                    backoff = std::time::Duration::from_millis(50);
+                }
+            }
+        })?;
     Ok(())
 }
 

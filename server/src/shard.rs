@@ -19,6 +19,7 @@ use crate::batch_writer::{Round, WriterHandle};
 use crate::command::{Command, ConnRef, Op, Outgoing, Reply, ShardMsg};
 use crate::idempotency::{IdempotencyStore, Key, KeyKind, Seen};
 use crate::mutation::Mutation;
+use crate::redis_backend::RedisShard;
 use crate::sale::Sale;
 use crate::store::{AuctionRow, BidRow, OrderRow, SaleRow};
 
@@ -66,7 +67,18 @@ impl Effects {
         });
     }
 
-    fn result(&mut self, to: ConnRef, request_id: u32, result: ResultPayload, replayed: bool) {
+    /// Replies sent from now on answer `c` (for latency metrics).
+    pub(crate) fn stamp(&mut self, c: &Command) {
+        self.cur = (c.t0_us, c.kind);
+    }
+
+    pub(crate) fn result(
+        &mut self,
+        to: ConnRef,
+        request_id: u32,
+        result: ResultPayload,
+        replayed: bool,
+    ) {
         let flags = if replayed { FLAG_REPLAYED } else { 0 };
         self.send(
             to,
@@ -473,6 +485,16 @@ pub struct ShardHandle {
 /// shard cannot delay every reply indefinitely.
 const MAX_COMMANDS_PER_ROUND: usize = 8192;
 
+/// What a shard works with besides its own state.
+pub struct ShardBackends {
+    /// Period of the sweep that closes auctions past their end.
+    pub sweep_interval: Duration,
+    /// The batch writer (persistence); `None` with `--store memory`.
+    pub writer: Option<WriterHandle>,
+    /// Cross-node mode: auctions and sales live in Redis.
+    pub redis: Option<RedisShard>,
+}
+
 /// Starts the shard thread. It exits when every sender of `rx` is dropped.
 /// With a `writer`, mutations are persisted and (in durable mode) replies are
 /// released by the writer after commit; without one, state is memory only.
@@ -482,9 +504,13 @@ pub fn spawn(
     rx: Receiver<ShardMsg>,
     queued: Arc<AtomicUsize>,
     loops: Vec<LoopHandle>,
-    sweep_interval: Duration,
-    writer: Option<WriterHandle>,
+    backends: ShardBackends,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
+    let ShardBackends {
+        sweep_interval,
+        writer,
+        mut redis,
+    } = backends;
     std::thread::Builder::new()
         .name(format!("gavel-shard-{index}"))
         .spawn(move || {
@@ -502,6 +528,32 @@ pub fn spawn(
                 let mut msg = first;
                 while let Some(m) = msg {
                     match m {
+                        ShardMsg::Batch(cmds) if redis.is_some() => {
+                            let r = redis.as_mut().expect("checked");
+                            let refuse = writer.as_ref().and_then(|w| w.gate.refuse());
+                            if refuse.is_none() {
+                                r.execute(&cmds, now, &mut fx);
+                            } else {
+                                let mut allowed = Vec::with_capacity(cmds.len());
+                                for c in &cmds {
+                                    match refuse.filter(|_| c.op.is_mutating()) {
+                                        Some(code) => {
+                                            fx.stamp(c);
+                                            fx.send(
+                                                c.conn,
+                                                Reply::Error {
+                                                    request_id: c.request_id,
+                                                    code,
+                                                },
+                                            );
+                                        }
+                                        None => allowed.push(*c),
+                                    }
+                                }
+                                r.execute(&allowed, now, &mut fx);
+                            }
+                            executed += cmds.len();
+                        }
                         ShardMsg::Batch(cmds) => {
                             for c in &cmds {
                                 fx.cur = (c.t0_us, c.kind);
@@ -523,7 +575,16 @@ pub fn spawn(
                             }
                             executed += cmds.len();
                         }
-                        ShardMsg::Disconnect(c) => state.disconnect(c),
+                        ShardMsg::Disconnect(c) => match redis.as_mut() {
+                            Some(r) => r.disconnect(c),
+                            None => state.disconnect(c),
+                        },
+                        ShardMsg::Remote(push) => {
+                            fx.cur = (0, 0);
+                            if let Some(r) = redis.as_mut() {
+                                r.on_update(push, &mut fx);
+                            }
+                        }
                     }
                     if executed >= MAX_COMMANDS_PER_ROUND {
                         break;

@@ -102,7 +102,13 @@ pub struct RedisServer {
 
 impl RedisServer {
     pub fn start() -> RedisServer {
-        let mut inst = Instance::new(temp_dir("redis"), &[]);
+        Self::start_with(&[])
+    }
+
+    /// With extra `redis-server` arguments, e.g. `["--appendonly", "yes",
+    /// "--appendfsync", "always"]` for a server whose writes survive `stop`.
+    pub fn start_with(args: &[&str]) -> RedisServer {
+        let mut inst = Instance::new(temp_dir("redis"), args);
         inst.launch();
         RedisServer { inst }
     }
@@ -115,7 +121,7 @@ impl RedisServer {
         self.inst.port
     }
 
-    /// Kills the server (an outage); its data is gone (no persistence).
+    /// Kills the server (SIGKILL, an outage); without AOF its data is gone.
     pub fn stop(&mut self) {
         self.inst.kill();
     }
