@@ -128,13 +128,16 @@ fn main() -> anyhow::Result<()> {
                 sweep_interval: config.sweep_interval,
                 writer: writer.clone(),
                 redis: redis.as_ref().map(|(urls, cluster)| {
-                    RedisShard::new(RedisConfig {
-                        urls: urls.clone(),
-                        cluster: *cluster,
-                        timeout: config.redis_timeout,
-                        idempotency_window: config.idempotency_window,
-                        outbid_filter: config.outbid_filter,
-                    })
+                    RedisShard::new(
+                        RedisConfig {
+                            urls: urls.clone(),
+                            cluster: *cluster,
+                            timeout: config.redis_timeout,
+                            idempotency_window: config.idempotency_window,
+                            outbid_filter: config.outbid_filter,
+                        },
+                        metrics.clone(),
+                    )
                 }),
             },
         )?);

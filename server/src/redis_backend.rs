@@ -16,7 +16,10 @@ use std::time::{Duration, Instant};
 use gavel_protocol::{ErrorCode, Push, ResultPayload, Status};
 use gavel_redis::{Op as ROp, OpResult, RedisError, RedisGavel};
 
+use std::sync::Arc;
+
 use crate::command::{Command, ConnRef, Op, Reply};
+use crate::metrics::Metrics;
 use crate::mutation::Mutation;
 use crate::shard::Effects;
 
@@ -52,13 +55,12 @@ pub struct RedisShard {
     conn_subs: HashMap<ConnRef, Vec<u64>, ahash::RandomState>,
     pending: Vec<Pending>,
     ops: Vec<ROp>,
-    /// Round trips and failures, for metrics.
-    pub round_trips: u64,
-    pub failures: u64,
+    metrics: Arc<Metrics>,
 }
 
 impl RedisShard {
-    pub fn new(cfg: RedisConfig) -> Self {
+    pub fn new(cfg: RedisConfig, metrics: Arc<Metrics>) -> Self {
+        metrics.redis_up.set(1);
         RedisShard {
             cfg,
             conn: None,
@@ -69,8 +71,7 @@ impl RedisShard {
             conn_subs: HashMap::default(),
             pending: Vec::new(),
             ops: Vec::new(),
-            round_trips: 0,
-            failures: 0,
+            metrics,
         }
     }
 
@@ -92,6 +93,7 @@ impl RedisShard {
                 Ok(c) => {
                     if self.retry_at.take().is_some() {
                         tracing::info!("redis is reachable again");
+                        self.metrics.redis_up.set(1);
                     }
                     self.backoff = BACKOFF_MIN;
                     self.conn = Some(c);
@@ -106,7 +108,8 @@ impl RedisShard {
     }
 
     fn fail(&mut self, e: &RedisError) {
-        self.failures += 1;
+        self.metrics.redis_errors.inc();
+        self.metrics.redis_up.set(0);
         if self.retry_at.is_none() {
             tracing::error!(error = %e, "redis failed; answering UNAVAILABLE until it is back");
         }
@@ -163,6 +166,7 @@ impl RedisShard {
         }
         let ops = std::mem::take(&mut self.ops);
         let pending = std::mem::take(&mut self.pending);
+        let t = Instant::now();
         let results = match self.connection() {
             None => None,
             Some(conn) => match conn.execute(&ops, now_ms) {
@@ -173,7 +177,10 @@ impl RedisShard {
                 }
             },
         };
-        self.round_trips += 1;
+        self.metrics.redis_round_trips.inc();
+        self.metrics
+            .redis_seconds
+            .observe(t.elapsed().as_micros() as u64);
         match results {
             None => {
                 for p in &pending {
