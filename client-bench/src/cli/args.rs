@@ -10,6 +10,9 @@ use clap::{Parser, Subcommand};
 /// Exit status: 0 when the server answered with RESULT (whatever its status,
 /// NOT_FOUND included), AUCTION, SALE, WELCOME or PONG; 2 when it answered
 /// ERROR (code and message go to stderr); 1 for usage or connection problems.
+///
+/// `gavel-cli decode` needs no server: it decodes frames from a hex dump or
+/// a packet capture (exit 0 when every byte decoded, 1 otherwise).
 #[derive(Debug, Clone, Parser)]
 #[command(name = "gavel-cli", version, about, long_about)]
 pub struct Cli {
@@ -143,4 +146,54 @@ pub enum Command {
         #[arg(long)]
         count: Option<u64>,
     },
+    /// Decode frames from hex bytes or a packet capture (no server needed).
+    ///
+    /// Prints one frame per line (`BID request_id=1 auction_id=42 ...`), or
+    /// one JSON object per line with --json. Problems (truncated frames,
+    /// unknown types, malformed payloads, holes in a capture) are reported on
+    /// stderr with their offset, and the exit status is then 1.
+    ///
+    /// Examples:
+    ///   gavel-cli decode 11 00 00 20 01 02 03 04 00 00 00 00 00 00 00 2a ...
+    ///   gavel-cli decode --hex-file dump.txt
+    ///   xxd -p frames.bin | gavel-cli decode
+    ///   gavel-cli decode --pcap capture.pcapng --port 7070
+    #[command(verbatim_doc_comment)]
+    Decode {
+        /// Hex bytes; several arguments are joined. Whitespace, `:`, `,`,
+        /// `-` and `0x` prefixes are ignored. Without HEX, --hex-file or
+        /// --pcap, hex is read from standard input.
+        #[arg(value_name = "HEX", conflicts_with_all = ["hex_file", "pcap"])]
+        hex: Vec<String>,
+        /// Read the hex dump from FILE (`-` for standard input).
+        #[arg(long, value_name = "FILE", conflicts_with = "pcap")]
+        hex_file: Option<std::path::PathBuf>,
+        /// Decode the TCP payload of a capture (pcap or pcapng). Each
+        /// connection's two directions are reassembled in sequence order:
+        /// `→` lines are requests (client to server), `←` lines replies and
+        /// pushes; each line starts with the packet number that completed it.
+        #[arg(long, value_name = "FILE")]
+        pcap: Option<std::path::PathBuf>,
+        /// With --pcap: the Gavel server's TCP port. Only connections using
+        /// it are decoded and that side is the server. Default: every TCP
+        /// connection, the server being the side that received the SYN (or
+        /// port 7070, or the side whose first byte is a reply type).
+        #[arg(long, requires = "pcap")]
+        port: Option<u16>,
+        /// Which decoder to use for hex input: by type code (requests are
+        /// below 0x80), or force the request or the reply decoder.
+        #[arg(long = "as", value_enum, default_value_t = DecodeAs::Auto, conflicts_with = "pcap")]
+        decode_as: DecodeAs,
+    },
+}
+
+/// `gavel-cli decode --as`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DecodeAs {
+    /// Requests for types below 0x80, replies and pushes from 0x80 up.
+    Auto,
+    /// Client → server messages only.
+    Request,
+    /// Server → client messages (replies and pushes) only.
+    Reply,
 }

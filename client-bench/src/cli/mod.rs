@@ -6,7 +6,9 @@
 //! no server can be added to [`args::Command`] and handled before connecting.
 
 pub mod args;
+pub mod decode;
 pub mod format;
+pub mod pcap;
 
 use std::ffi::OsString;
 use std::io::Write;
@@ -154,6 +156,22 @@ fn print_push(cli: &Cli, p: &Push) {
 
 /// Runs the parsed command; `Err` is a connection-level problem (exit 1).
 pub fn run(cli: &Cli) -> Result<u8, String> {
+    if let Command::Decode {
+        hex,
+        hex_file,
+        pcap,
+        port,
+        decode_as,
+    } = &cli.command
+    {
+        let input = match (pcap, hex_file) {
+            (Some(p), _) => decode::Input::Pcap(p, *port),
+            (None, Some(f)) => decode::Input::HexFile(f),
+            (None, None) if !hex.is_empty() => decode::Input::Hex(hex.join(" ")),
+            (None, None) => decode::Input::Stdin,
+        };
+        return Ok(decode::run(input, *decode_as, cli.json));
+    }
     let request = match &cli.command {
         Command::Ping { payload } => Request::Ping(Bytes::from(payload.clone().into_bytes())),
         &Command::OpenAuction {
@@ -212,6 +230,7 @@ pub fn run(cli: &Cli) -> Result<u8, String> {
         &Command::Subscribe { auction, .. } => Request::Subscribe {
             auction_id: auction,
         },
+        Command::Decode { .. } => unreachable!("handled above"),
     };
 
     let mut client = connect(cli)?;
