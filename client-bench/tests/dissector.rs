@@ -263,19 +263,38 @@ fn dissector_decodes_a_captured_bid_and_result() {
         (Status::Ok, amount, bidder)
     );
     let rid = reply.request_id;
+
+    // Three pipelined requests in one write: one TCP segment, three frames.
+    let batch = [
+        client.send(&Request::GetAuction {
+            auction_id: auction,
+        }),
+        client.send(&Request::Ping(bytes::Bytes::from_static(b"ping"))),
+        client.send(&Request::Bid(BidRequest {
+            auction_id: auction,
+            bidder_id: bidder + 1,
+            amount: amount + 5,
+            bid_id: bid_id + 1,
+        })),
+    ];
+    client.flush().expect("flush batch");
+    for id in batch {
+        client.recv_for(id).expect("reply to pipelined request");
+    }
+    let last_rid = batch[2];
     client.shutdown_write().ok();
     drop(client);
 
     // dumpcap hands packets over in blocks: stopping it right away could
     // lose the last ones. Wait (bounded) until the RESULT is in the file.
     let deadline = Instant::now() + Duration::from_secs(60);
-    while !decode_with(&tshark, &file, port, false)
-        .iter()
-        .any(|r| r.get("gavel.type") == "0x90" && r.get("gavel.request_id") == rid.to_string())
-    {
+    while !decode_with(&tshark, &file, port, false).iter().any(|r| {
+        r.get("gavel.type").contains("0x90")
+            && r.get("gavel.request_id").contains(&last_rid.to_string())
+    }) {
         assert!(
             Instant::now() < deadline,
-            "the RESULT frame did not reach the capture file within 60 s"
+            "the last RESULT did not reach the capture file within 60 s"
         );
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -310,6 +329,25 @@ fn dissector_decodes_a_captured_bid_and_result() {
     assert_eq!(
         res.get("_ws.col.Info"),
         format!("RESULT OK value={amount} aux={bidder}")
+    );
+    // The pipelined batch: one packet, all three frames decoded in order.
+    let batch_row = rows
+        .iter()
+        .find(|r| r.get("gavel.type") == "0x13,0x02,0x11")
+        .unwrap_or_else(|| panic!("no packet with GET_AUCTION, PING and BID: {rows:?}"));
+    assert_eq!(
+        batch_row.get("gavel.request_id"),
+        format!("{},{},{}", batch[0], batch[1], batch[2])
+    );
+    assert_eq!(batch_row.get("gavel.bid.amount"), (amount + 5).to_string());
+    assert_eq!(
+        batch_row.get("_ws.col.Info"),
+        format!(
+            "GET_AUCTION auction={auction} | PING len=4 payload=\"ping\" | BID auction={auction} bidder={} amount={} bid_id={}",
+            bidder + 1,
+            amount + 5,
+            bid_id + 1
+        )
     );
     // The OPEN_AUCTION exchange was decoded too.
     assert!(

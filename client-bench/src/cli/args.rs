@@ -146,7 +146,7 @@ pub enum Command {
         #[arg(long)]
         count: Option<u64>,
     },
-    /// Decode frames from hex bytes or a packet capture (no server needed).
+    /// Decode frames from hex bytes or a packet capture (no server needed)
     ///
     /// Prints one frame per line (`BID request_id=1 auction_id=42 ...`), or
     /// one JSON object per line with --json. Problems (truncated frames,
