@@ -119,7 +119,7 @@ impl Capture {
                     self.log.push(line);
                 }
                 assert!(
-                    status.success() || status.code().is_none() || status.code() == Some(0),
+                    status.success(),
                     "tshark capture exited with {status}; stderr:\n{}",
                     self.log.join("\n")
                 );
