@@ -352,6 +352,10 @@ const PSH_ACK: u8 = 0x18;
 /// the server's RESULT for OPEN, then a BID_UPDATE push and the BID's RESULT
 /// in one segment. Sequence numbers start near 2^32 to cover wrap-around.
 fn session(link: Link) -> Vec<Vec<u8>> {
+    session_from(link, 0xffff_fff0)
+}
+
+fn session_from(link: Link, c_isn: u32) -> Vec<Vec<u8>> {
     let open = hex_bytes(
         "10 00 00 20 00 00 00 01  00 00 00 00 00 00 00 2a  00 00 00 00 00 00 00 64
          00 00 00 00 00 00 00 0a  00 00 00 00 00 00 00 00",
@@ -366,7 +370,6 @@ fn session(link: Link) -> Vec<Vec<u8>> {
     let mut replies = push;
     replies.extend_from_slice(&hex_bytes(RESULT_HEX));
 
-    let c_isn: u32 = 0xffff_fff0;
     let s_isn: u32 = 1_000;
     let c1 = c_isn.wrapping_add(1);
     let c2 = c1.wrapping_add(open.len() as u32);
@@ -460,6 +463,22 @@ fn pcap_ethernet_ipv4() {
     assert_eq!((code, out.as_str()), (1, ""));
     assert!(err.contains("no TCP payload on port 7071"), "{err}");
     let _ = std::fs::remove_file(&file);
+}
+
+#[test]
+fn pcap_port_reuse_is_two_connections() {
+    let mut pkts = session(Link::Eth4);
+    pkts.extend(session_from(Link::Eth4, 77_000));
+    let file = write_temp("decode-reuse.pcap", &pcap_file(Link::Eth4, &pkts));
+    let (code, out, err) = decode(&["--pcap", file.to_str().unwrap()]);
+    let _ = std::fs::remove_file(&file);
+    assert_eq!(code, 0, "{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 10, "{out}");
+    assert_eq!(
+        lines[7],
+        format!("#16 10.0.0.1:40001 → 10.0.0.2:7070 {BID_LINE}")
+    );
 }
 
 #[test]

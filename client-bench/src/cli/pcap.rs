@@ -477,8 +477,10 @@ struct ConnBuilder {
 /// server; otherwise the server is the side that received the SYN, or the
 /// one using port 7070, or the one whose first payload byte is a reply type.
 pub fn reassemble(cap: &Capture<'_>, port: Option<u16>) -> Reassembled {
-    let mut order: Vec<(SocketAddr, SocketAddr)> = Vec::new();
-    let mut conns: HashMap<(SocketAddr, SocketAddr), ConnBuilder> = HashMap::new();
+    // Connections in order of first appearance; `index` maps a port pair to
+    // its latest connection (a new SYN on the same ports starts another).
+    let mut builders: Vec<((SocketAddr, SocketAddr), ConnBuilder)> = Vec::new();
+    let mut index: HashMap<(SocketAddr, SocketAddr), usize> = HashMap::new();
     let mut skipped = Vec::new();
     for p in &cap.packets {
         let seg = match tcp_segment(p) {
@@ -499,17 +501,26 @@ pub fn reassemble(cap: &Capture<'_>, port: Option<u16>) -> Reassembled {
         } else {
             (seg.dst, seg.src)
         };
-        let c = conns.entry(key).or_insert_with(|| {
-            order.push(key);
-            ConnBuilder::default()
+        let mut idx = *index.entry(key).or_insert_with(|| {
+            builders.push((key, ConnBuilder::default()));
+            builders.len() - 1
         });
+        if seg.syn && !seg.ack {
+            let c = &builders[idx].1;
+            let reused = c
+                .dirs
+                .get(&(seg.src, seg.dst))
+                .is_some_and(|d| d.isn.is_some_and(|isn| isn != seg.seq) || !d.segs.is_empty());
+            if reused {
+                builders.push((key, ConnBuilder::default()));
+                idx = builders.len() - 1;
+                index.insert(key, idx);
+            }
+        }
+        let c = &mut builders[idx].1;
         c.first_src.get_or_insert(seg.src);
         let dir = c.dirs.entry((seg.src, seg.dst)).or_default();
         if seg.syn {
-            if dir.isn.is_some_and(|isn| isn != seg.seq) {
-                // A new connection reusing the same ports: start over.
-                *dir = DirectionBuilder::default();
-            }
             dir.isn = Some(seg.seq);
             if !seg.ack {
                 c.syn_server = Some(seg.dst);
@@ -533,10 +544,7 @@ pub fn reassemble(cap: &Capture<'_>, port: Option<u16>) -> Reassembled {
         }
     }
     let mut connections = Vec::new();
-    for key in order {
-        let Some(mut c) = conns.remove(&key) else {
-            continue;
-        };
+    for (key, mut c) in builders {
         let (a, b) = key;
         let server = match port {
             Some(port) if a.port() == port && b.port() != port => a,
