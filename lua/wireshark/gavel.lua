@@ -68,6 +68,8 @@ f.request_id = ProtoField.uint32("gavel.request_id", "Request ID", base.DEC_HEX)
 f.payload = ProtoField.bytes("gavel.payload", "Payload")
 f.response_in = ProtoField.framenum("gavel.response_in", "Response in", base.NONE, frametype.RESPONSE)
 f.response_to = ProtoField.framenum("gavel.response_to", "Response to", base.NONE, frametype.REQUEST)
+f.response_time = ProtoField.relative_time("gavel.response_time", "Response time",
+    "Time from the request's frame to this reply's frame")
 
 -- requests
 u16("hello.version", "Version")
@@ -286,7 +288,7 @@ end
 -- Keyed by "client endpoint > server endpoint # request_id"; filled on the
 -- first pass over the capture (tshark -2 or the GUI then show both links).
 
-local requests = {}  -- key -> frame number of the request
+local requests = {}  -- key -> { frame number, absolute time } of the request
 local responses = {} -- key .. "@" .. request frame -> frame number of the reply
 
 function gavel.init()
@@ -306,14 +308,22 @@ local function track(pinfo, tree, mtype, request_id)
     local is_request = mtype < 0x80
     local key = conv_key(pinfo, is_request, request_id)
     if is_request then
-        if not pinfo.visited then requests[key] = pinfo.number end
+        if not pinfo.visited then requests[key] = { pinfo.number, pinfo.abs_ts } end
         local rsp = responses[key .. "@" .. pinfo.number]
         if rsp then tree:add(f.response_in, rsp):set_generated() end
     else
         local req = requests[key]
         if req then
-            if not pinfo.visited then responses[key .. "@" .. req] = pinfo.number end
-            tree:add(f.response_to, req):set_generated()
+            local frame, ts = req[1], req[2]
+            if not pinfo.visited then responses[key .. "@" .. frame] = pinfo.number end
+            tree:add(f.response_to, frame):set_generated()
+            local d = pinfo.abs_ts - ts
+            if d >= 0 then
+                local secs = math.floor(d)
+                local nsecs = math.floor((d - secs) * 1e9 + 0.5)
+                if nsecs >= 1000000000 then secs, nsecs = secs + 1, nsecs - 1000000000 end
+                tree:add(f.response_time, NSTime.new(secs, nsecs)):set_generated()
+            end
         end
     end
 end

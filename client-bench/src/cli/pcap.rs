@@ -284,8 +284,13 @@ pub fn tcp_segment<'a>(p: &Packet<'a>) -> Result<Segment<'a>, Skip> {
             }
             let src = Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]);
             let dst = Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]);
-            // Trim link-layer padding; keep what was captured if shorter.
-            let end = total.clamp(ihl, ip.len());
+            // Trim link-layer padding; keep what was captured if shorter. A
+            // total length of 0 comes from segmentation offload: take all.
+            let end = if total == 0 {
+                ip.len()
+            } else {
+                total.clamp(ihl, ip.len())
+            };
             (IpAddr::V4(src), IpAddr::V4(dst), &ip[ihl..end])
         }
         Some(6) => {
