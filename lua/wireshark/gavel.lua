@@ -66,8 +66,9 @@ f.flags_reserved = ProtoField.uint8("gavel.flags.reserved", "Reserved bits", bas
 f.length = ProtoField.uint16("gavel.length", "Payload length", base.DEC)
 f.request_id = ProtoField.uint32("gavel.request_id", "Request ID", base.DEC_HEX)
 f.payload = ProtoField.bytes("gavel.payload", "Payload")
-f.response_in = ProtoField.framenum("gavel.response_in", "Response in", base.NONE, frametype.RESPONSE)
-f.response_to = ProtoField.framenum("gavel.response_to", "Response to", base.NONE, frametype.REQUEST)
+local ft = frametype or {} -- frame-link icons, Wireshark >= 3.4
+f.response_in = ProtoField.framenum("gavel.response_in", "Response in", base.NONE, ft.RESPONSE)
+f.response_to = ProtoField.framenum("gavel.response_to", "Response to", base.NONE, ft.REQUEST)
 f.response_time = ProtoField.relative_time("gavel.response_time", "Response time",
     "Time from the request's frame to this reply's frame")
 
@@ -218,7 +219,7 @@ local function dissect_fixed(layout, payload, tree)
 end
 
 local function printable(range)
-    local s = range:string()
+    local s = range:raw()
     if s:find("[^%g ]") then return "0x" .. tostring(range:bytes()) end
     return '"' .. s .. '"'
 end

@@ -137,8 +137,12 @@ fn type_name(t: u8) -> String {
     }
 }
 
+/// Text payloads quoted, anything else (control bytes, invalid UTF-8) as hex.
 fn quoted(b: &[u8]) -> String {
-    format!("{:?}", String::from_utf8_lossy(b))
+    match std::str::from_utf8(b) {
+        Ok(s) if !s.chars().any(char::is_control) => format!("{s:?}"),
+        _ => format!("0x{}", hex(b)),
+    }
 }
 
 fn hex(b: &[u8]) -> String {
