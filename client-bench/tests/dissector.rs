@@ -1,6 +1,7 @@
 //! The Wireshark dissector (`lua/wireshark/gavel.lua`) against real traffic:
 //! capture a BID and its RESULT from the real server with `tshark -i lo`,
-//! then decode the capture with the dissector and check every field.
+//! then decode the capture with the dissector and check every field (and
+//! that `gavel-cli decode --pcap` reads the same capture).
 //!
 //! Needs `tshark` (the test fails, never skips, without it: install it with
 //! `apt-get install -y tshark`) and the right to capture on `lo` (root, as in
@@ -281,20 +282,26 @@ fn dissector_decodes_a_captured_bid_and_result() {
     for id in batch {
         client.recv_for(id).expect("reply to pipelined request");
     }
-    let last_rid = batch[2];
     client.shutdown_write().ok();
     drop(client);
 
     // dumpcap hands packets over in blocks: stopping it right away could
-    // lose the last ones. Wait (bounded) until the RESULT is in the file.
+    // lose the last ones. Wait (bounded) until all 10 frames (5 requests, 5
+    // replies, in whatever order the server wrote them) are in the file.
+    const FRAMES: usize = 10;
     let deadline = Instant::now() + Duration::from_secs(60);
-    while !decode_with(&tshark, &file, port, false).iter().any(|r| {
-        r.get("gavel.type").contains("0x90")
-            && r.get("gavel.request_id").contains(&last_rid.to_string())
-    }) {
+    loop {
+        let rows = decode_with(&tshark, &file, port, false);
+        let frames: usize = rows
+            .iter()
+            .map(|r| r.get("gavel.type").split(',').count())
+            .sum();
+        if frames >= FRAMES {
+            break;
+        }
         assert!(
             Instant::now() < deadline,
-            "the last RESULT did not reach the capture file within 60 s"
+            "only {frames} of {FRAMES} frames reached the capture file within 60 s: {rows:?}"
         );
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -354,5 +361,30 @@ fn dissector_decodes_a_captured_bid_and_result() {
         rows.iter().any(|r| r.get("gavel.type") == "0x10"),
         "{rows:?}"
     );
+
+    // gavel-cli decode reads the same real capture (pcapng from tshark).
+    let out = common::run(
+        common::cli_bin(),
+        &[
+            "decode",
+            "--pcap",
+            file.to_str().unwrap(),
+            "--port",
+            &port.to_string(),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", common::stderr(&out));
+    let text = common::stdout(&out);
+    let want_bid = format!(
+        " → {} BID request_id={rid} auction_id={auction} bidder_id={bidder} amount={amount} bid_id={bid_id}",
+        server.addr
+    );
+    let want_result = format!(
+        " ← {} RESULT request_id={rid} status=OK value={amount} aux={bidder}",
+        server.addr
+    );
+    assert!(text.contains(&want_bid), "{text}");
+    assert!(text.contains(&want_result), "{text}");
+    assert_eq!(text.lines().count(), FRAMES, "{text}");
     let _ = std::fs::remove_file(&file);
 }
