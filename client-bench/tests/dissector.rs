@@ -175,7 +175,8 @@ const FIELDS: &[&str] = &[
 ];
 
 /// Decodes `file` with the dissector and returns one row per packet that
-/// carries Gavel frames (each request here travels in its own segment).
+/// carries Gavel frames; a packet with several frames has comma-separated
+/// values (`-E occurrence=a`).
 fn decode(tshark: &Path, file: &Path, port: u16) -> Vec<Row> {
     decode_with(tshark, file, port, true)
 }
