@@ -11,29 +11,35 @@ local function pad(s)
   return string.rep('0', 20 - #s) .. s
 end
 
+-- Arithmetic works on two 10-digit halves: each half is below 10^10, far
+-- inside the range where doubles are exact, and there is no per-digit loop.
+local function halves(s)
+  return tonumber(string.sub(s, 1, 10)), tonumber(string.sub(s, 11, 20))
+end
+
+local function join(h, l)
+  return string.format('%010d%010d', h, l)
+end
+
 -- a + b on padded strings; returns nil when the sum exceeds u64::MAX.
 local function add(a, b)
-  local out, carry = {}, 0
-  for i = 20, 1, -1 do
-    local d = a:byte(i) - 48 + b:byte(i) - 48 + carry
-    carry = d >= 10 and 1 or 0
-    out[i] = string.char(48 + d % 10)
-  end
-  if carry == 1 then return nil end
-  local s = table.concat(out)
+  local ah, al = halves(a)
+  local bh, bl = halves(b)
+  local l, h = al + bl, ah + bh
+  if l >= 1e10 then l = l - 1e10; h = h + 1 end
+  if h >= 1e10 then return nil end
+  local s = join(h, l)
   if s > U64_MAX then return nil end
   return s
 end
 
 -- a - b on padded strings, a >= b.
 local function sub(a, b)
-  local out, borrow = {}, 0
-  for i = 20, 1, -1 do
-    local d = (a:byte(i) - 48) - (b:byte(i) - 48) - borrow
-    if d < 0 then d = d + 10; borrow = 1 else borrow = 0 end
-    out[i] = string.char(48 + d)
-  end
-  return table.concat(out)
+  local ah, al = halves(a)
+  local bh, bl = halves(b)
+  local l, h = al - bl, ah - bh
+  if l < 0 then l = l + 1e10; h = h - 1 end
+  return join(h, l)
 end
 
 local ZERO = pad('0')
