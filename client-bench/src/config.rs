@@ -44,20 +44,91 @@ impl Workload {
     }
 }
 
-/// Which server protocol the driver speaks. Only Gavel's wire v1 for now; the
-/// driver reaches the protocol through [`crate::target::Target`] only.
+/// Which server protocol the driver speaks; the driver reaches the protocol
+/// through [`crate::target::Target`] only.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum TargetKind {
     /// gavel-server, binary TLV wire v1.
     Gavel,
+    /// Redis itself (--redis-url): every bid/buy is one EVALSHA of Gavel's
+    /// Lua scripts (the gavel-redis crate), the one-CAS-per-request baseline.
+    Redis,
 }
 
 impl TargetKind {
     pub fn name(self) -> &'static str {
         match self {
             TargetKind::Gavel => "gavel",
+            TargetKind::Redis => "redis",
         }
+    }
+}
+
+/// Where `--target redis` sends its commands, from `--redis-url`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedisPlan {
+    /// The URL as given (for the redis crate in setup and verify).
+    pub url: String,
+    /// `host:port` for the load connections.
+    pub addr: String,
+    /// Password for `AUTH`, if the URL has one.
+    pub password: Option<String>,
+}
+
+impl RedisPlan {
+    /// Parses `redis://[:password@]host[:port][/0]` (port 6379 by default).
+    pub fn parse(url: &str) -> Result<RedisPlan, String> {
+        let rest = url
+            .strip_prefix("redis://")
+            .ok_or_else(|| format!("--redis-url {url:?}: expected redis://host:port"))?;
+        let (rest, db) = match rest.split_once('/') {
+            Some((r, db)) => (r, db),
+            None => (rest, ""),
+        };
+        if !(db.is_empty() || db == "0") {
+            return Err(format!(
+                "--redis-url {url:?}: only database 0 is supported (Redis Cluster has no other)"
+            ));
+        }
+        let (password, hostport) = match rest.rsplit_once('@') {
+            Some((cred, hp)) => match cred.split_once(':') {
+                Some(("", pw)) if !pw.is_empty() => (Some(pw.to_string()), hp),
+                _ => {
+                    return Err(format!(
+                        "--redis-url {url:?}: credentials must be `:password@` (no user name)"
+                    ))
+                }
+            },
+            None => (None, rest),
+        };
+        if hostport.is_empty() {
+            return Err(format!("--redis-url {url:?}: no host"));
+        }
+        let has_port = hostport
+            .rsplit_once(':')
+            .is_some_and(|(h, p)| !h.ends_with('[') && p.chars().all(|c| c.is_ascii_digit()))
+            && !hostport.ends_with(']');
+        let addr = if has_port {
+            hostport.to_string()
+        } else {
+            format!("{hostport}:6379")
+        };
+        Ok(RedisPlan {
+            url: url.to_string(),
+            addr,
+            password,
+        })
+    }
+}
+
+fn redact_url<S: Serializer>(url: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
+    match url {
+        Some(u) => match u.rsplit_once('@') {
+            Some((_, hp)) => s.serialize_some(&format!("redis://***@{hp}")),
+            None => s.serialize_some(u),
+        },
+        None => s.serialize_none(),
     }
 }
 
@@ -138,6 +209,13 @@ pub struct BenchConfig {
     /// Protocol of the server under test.
     #[arg(long, env = "GAVEL_BENCH_TARGET", value_enum, default_value_t = TargetKind::Gavel)]
     pub target: TargetKind,
+
+    /// With `--target redis`: the Redis to drive, `redis://[:password@]host[:port]`
+    /// (default redis://127.0.0.1:6379). Replaces --addr. Setup opens the run's
+    /// auctions/sales there (loading the scripts), --verify reads them back.
+    #[arg(long, env = "GAVEL_BENCH_REDIS_URL", hide_env_values = true)]
+    #[serde(serialize_with = "redact_url")]
+    pub redis_url: Option<String>,
 
     /// Number of load connections.
     #[arg(long, env = "GAVEL_BENCH_CONNECTIONS", default_value_t = 100,
@@ -316,6 +394,8 @@ pub struct Plan {
     pub auth_token: Option<Vec<u8>>,
     /// `--tls`: every connection (load, setup, verify) speaks TLS.
     pub tls: Option<TlsPlan>,
+    /// `--target redis`: the Redis behind `addr`.
+    pub redis: Option<RedisPlan>,
     pub threads: u32,
     pub id_base: u64,
     pub seed: u64,
@@ -380,13 +460,36 @@ impl BenchConfig {
             }
             (None, false) => None,
         };
+        let redis = match (self.target, &self.redis_url) {
+            (TargetKind::Redis, url) => {
+                if tls.is_some() {
+                    return Err("--target redis does not speak TLS".into());
+                }
+                if self.auth_token.is_some() {
+                    return Err(
+                        "--target redis takes its password from --redis-url redis://:PASSWORD@host:port, not --auth-token".into(),
+                    );
+                }
+                if self.malformed_every.is_some() {
+                    return Err("--malformed-every is for --target gavel".into());
+                }
+                Some(RedisPlan::parse(
+                    url.as_deref().unwrap_or("redis://127.0.0.1:6379"),
+                )?)
+            }
+            (TargetKind::Gavel, Some(_)) => return Err("--redis-url needs --target redis".into()),
+            (TargetKind::Gavel, None) => None,
+        };
         let id_base = self.id_base.unwrap_or_else(default_id_base);
         let max_keys = u64::from(self.auctions.max(self.skus));
         if id_base.checked_add(max_keys).is_none() {
             return Err("--id-base is too large for the number of auctions/skus".into());
         }
         Ok(Plan {
-            addr: self.addr.clone(),
+            addr: match &redis {
+                Some(r) => r.addr.clone(),
+                None => self.addr.clone(),
+            },
             target: self.target,
             connections: self.connections,
             connect_pacing: Duration::from_millis(self.connect_pacing_ms),
@@ -398,8 +501,13 @@ impl BenchConfig {
             skus: self.skus,
             stock: self.stock,
             skew: self.skew,
-            auth_token: self.auth_token.clone().map(String::into_bytes),
+            // The session credential: HELLO's token, or Redis' AUTH password.
+            auth_token: match &redis {
+                Some(r) => r.password.clone().map(String::into_bytes),
+                None => self.auth_token.clone().map(String::into_bytes),
+            },
             tls,
+            redis,
             threads: self.threads.min(self.connections),
             id_base,
             seed: self.seed.unwrap_or(id_base ^ 0x9e37_79b9_7f4a_7c15),
@@ -516,6 +624,44 @@ mod tests {
         );
         assert!(BenchConfig::try_parse_from(["client-bench", "--pipeline", "0"]).is_err());
         let c = BenchConfig::try_parse_from(["client-bench", "--duration=-1"]).unwrap();
+        assert!(c.plan().is_err());
+    }
+
+    #[test]
+    fn redis_urls() {
+        let r = RedisPlan::parse("redis://127.0.0.1:6380").unwrap();
+        assert_eq!((r.addr.as_str(), r.password), ("127.0.0.1:6380", None));
+        let r = RedisPlan::parse("redis://:s3cret@localhost/0").unwrap();
+        assert_eq!(
+            (r.addr.as_str(), r.password.as_deref()),
+            ("localhost:6379", Some("s3cret"))
+        );
+        assert_eq!(
+            RedisPlan::parse("redis://[::1]:7000").unwrap().addr,
+            "[::1]:7000"
+        );
+        assert_eq!(
+            RedisPlan::parse("redis://[::1]").unwrap().addr,
+            "[::1]:6379"
+        );
+        assert!(RedisPlan::parse("http://x").is_err());
+        assert!(RedisPlan::parse("redis://x/3").is_err());
+        assert!(RedisPlan::parse("redis://user:pw@x").is_err());
+
+        let c = BenchConfig::try_parse_from([
+            "client-bench",
+            "--target",
+            "redis",
+            "--redis-url",
+            "redis://:pw@10.0.0.1:7001",
+        ])
+        .unwrap();
+        let p = c.plan().unwrap();
+        assert_eq!(p.addr, "10.0.0.1:7001");
+        assert_eq!(p.auth_token.as_deref(), Some(&b"pw"[..]));
+        let j = serde_json::to_string(&c).unwrap();
+        assert!(!j.contains("pw@"), "{j}");
+        let c = BenchConfig::try_parse_from(["client-bench", "--redis-url", "redis://x"]).unwrap();
         assert!(c.plan().is_err());
     }
 

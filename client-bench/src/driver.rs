@@ -14,7 +14,9 @@
 //!   syscall; a read drains every reply available.
 //! * **Draining**: once the connection has issued its share (or the duration is
 //!   over) and its bytes are written, it half-closes (shutdown write) and reads
-//!   until the server's EOF, so every reply the server sends is counted.
+//!   until the server's EOF, so every reply the server sends is counted. A
+//!   target whose server drops unsent replies on EOF (Redis) half-closes only
+//!   once nothing is outstanding.
 //!
 //! Whatever is still outstanding when a connection ends is counted as lost.
 //! Protocol details stay behind [`crate::target::Target`].
@@ -457,6 +459,7 @@ fn advance(cx: &mut Ctx<'_>, c: &mut Conn, now: Instant) {
         && c.finished_issuing
         && c.wbuf.is_empty()
         && !c.stream.as_ref().is_some_and(Stream::has_pending)
+        && (c.inflight.is_empty() || !c.target.replies_lost_on_half_close())
     {
         let ok = c
             .stream

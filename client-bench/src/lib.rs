@@ -7,6 +7,8 @@
 //! * [`workload`]: what each connection asks for (bids, buys, ids, amounts, skew);
 //! * [`target`]: the seam between the driver and a wire protocol — how an
 //!   operation is encoded and how replies are parsed ([`target::GavelTarget`]);
+//! * [`target_redis`]: `--target redis`, the same load as `EVALSHA` of
+//!   Gavel's Lua scripts straight to Redis (the one-CAS-per-request baseline);
 //! * [`inflight`]: per-connection table of requests awaiting their reply;
 //! * [`driver`]: the mio event loops that connect, pipeline, pace and drain;
 //! * [`stats`]: honest accounting (attempted, answered, lost, latencies) and the
@@ -28,6 +30,7 @@ pub mod report;
 pub mod setup;
 pub mod stats;
 pub mod target;
+pub mod target_redis;
 pub mod timer;
 pub mod transport;
 pub mod verify;

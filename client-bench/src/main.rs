@@ -34,6 +34,10 @@ fn main() -> ExitCode {
 fn run(config: &BenchConfig) -> anyhow::Result<ExitCode> {
     let plan = Arc::new(config.plan().map_err(|e| anyhow!(e))?);
     let setup = if config.no_setup {
+        if plan.redis.is_some() {
+            // The load's EVALSHAs need the scripts loaded.
+            setup::connect_redis(&plan).map_err(|e| e.context("setup failed"))?;
+        }
         SetupReport::default()
     } else {
         setup::open_all(&plan).map_err(|e| e.context("setup failed"))?

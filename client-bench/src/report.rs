@@ -187,7 +187,7 @@ impl Summary {
             t,
             "client-bench: {} workload against {} ({}), {} connections x pipeline {}, {} threads, {}, {}",
             c.workload.name(),
-            c.addr,
+            plan.addr,
             c.target.name(),
             plan.connections,
             plan.pipeline,

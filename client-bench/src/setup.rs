@@ -48,8 +48,34 @@ pub fn connect(plan: &Plan) -> anyhow::Result<Client> {
     Ok(client)
 }
 
+/// How long `--target redis` asks the scripts to remember idempotency keys.
+const REDIS_WINDOW: Duration = Duration::from_millis(crate::target_redis::WINDOW_MS);
+
+/// `--target redis`: a gavel-redis client to the plan's Redis. Connecting
+/// loads the scripts (`SCRIPT LOAD`), which the load phase's `EVALSHA`s need.
+pub fn connect_redis(plan: &Plan) -> anyhow::Result<gavel_redis::RedisGavel> {
+    let r = plan
+        .redis
+        .as_ref()
+        .context("--target redis without a Redis URL")?;
+    let timeout = plan.timeout.max(Duration::from_secs(1));
+    gavel_redis::RedisGavel::connect(std::slice::from_ref(&r.url), false, timeout, REDIS_WINDOW)
+        .with_context(|| format!("cannot connect to Redis at {}", r.addr))
+}
+
+/// Milliseconds since the epoch, the scripts' clock.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
 /// Opens everything the plan's workload uses.
 pub fn open_all(plan: &Plan) -> anyhow::Result<SetupReport> {
+    if plan.redis.is_some() {
+        return open_all_redis(plan);
+    }
     let mut client = connect(plan)?;
     let mut report = SetupReport::default();
     if plan.workload.uses_auctions() {
@@ -78,6 +104,69 @@ pub fn open_all(plan: &Plan) -> anyhow::Result<SetupReport> {
         report.already_open += replayed;
     }
     let _ = client.shutdown_write();
+    Ok(report)
+}
+
+/// `open_all` on Redis: the same auctions and sales, through the
+/// `open_auction.lua` / `open_sale.lua` scripts, [`BATCH`] per round trip.
+fn open_all_redis(plan: &Plan) -> anyhow::Result<SetupReport> {
+    use gavel_redis::{Op, OpResult};
+    let mut g = connect_redis(plan)?;
+    let mut report = SetupReport::default();
+    let mut run = |what: &str, count: u32, op: &dyn Fn(u32) -> (u64, Op)| -> anyhow::Result<u64> {
+        let mut replayed = 0;
+        let all: Vec<(u64, Op)> = (0..count).map(op).collect();
+        for chunk in all.chunks(BATCH as usize) {
+            let ops: Vec<Op> = chunk.iter().map(|(_, o)| *o).collect();
+            let res = g
+                .execute(&ops, now_ms())
+                .with_context(|| format!("opening {what}s on Redis"))?;
+            for ((id, _), r) in chunk.iter().zip(res) {
+                match r {
+                    OpResult::Outcome {
+                        result,
+                        replayed: rp,
+                        ..
+                    } if result.status == Status::Ok => replayed += u64::from(rp),
+                    OpResult::Outcome { result, .. } if result.status == Status::AlreadyExists => {
+                        bail!(
+                            "{what} {id} already exists with different parameters; \
+                             choose another --id-base"
+                        )
+                    }
+                    other => bail!("opening {what} {id}: unexpected outcome {other:?}"),
+                }
+            }
+        }
+        Ok(replayed)
+    };
+    if plan.workload.uses_auctions() {
+        report.already_open += run("auction", plan.auctions, &|i| {
+            let auction_id = plan.auction_id(i);
+            let op = Op::OpenAuction(OpenAuctionRequest {
+                auction_id,
+                reserve: 0,
+                min_increment: 1,
+                ends_at_ms: 0,
+            });
+            (auction_id, op)
+        })?;
+        report.auctions_opened = u64::from(plan.auctions);
+    }
+    if plan.workload.uses_sales() {
+        report.already_open += run("sale", plan.skus, &|i| {
+            let sku_id = plan.sku_id(i);
+            let op = Op::OpenSale(OpenSaleRequest {
+                sku_id,
+                stock: plan.stock,
+                per_buyer_limit: 0,
+                starts_at_ms: 0,
+                ends_at_ms: 0,
+            });
+            (sku_id, op)
+        })?;
+        report.sales_opened = u64::from(plan.skus);
+    }
     Ok(report)
 }
 

@@ -77,12 +77,21 @@ pub trait Target: Send {
 
     /// Whether replies carry their request's tag (else they come in order).
     fn tagged_replies(&self) -> bool;
+
+    /// Whether the server drops replies it has not sent yet once it reads
+    /// our half-close (Redis does). The driver then half-closes only after
+    /// every outstanding reply has arrived.
+    fn replies_lost_on_half_close(&self) -> bool {
+        false
+    }
 }
 
-/// Builds the target of one connection.
+/// Builds the target of one connection. `auth_token` is the session
+/// credential: HELLO's token for Gavel, the `AUTH` password for Redis.
 pub fn new_target(kind: TargetKind, auth_token: Option<&[u8]>) -> Box<dyn Target> {
     match kind {
         TargetKind::Gavel => Box::new(GavelTarget::new(auth_token)),
+        TargetKind::Redis => Box::new(crate::target_redis::RedisTarget::new(auth_token)),
     }
 }
 

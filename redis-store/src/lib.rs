@@ -12,4 +12,4 @@ pub mod keys;
 pub mod scripts;
 
 pub use client::{subscribe_updates, Backend, RedisError, RedisGavel};
-pub use scripts::{Op, OpResult, Update};
+pub use scripts::{script_shas, Op, OpResult, ScriptId, Update};

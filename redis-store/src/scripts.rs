@@ -29,6 +29,13 @@ pub const BUY: &str = script!("buy.lua");
 /// All scripts, in the order of [`ScriptId`].
 pub const ALL: [&str; 5] = [OPEN_AUCTION, BID, CLOSE_AUCTION, OPEN_SALE, BUY];
 
+/// The SHA1 of each script in [`ALL`] (what `SCRIPT LOAD` returns and
+/// `EVALSHA` takes), computed locally: a client that sends `EVALSHA` itself
+/// (client-bench's redis target) needs no round trip to learn them.
+pub fn script_shas() -> [String; 5] {
+    ALL.map(|src| redis::Script::new(src).get_hash().to_string())
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ScriptId {
     OpenAuction = 0,

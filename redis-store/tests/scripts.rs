@@ -180,6 +180,17 @@ fn noscript_reloads_and_retries() {
     assert_eq!(one(&mut g, bid(1, 1, 10, 1), 1).0, Status::Ok);
 }
 
+#[test]
+fn local_shas_match_script_load() {
+    let r = RedisServer::start();
+    let _g = connect(&[r.url()], false);
+    for sha in gavel_redis::script_shas() {
+        let reply =
+            gavel_testkit::redis::raw_command(r.port(), &format!("SCRIPT EXISTS {sha}")).unwrap();
+        assert_eq!(reply, "*1\r\n:1\r\n", "{sha}");
+    }
+}
+
 fn contention(urls: Vec<String>, cluster: bool) {
     {
         let mut g = connect(&urls, cluster);
