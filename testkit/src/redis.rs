@@ -73,7 +73,10 @@ impl Instance {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            if raw_command(self.port, "PING").is_some_and(|r| r.starts_with("+PONG")) {
+            // With --requirepass, an answering server says NOAUTH.
+            if raw_command(self.port, "PING")
+                .is_some_and(|r| r.starts_with("+PONG") || r.starts_with("-NOAUTH"))
+            {
                 return;
             }
             if let Some(Ok(Some(st))) = self.child.as_mut().map(|c| c.try_wait()) {
