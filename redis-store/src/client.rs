@@ -63,11 +63,32 @@ pub enum Backend {
     },
 }
 
+/// Connects with every step bounded by `timeout`. redis-rs bounds only the
+/// TCP connect: its handshake (AUTH, SELECT, CLIENT SETINFO) would read with
+/// no timeout, so a peer that accepts and never answers hung us forever. The
+/// crate is built with `disable-client-setinfo` and connected without
+/// credentials or database, which makes its handshake empty; AUTH and SELECT
+/// are then sent here, after the socket timeouts are set.
 fn connect_one(url: &str, timeout: Duration) -> Result<redis::Connection, RedisError> {
-    let c = redis::Client::open(url)?;
-    let conn = c.get_connection_with_timeout(timeout)?;
+    use redis::IntoConnectionInfo;
+    let info = url.into_connection_info()?;
+    let mut bare = info.clone();
+    bare.redis = redis::RedisConnectionInfo::default();
+    let mut conn = redis::Client::open(bare)?.get_connection_with_timeout(timeout)?;
     conn.set_read_timeout(Some(timeout))?;
     conn.set_write_timeout(Some(timeout))?;
+    if let Some(pw) = &info.redis.password {
+        let mut auth = redis::cmd("AUTH");
+        if let Some(user) = &info.redis.username {
+            auth.arg(user);
+        }
+        auth.arg(pw).query::<()>(&mut conn)?;
+    }
+    if info.redis.db != 0 {
+        redis::cmd("SELECT")
+            .arg(info.redis.db)
+            .query::<()>(&mut conn)?;
+    }
     Ok(conn)
 }
 
@@ -280,8 +301,7 @@ pub fn subscribe_updates(
     timeout: Duration,
     mut f: impl FnMut(Option<Update>) -> bool,
 ) -> Result<(), RedisError> {
-    let c = redis::Client::open(url)?;
-    let mut conn = c.get_connection_with_timeout(timeout)?;
+    let mut conn = connect_one(url, timeout)?;
     let mut ps = conn.as_pubsub();
     ps.subscribe(UPDATES_CHANNEL)?;
     // Wake up now and then so a caller that wants to stop is not stuck.

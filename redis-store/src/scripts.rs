@@ -89,6 +89,34 @@ pub enum Update {
     },
 }
 
+impl From<Update> for gavel_protocol::Push {
+    /// The BID_UPDATE / AUCTION_CLOSED push a node sends its subscribers.
+    fn from(u: Update) -> Self {
+        match u {
+            Update::Bid {
+                auction_id,
+                high_bid,
+                high_bidder,
+                bid_count,
+            } => gavel_protocol::Push::BidUpdate {
+                auction_id,
+                high_bid,
+                high_bidder,
+                bid_count,
+            },
+            Update::Closed {
+                auction_id,
+                winning_bid,
+                winner,
+            } => gavel_protocol::Push::AuctionClosed {
+                auction_id,
+                winning_bid,
+                winner,
+            },
+        }
+    }
+}
+
 impl Update {
     pub fn auction_id(&self) -> u64 {
         match *self {
@@ -319,6 +347,14 @@ mod tests {
                 winning_bid: u64::MAX,
                 winner: 7
             })
+        );
+        assert_eq!(
+            gavel_protocol::Push::from(Update::parse(b"C|42|5|7").unwrap()),
+            gavel_protocol::Push::AuctionClosed {
+                auction_id: 42,
+                winning_bid: 5,
+                winner: 7
+            }
         );
         assert_eq!(Update::parse(b"X|1|2"), None);
         assert_eq!(Update::parse(b"B|1|2"), None);

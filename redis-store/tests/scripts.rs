@@ -181,6 +181,73 @@ fn noscript_reloads_and_retries() {
 }
 
 #[test]
+fn close_auction_not_found() {
+    let r = RedisServer::start();
+    let mut g = connect(&[r.url()], false);
+    assert_eq!(
+        one(&mut g, Op::CloseAuction(404), 1),
+        (Status::NotFound, 0, 0, false)
+    );
+}
+
+#[test]
+fn unreachable_or_silent_redis_is_an_error_within_the_timeout() {
+    use gavel_redis::RedisError;
+    use std::time::Instant;
+    let short = Duration::from_millis(300);
+    // Nobody listening.
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let t = Instant::now();
+    let e = RedisGavel::connect(&[format!("redis://127.0.0.1:{port}")], false, short, DAY)
+        .err()
+        .expect("no Redis there");
+    assert!(matches!(e, RedisError::Unavailable(_)), "{e:?}");
+    assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+    // Accepts connections (kernel backlog) but never answers.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("redis://{}", silent.local_addr().unwrap());
+    let t = Instant::now();
+    let e = RedisGavel::connect(&[url], false, short, DAY)
+        .err()
+        .expect("a silent peer is no Redis");
+    assert!(matches!(e, RedisError::Unavailable(_)), "{e:?}");
+    assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+}
+
+#[test]
+fn password_in_the_url() {
+    let r = RedisServer::start_with(&["--requirepass", "pw"]);
+    let url = format!("redis://:pw@127.0.0.1:{}", r.port());
+    let mut g = connect(&[url], false);
+    assert_eq!(one(&mut g, open(1, 0, 1, 0), 1).0, Status::Ok);
+    let wrong = format!("redis://:nope@127.0.0.1:{}", r.port());
+    assert!(RedisGavel::connect(&[wrong], false, T, DAY).is_err());
+    assert!(RedisGavel::connect(&[r.url()], false, T, DAY).is_err());
+}
+
+#[test]
+fn outage_is_unavailable_then_reconnect_recovers() {
+    let mut r = RedisServer::start();
+    let mut g = RedisGavel::connect(&[r.url()], false, Duration::from_millis(500), DAY).unwrap();
+    assert_eq!(one(&mut g, open(1, 0, 1, 0), 1).0, Status::Ok);
+    r.stop();
+    match g.execute(&[bid(1, 1, 10, 1)], 1) {
+        Err(gavel_redis::RedisError::Unavailable(_)) => {}
+        other => panic!("expected Unavailable, got {other:?}"),
+    }
+    assert!(g.reconnect().is_err(), "still down");
+    r.restart();
+    g.reconnect().unwrap();
+    // No persistence in the harness: the auction is gone, the scripts are back.
+    assert_eq!(one(&mut g, bid(1, 1, 10, 1), 1).0, Status::NotFound);
+    assert_eq!(one(&mut g, open(1, 0, 1, 0), 1).0, Status::Ok);
+    assert_eq!(one(&mut g, bid(1, 1, 10, 1), 1).0, Status::Ok);
+}
+
+#[test]
 fn local_shas_match_script_load() {
     let r = RedisServer::start();
     let _g = connect(&[r.url()], false);
