@@ -31,8 +31,8 @@ pub const WINDOW_MS: u64 = 24 * 3600 * 1000;
 /// Longest bulk string or array accepted from Redis (the replies here are tiny).
 const MAX_LEN: i64 = 64 * 1024 * 1024;
 
-fn shas() -> &'static [String; 5] {
-    static SHAS: OnceLock<[String; 5]> = OnceLock::new();
+fn shas() -> &'static [String; gavel_redis::scripts::SCRIPTS] {
+    static SHAS: OnceLock<[String; gavel_redis::scripts::SCRIPTS]> = OnceLock::new();
     SHAS.get_or_init(gavel_redis::script_shas)
 }
 

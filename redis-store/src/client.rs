@@ -122,7 +122,7 @@ pub struct RedisGavel {
     cluster: bool,
     timeout: Duration,
     window_ms: u64,
-    shas: [String; 5],
+    shas: [String; scripts::SCRIPTS],
 }
 
 impl RedisGavel {
@@ -185,7 +185,7 @@ impl RedisGavel {
 
     /// `SCRIPT LOAD` on the node, or on every master of the cluster.
     fn load_scripts(&mut self) -> Result<(), RedisError> {
-        let mut shas: [String; 5] = Default::default();
+        let mut shas: [String; scripts::SCRIPTS] = Default::default();
         let conns: Vec<&mut redis::Connection> = match &mut self.backend {
             Backend::Single(c) => vec![c],
             Backend::Cluster { masters, .. } => masters.values_mut().collect(),

@@ -25,14 +25,25 @@ pub const BID: &str = script!("bid.lua");
 pub const CLOSE_AUCTION: &str = script!("close_auction.lua");
 pub const OPEN_SALE: &str = script!("open_sale.lua");
 pub const BUY: &str = script!("buy.lua");
+pub const GET_AUCTION: &str = script!("get_auction.lua");
 
 /// All scripts, in the order of [`ScriptId`].
-pub const ALL: [&str; 5] = [OPEN_AUCTION, BID, CLOSE_AUCTION, OPEN_SALE, BUY];
+pub const ALL: [&str; SCRIPTS] = [
+    OPEN_AUCTION,
+    BID,
+    CLOSE_AUCTION,
+    OPEN_SALE,
+    BUY,
+    GET_AUCTION,
+];
+
+/// How many scripts there are.
+pub const SCRIPTS: usize = 6;
 
 /// The SHA1 of each script in [`ALL`] (what `SCRIPT LOAD` returns and
 /// `EVALSHA` takes), computed locally: a client that sends `EVALSHA` itself
 /// (client-bench's redis target) needs no round trip to learn them.
-pub fn script_shas() -> [String; 5] {
+pub fn script_shas() -> [String; SCRIPTS] {
     ALL.map(|src| redis::Script::new(src).get_hash().to_string())
 }
 
@@ -43,6 +54,7 @@ pub enum ScriptId {
     CloseAuction = 2,
     OpenSale = 3,
     Buy = 4,
+    GetAuction = 5,
 }
 
 /// One request to execute on Redis.
@@ -160,7 +172,7 @@ pub fn routing_key(op: &Op) -> String {
 }
 
 /// Builds the command for `op`; `sha` gives each script's SHA1 as loaded.
-pub fn command(op: &Op, sha: &[String; 5], now_ms: u64, window_ms: u64) -> Cmd {
+pub fn command(op: &Op, sha: &[String; SCRIPTS], now_ms: u64, window_ms: u64) -> Cmd {
     let d = keys::dec;
     let evalsha = |id: ScriptId, ks: &[String]| {
         let mut c = redis::cmd("EVALSHA");
@@ -200,10 +212,9 @@ pub fn command(op: &Op, sha: &[String; 5], now_ms: u64, window_ms: u64) -> Cmd {
             c
         }
         Op::GetAuction(id) => {
-            let mut c = redis::cmd("HMGET");
-            c.arg(keys::auction(id)).arg(&[
-                "reserve", "inc", "ends", "high", "bidder", "count", "closed",
-            ]);
+            // A script, not HMGET: reading closes an auction past its end.
+            let mut c = evalsha(ScriptId::GetAuction, &[keys::auction(id)]);
+            c.arg(d(now_ms)).arg(keys::UPDATES_CHANNEL).arg(id);
             c
         }
         Op::OpenSale(o) => {

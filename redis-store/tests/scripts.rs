@@ -414,4 +414,31 @@ fn updates_are_published() {
             _ => {}
         }
     }
+    // A read past the end closes the auction and publishes it, as a bid would.
+    one(&mut g, open(6, 0, 1, 100), 1);
+    match g.execute(&[Op::GetAuction(6)], 99).unwrap()[0] {
+        OpResult::Auction(Some(a)) => assert_eq!(a.state, gavel_protocol::AuctionState::Open),
+        ref other => panic!("{other:?}"),
+    }
+    match g.execute(&[Op::GetAuction(6)], 100).unwrap()[0] {
+        OpResult::Auction(Some(a)) => assert_eq!(a.state, gavel_protocol::AuctionState::Closed),
+        ref other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        one(&mut g, Op::CloseAuction(6), 101).0,
+        Status::Closed,
+        "the read closed it"
+    );
+    loop {
+        let u = rx
+            .recv_timeout(deadline - std::time::Instant::now())
+            .expect("closing of auction 6");
+        if u == (Update::Closed {
+            auction_id: 6,
+            winning_bid: 0,
+            winner: 0,
+        }) {
+            break;
+        }
+    }
 }
