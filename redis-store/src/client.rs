@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use std::collections::HashMap;
 
-use redis::{ErrorKind, Value};
+use redis::{ConnectionLike, ErrorKind, Value};
 
 use crate::keys::UPDATES_CHANNEL;
 use crate::scripts::{self, Op, OpResult, Update};
@@ -212,83 +212,112 @@ impl RedisGavel {
     }
 
     /// Runs `ops` in one pipelined round trip; results in the same order.
-    /// `NOSCRIPT` (Redis restarted or flushed its script cache) reloads the
-    /// scripts and retries once; a retried bid or order then replays.
+    ///
+    /// Replies are checked one by one: an op answered `NOSCRIPT` (Redis
+    /// restarted or flushed its script cache) or `MOVED`/`ASK` (a slot moved)
+    /// was not executed, so only those ops are sent again, after reloading the
+    /// scripts (or re-reading the slot map), up to twice; ops that ran are
+    /// never run twice, and their outcomes (replayed flag included) are the
+    /// first ones. Any other error reply fails the whole call.
     pub fn execute(&mut self, ops: &[Op], now_ms: u64) -> Result<Vec<OpResult>, RedisError> {
-        if ops.is_empty() {
-            return Ok(Vec::new());
-        }
-        match self.round_trip(ops, now_ms) {
-            Err(RedisError::NoScript(_)) => {
-                self.load_scripts()?;
-                self.round_trip(ops, now_ms)
+        let mut out: Vec<Option<OpResult>> = vec![None; ops.len()];
+        let mut pending: Vec<usize> = (0..ops.len()).collect();
+        let mut attempt = 0;
+        while !pending.is_empty() {
+            let values = self.round_trip(ops, &pending, now_ms)?;
+            let mut retry = Vec::new();
+            let mut refresh = false;
+            let mut last = None;
+            for (&i, v) in pending.iter().zip(values) {
+                if let Value::ServerError(e) = v {
+                    match RedisError::from(redis::RedisError::from(e)) {
+                        RedisError::NoScript(e) => last = Some(RedisError::NoScript(e)),
+                        RedisError::Moved(e) => {
+                            refresh = true;
+                            last = Some(RedisError::Moved(e));
+                        }
+                        other => return Err(other),
+                    }
+                    retry.push(i);
+                    continue;
+                }
+                out[i] = Some(scripts::decode(&ops[i], &v, now_ms).ok_or_else(|| {
+                    RedisError::Script(format!("unexpected reply {v:?} to {:?}", ops[i]))
+                })?);
             }
-            Err(RedisError::Moved(_)) => {
+            if retry.is_empty() {
+                break;
+            }
+            attempt += 1;
+            if attempt > 2 {
+                return Err(last.expect("a retried op has its error"));
+            }
+            if refresh {
                 self.reconnect()?;
-                self.round_trip(ops, now_ms)
+            } else {
+                self.load_scripts()?;
             }
-            other => other,
+            pending = retry;
         }
+        Ok(out
+            .into_iter()
+            .map(|r| r.expect("every op answered"))
+            .collect())
     }
 
-    fn round_trip(&mut self, ops: &[Op], now_ms: u64) -> Result<Vec<OpResult>, RedisError> {
-        let values: Vec<Value> = match &mut self.backend {
-            Backend::Single(c) => {
-                let mut p = redis::pipe();
-                for op in ops {
-                    p.add_command(scripts::command(op, &self.shas, now_ms, self.window_ms));
-                }
-                p.query(c)?
+    /// Sends `ops[i]` for each `i` in `idx` (one pipeline per node) and
+    /// returns the raw replies in `idx` order, error replies included.
+    fn round_trip(
+        &mut self,
+        ops: &[Op],
+        idx: &[usize],
+        now_ms: u64,
+    ) -> Result<Vec<Value>, RedisError> {
+        let (shas, window_ms) = (&self.shas, self.window_ms);
+        let pipeline = |conn: &mut redis::Connection, which: &[usize]| {
+            let mut p = redis::pipe();
+            for &i in which {
+                p.add_command(scripts::command(&ops[i], shas, now_ms, window_ms));
             }
+            conn.req_packed_commands(&p.get_packed_pipeline(), 0, which.len())
+        };
+        let values: Vec<Value> = match &mut self.backend {
+            Backend::Single(c) => pipeline(c, idx)?,
             Backend::Cluster { slots, masters } => {
                 // Group by master, one pipeline each, then restore the order.
                 let mut groups: HashMap<&str, Vec<usize>> = HashMap::new();
-                for (i, op) in ops.iter().enumerate() {
+                for (pos, &i) in idx.iter().enumerate() {
                     let slot =
-                        redis::cluster_routing::get_slot(scripts::routing_key(op).as_bytes());
+                        redis::cluster_routing::get_slot(scripts::routing_key(&ops[i]).as_bytes());
                     let addr = slots
                         .iter()
                         .find(|(a, b, _)| (*a..=*b).contains(&slot))
                         .map(|(_, _, addr)| addr.as_str())
                         .ok_or_else(|| RedisError::Script(format!("no master for slot {slot}")))?;
-                    groups.entry(addr).or_default().push(i);
+                    groups.entry(addr).or_default().push(pos);
                 }
-                let mut out = vec![Value::Nil; ops.len()];
-                for (addr, idx) in groups {
+                let mut out = vec![Value::Nil; idx.len()];
+                for (addr, positions) in groups {
                     let conn = masters
                         .get_mut(addr)
                         .ok_or_else(|| RedisError::Script(format!("no connection to {addr}")))?;
-                    let mut p = redis::pipe();
-                    for &i in &idx {
-                        p.add_command(scripts::command(
-                            &ops[i],
-                            &self.shas,
-                            now_ms,
-                            self.window_ms,
-                        ));
-                    }
-                    let vals: Vec<Value> = p.query(conn)?;
-                    for (i, v) in idx.into_iter().zip(vals) {
-                        out[i] = v;
+                    let which: Vec<usize> = positions.iter().map(|&p| idx[p]).collect();
+                    let vals = pipeline(conn, &which)?;
+                    for (p, v) in positions.into_iter().zip(vals) {
+                        out[p] = v;
                     }
                 }
                 out
             }
         };
-        if values.len() != ops.len() {
+        if values.len() != idx.len() {
             return Err(RedisError::Script(format!(
                 "{} replies for {} commands",
                 values.len(),
-                ops.len()
+                idx.len()
             )));
         }
-        ops.iter()
-            .zip(&values)
-            .map(|(op, v)| {
-                scripts::decode(op, v, now_ms)
-                    .ok_or_else(|| RedisError::Script(format!("unexpected reply {v:?} to {op:?}")))
-            })
-            .collect()
+        Ok(values)
     }
 }
 
