@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use std::collections::HashMap;
 
-use redis::{ConnectionLike, ErrorKind, Value};
+use redis::{ConnectionLike, ErrorKind, IntoConnectionInfo, Value};
 
 use crate::keys::UPDATES_CHANNEL;
 use crate::scripts::{self, Op, OpResult, Update};
@@ -70,8 +70,13 @@ pub enum Backend {
 /// credentials or database, which makes its handshake empty; AUTH and SELECT
 /// are then sent here, after the socket timeouts are set.
 fn connect_one(url: &str, timeout: Duration) -> Result<redis::Connection, RedisError> {
-    use redis::IntoConnectionInfo;
-    let info = url.into_connection_info()?;
+    connect_info(url.into_connection_info()?, timeout)
+}
+
+fn connect_info(
+    info: redis::ConnectionInfo,
+    timeout: Duration,
+) -> Result<redis::Connection, RedisError> {
     let mut bare = info.clone();
     bare.redis = redis::RedisConnectionInfo::default();
     let mut conn = redis::Client::open(bare)?.get_connection_with_timeout(timeout)?;
@@ -166,10 +171,14 @@ impl RedisGavel {
             let v: Value = redis::cmd("CLUSTER").arg("SLOTS").query(&mut c)?;
             let slots = parse_slots(&v)
                 .ok_or_else(|| RedisError::Script(format!("unreadable CLUSTER SLOTS: {v:?}")))?;
+            // The masters take the seed URL's credentials.
+            let seed = url.as_str().into_connection_info()?.redis;
             let mut masters = HashMap::new();
             for (_, _, addr) in &slots {
                 if !masters.contains_key(addr) {
-                    masters.insert(addr.clone(), connect_one(addr, timeout)?);
+                    let mut info = addr.as_str().into_connection_info()?;
+                    info.redis = seed.clone();
+                    masters.insert(addr.clone(), connect_info(info, timeout)?);
                 }
             }
             return Ok(Backend::Cluster { slots, masters });

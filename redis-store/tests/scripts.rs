@@ -374,6 +374,22 @@ fn three_hundred_clients_on_a_three_master_cluster() {
 }
 
 #[test]
+fn password_protected_cluster() {
+    // The masters found in CLUSTER SLOTS take the seed URL's credentials.
+    let c = RedisCluster::start_with_password("pw");
+    let mut g = connect(&c.urls(), true);
+    let opens: Vec<Op> = (1..=20).map(|id| open(id, 0, 1, 0)).collect();
+    let bids: Vec<Op> = (1..=20).map(|id| bid(id, 1, 5, 1)).collect();
+    g.execute(&opens, 1).unwrap();
+    for r in g.execute(&bids, 1).unwrap() {
+        assert!(
+            matches!(r, OpResult::Outcome { result, .. } if result.status == Status::Ok),
+            "{r:?}"
+        );
+    }
+}
+
+#[test]
 fn updates_are_published() {
     let r = RedisServer::start();
     let url = r.url();

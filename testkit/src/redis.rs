@@ -42,6 +42,23 @@ pub fn raw_command(port: u16, cmd: &str) -> Option<String> {
     Some(String::from_utf8_lossy(&buf[..n]).into_owned())
 }
 
+/// `AUTH password` then one inline command; returns the reply to the command.
+pub fn raw_command_auth(port: u16, password: &str, cmd: &str) -> Option<String> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    s.write_all(format!("AUTH {password}\r\n").as_bytes())
+        .ok()?;
+    let mut ok = [0u8; 5];
+    s.read_exact(&mut ok).ok()?;
+    if &ok != b"+OK\r\n" {
+        return None;
+    }
+    s.write_all(format!("{cmd}\r\n").as_bytes()).ok()?;
+    let mut buf = vec![0u8; 16 * 1024];
+    let n = s.read(&mut buf).ok()?;
+    Some(String::from_utf8_lossy(&buf[..n]).into_owned())
+}
+
 struct Instance {
     port: u16,
     dir: PathBuf,
@@ -145,24 +162,36 @@ impl Drop for RedisServer {
 /// A 3-master Redis Cluster (no replicas).
 pub struct RedisCluster {
     nodes: Vec<Instance>,
+    password: Option<String>,
 }
 
 impl RedisCluster {
     pub fn start() -> RedisCluster {
+        RedisCluster::start_inner(None)
+    }
+
+    /// A cluster whose nodes require `password` (`--requirepass`, and
+    /// `--masterauth` between nodes); `urls()` then carry it.
+    pub fn start_with_password(password: &str) -> RedisCluster {
+        RedisCluster::start_inner(Some(password))
+    }
+
+    fn start_inner(password: Option<&str>) -> RedisCluster {
         let mut nodes = Vec::new();
         for i in 0..3 {
             let dir = temp_dir(&format!("redis-cluster-{i}"));
-            let mut inst = Instance::new(
-                dir,
-                &[
-                    "--cluster-enabled",
-                    "yes",
-                    "--cluster-config-file",
-                    "nodes.conf",
-                    "--cluster-node-timeout",
-                    "5000",
-                ],
-            );
+            let mut args = vec![
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                "nodes.conf",
+                "--cluster-node-timeout",
+                "5000",
+            ];
+            if let Some(pw) = password {
+                args.extend(["--requirepass", pw, "--masterauth", pw]);
+            }
+            let mut inst = Instance::new(dir, &args);
             inst.launch();
             nodes.push(inst);
         }
@@ -170,7 +199,11 @@ impl RedisCluster {
             .iter()
             .map(|n| format!("127.0.0.1:{}", n.port))
             .collect();
-        let out = Command::new("redis-cli")
+        let mut cli = Command::new("redis-cli");
+        if let Some(pw) = password {
+            cli.args(["-a", pw, "--no-auth-warning"]);
+        }
+        let out = cli
             .args(["--cluster", "create"])
             .args(&addrs)
             .args(["--cluster-replicas", "0", "--cluster-yes"])
@@ -186,22 +219,31 @@ impl RedisCluster {
         let deadline = Instant::now() + Duration::from_secs(30);
         for n in &nodes {
             loop {
-                if raw_command(n.port, "CLUSTER INFO")
-                    .is_some_and(|r| r.contains("cluster_state:ok"))
-                {
+                let info = match password {
+                    None => raw_command(n.port, "CLUSTER INFO"),
+                    Some(pw) => raw_command_auth(n.port, pw, "CLUSTER INFO"),
+                };
+                if info.is_some_and(|r| r.contains("cluster_state:ok")) {
                     break;
                 }
                 assert!(Instant::now() < deadline, "cluster not ok after 30 s");
                 std::thread::sleep(Duration::from_millis(50));
             }
         }
-        RedisCluster { nodes }
+        RedisCluster {
+            nodes,
+            password: password.map(str::to_string),
+        }
     }
 
     pub fn urls(&self) -> Vec<String> {
+        let auth = match &self.password {
+            Some(pw) => format!(":{pw}@"),
+            None => String::new(),
+        };
         self.nodes
             .iter()
-            .map(|n| format!("redis://127.0.0.1:{}", n.port))
+            .map(|n| format!("redis://{auth}127.0.0.1:{}", n.port))
             .collect()
     }
 }
