@@ -68,7 +68,7 @@ impl Postgres {
         if !Path::new(BIN).join("postgres").exists() {
             panic!(
                 "PostgreSQL 15 server binaries not found in {BIN}: install them with \
-                 `apt-get install -y postgresql-15` (or set GAVEL_TEST_PG_URL)"
+                 `apt-get install -y postgresql-15`"
             );
         }
         let dir =
@@ -113,6 +113,11 @@ impl Postgres {
 
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// The temp dir holding data, socket and log (None for an external server).
+    pub fn dir(&self) -> Option<&Path> {
+        self.managed.as_ref().map(|m| m.dir.as_path())
     }
 
     fn managed(&mut self, what: &str) -> &mut Managed {

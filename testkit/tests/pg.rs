@@ -20,3 +20,12 @@ fn two_instances_get_different_ports() {
     assert_ne!(a.port(), b.port());
     assert!(a.url().ends_with("/gavel"));
 }
+
+#[test]
+fn drop_removes_the_dir() {
+    let pg = Postgres::start();
+    let dir = pg.dir().expect("harness-managed").to_path_buf();
+    assert!(dir.join("data").exists());
+    drop(pg);
+    assert!(!dir.exists(), "{} still exists", dir.display());
+}
