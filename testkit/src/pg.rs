@@ -204,23 +204,8 @@ impl Postgres {
     /// Stops the server (fast shutdown) and waits for it to exit.
     pub fn stop(&mut self) {
         let m = self.managed("stop");
-        if let Some(mut child) = m.child.take() {
-            // SIGINT to the postmaster = fast shutdown. runuser forwards it.
-            let _ = Command::new("kill")
-                .args(["-INT", &child.id().to_string()])
-                .status();
-            let pid_file = m.dir.join("data").join("postmaster.pid");
-            if let Ok(pid) = std::fs::read_to_string(&pid_file) {
-                if let Some(pid) = pid.lines().next() {
-                    let _ = Command::new("kill").args(["-INT", pid.trim()]).status();
-                }
-            }
-            let _ = child.wait();
-            let deadline = Instant::now() + Duration::from_secs(30);
-            while pid_file.exists() {
-                assert!(Instant::now() < deadline, "postgres did not stop");
-                std::thread::sleep(Duration::from_millis(20));
-            }
+        if let Err(e) = m.shutdown() {
+            panic!("{e}");
         }
     }
 
@@ -232,11 +217,46 @@ impl Postgres {
 
 impl Drop for Postgres {
     fn drop(&mut self) {
-        if self.managed.is_some() {
-            self.stop();
-            if let Some(m) = self.managed.take() {
-                let _ = std::fs::remove_dir_all(&m.dir);
+        if let Some(mut m) = self.managed.take() {
+            let _ = m.shutdown();
+            let _ = std::fs::remove_dir_all(&m.dir);
+        }
+    }
+}
+
+impl Managed {
+    /// SIGINT (fast shutdown) to the postmaster, wait up to 30 s for it to
+    /// exit, then SIGKILL. Never panics (it runs in `Drop`).
+    fn shutdown(&mut self) -> Result<(), String> {
+        let Some(mut child) = self.child.take() else {
+            return Ok(());
+        };
+        let pid_file = self.dir.join("data").join("postmaster.pid");
+        let postmaster = std::fs::read_to_string(&pid_file)
+            .ok()
+            .and_then(|s| s.lines().next().map(|l| l.trim().to_string()));
+        // `child` is runuser when root (it forwards the signal) or postgres.
+        let _ = Command::new("kill")
+            .args(["-INT", &child.id().to_string()])
+            .status();
+        if let Some(pid) = &postmaster {
+            let _ = Command::new("kill").args(["-INT", pid]).status();
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let exited = matches!(child.try_wait(), Ok(Some(_)));
+            if exited && !pid_file.exists() {
+                return Ok(());
             }
+            if Instant::now() >= deadline {
+                if let Some(pid) = &postmaster {
+                    let _ = Command::new("kill").args(["-KILL", pid]).status();
+                }
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err("postgres did not stop within 30 s of SIGINT; killed it".into());
+            }
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 }
