@@ -67,7 +67,7 @@ up() {
         { cat "$DIR/pg/initdb.log" >&2; exit 1; }
     fi
     as_pg "$PGBIN/pg_ctl" -D "$PGDATA" -l "$DIR/pg/postgres.log" -w -t 60 \
-      -o "-p $PG_PORT -k $DIR/pg -c listen_addresses=127.0.0.1" start >/dev/null ||
+      -o "-p $PG_PORT -k '$DIR/pg' -c listen_addresses=127.0.0.1" start >/dev/null ||
       { cat "$DIR/pg/postgres.log" >&2; exit 1; }
     wait_for PostgreSQL 60 pg_running
     if [ "$("$PGBIN/psql" -h 127.0.0.1 -p "$PG_PORT" -U postgres -d postgres -qAtc \
