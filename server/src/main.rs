@@ -317,28 +317,7 @@ fn spawn_update_listener(
             while !shutdown.load(Ordering::Acquire) {
                 let r = gavel_redis::subscribe_updates(&url, timeout, |u| {
                     if let Some(u) = u {
-                        let push = match u {
-                            gavel_redis::Update::Bid {
-                                auction_id,
-                                high_bid,
-                                high_bidder,
-                                bid_count,
-                            } => gavel_protocol::Push::BidUpdate {
-                                auction_id,
-                                high_bid,
-                                high_bidder,
-                                bid_count,
-                            },
-                            gavel_redis::Update::Closed {
-                                auction_id,
-                                winning_bid,
-                                winner,
-                            } => gavel_protocol::Push::AuctionClosed {
-                                auction_id,
-                                winning_bid,
-                                winner,
-                            },
-                        };
+                        let push = gavel_protocol::Push::from(u);
                         let shard =
                             shard_of(Op::GetAuction(u.auction_id()).routing_key(), shards.len());
                         let _ = shards[shard].send(ShardMsg::Remote(push));
