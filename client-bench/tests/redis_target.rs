@@ -190,3 +190,40 @@ fn unreachable_redis_fails_setup_quickly() {
     assert!(stderr(&out).contains("setup failed"), "{}", stderr(&out));
     assert!(started.elapsed() < std::time::Duration::from_secs(10));
 }
+
+#[test]
+fn buys_sell_exactly_the_stock_on_redis() {
+    let r = RedisServer::start();
+    let (code, j) = bench_json(
+        "redis-buys",
+        &[
+            "--redis-url",
+            &r.url(),
+            "--connections",
+            "8",
+            "--pipeline",
+            "4",
+            "--bids-per-conn",
+            "50",
+            "--workload",
+            "buys",
+            "--skus",
+            "1",
+            "--stock",
+            "100",
+            "--id-base",
+            "7000",
+            "--verify",
+        ],
+    );
+    assert_eq!(code, 0, "{j}");
+    assert_eq!(u(&j, "attempted"), 400);
+    assert_eq!(u(&j, "succeeded"), 400, "{j}");
+    assert_eq!(u(&j, "lost"), 0, "{j}");
+    // Every unit sold exactly once, the rest refused.
+    assert_eq!(j["outcomes"]["OK"].as_u64(), Some(100), "{j}");
+    assert_eq!(j["outcomes"]["SOLD_OUT"].as_u64(), Some(300), "{j}");
+    assert_eq!(j["verify"]["ok"], Value::Bool(true), "{j}");
+    let sold = raw_command(r.port(), "HGET gavel:{s:7000} sold").unwrap();
+    assert!(sold.ends_with("100\r\n"), "{sold}");
+}
