@@ -79,7 +79,9 @@ impl Connection {
             authed,
             in_flight: 0,
             sub_shards: 0,
-            partial_since: None,
+            // A TLS peer must finish its handshake within --idle-timeout,
+            // whether it sends nothing or trickles records (slowloris).
+            partial_since: tls.as_ref().map(|_| Instant::now()),
             paused: false,
             read_eof: false,
             fatal: None,
@@ -263,6 +265,11 @@ impl Connection {
     /// that keeps completing frames is never timed out, one that trickles a
     /// header is.
     pub fn settle_read_buffer(&mut self, pool: &mut BufferPool, now: Instant, progressed: bool) {
+        if self.tls.as_ref().is_some_and(|t| t.is_handshaking()) {
+            // The clock started at accept and only a finished handshake stops it.
+            self.partial_since.get_or_insert(now);
+            return;
+        }
         match &self.rbuf {
             Some(b) if b.is_empty() => {
                 pool.put(self.rbuf.take().expect("checked"));
