@@ -38,10 +38,31 @@ const BACKOFF_MIN: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
 
 /// What one command waits for from Redis.
+/// Replies are produced in this order after the round trip, so a request
+/// answered locally never overtakes an earlier one on the same auction.
 enum Pending {
     Op(Command, ROp),
     /// SUBSCRIBE checks the auction exists and is open.
     Subscribe(Command),
+    /// Decided without Redis (the OUTBID filter).
+    Local(Command, ResultPayload),
+    Unsubscribe(Command, u64),
+}
+
+impl Pending {
+    fn command(&self) -> &Command {
+        match self {
+            Pending::Op(c, _)
+            | Pending::Subscribe(c)
+            | Pending::Local(c, _)
+            | Pending::Unsubscribe(c, _) => c,
+        }
+    }
+
+    /// Whether it has a reply in the Redis pipeline.
+    fn in_pipeline(&self) -> bool {
+        matches!(self, Pending::Op(..) | Pending::Subscribe(_))
+    }
 }
 
 pub struct RedisShard {
@@ -129,14 +150,10 @@ impl RedisShard {
                     // Strictly below: cannot win whatever the increment
                     // (a bid equal to the high bid may be its own retry, which
                     // must replay, so it goes to Redis).
-                    Some(&(high, bidder)) if b.amount < high => {
-                        fx.result(
-                            c.conn,
-                            c.request_id,
-                            ResultPayload::new(Status::Outbid, high, bidder),
-                            false,
-                        );
-                    }
+                    Some(&(high, bidder)) if b.amount < high => self.pending.push(Pending::Local(
+                        *c,
+                        ResultPayload::new(Status::Outbid, high, bidder),
+                    )),
                     _ => self.queue(c, ROp::Bid(b)),
                 },
                 Op::Bid(b) => self.queue(c, ROp::Bid(b)),
@@ -150,15 +167,7 @@ impl RedisShard {
                     self.ops.push(ROp::GetAuction(id));
                     self.pending.push(Pending::Subscribe(*c));
                 }
-                Op::Unsubscribe(id) => {
-                    self.unsubscribe(c.conn, id);
-                    fx.result(
-                        c.conn,
-                        c.request_id,
-                        ResultPayload::new(Status::Ok, 0, 0),
-                        false,
-                    );
-                }
+                Op::Unsubscribe(id) => self.pending.push(Pending::Unsubscribe(*c, id)),
             }
         }
         if self.pending.is_empty() {
@@ -166,43 +175,52 @@ impl RedisShard {
         }
         let ops = std::mem::take(&mut self.ops);
         let pending = std::mem::take(&mut self.pending);
-        let t = Instant::now();
-        let results = match self.connection() {
-            None => None,
-            Some(conn) => match conn.execute(&ops, now_ms) {
-                Ok(r) => Some(r),
-                Err(e) => {
-                    self.fail(&e);
-                    None
+        let mut results = None;
+        if !ops.is_empty() {
+            let t = Instant::now();
+            results = match self.connection() {
+                None => None,
+                Some(conn) => match conn.execute(&ops, now_ms) {
+                    Ok(r) => Some(r),
+                    Err(e) => {
+                        self.fail(&e);
+                        None
+                    }
+                },
+            };
+            self.metrics.redis_round_trips.inc();
+            self.metrics
+                .redis_seconds
+                .observe(t.elapsed().as_micros() as u64);
+        }
+        let mut results = results.map(Vec::into_iter);
+        for p in &pending {
+            let c = p.command();
+            fx.stamp(c);
+            match p {
+                Pending::Local(c, r) => fx.result(c.conn, c.request_id, *r, false),
+                Pending::Unsubscribe(c, id) => {
+                    self.unsubscribe(c.conn, *id);
+                    fx.result(
+                        c.conn,
+                        c.request_id,
+                        ResultPayload::new(Status::Ok, 0, 0),
+                        false,
+                    );
                 }
-            },
-        };
-        self.metrics.redis_round_trips.inc();
-        self.metrics
-            .redis_seconds
-            .observe(t.elapsed().as_micros() as u64);
-        match results {
-            None => {
-                for p in &pending {
-                    let c = match p {
-                        Pending::Op(c, _) | Pending::Subscribe(c) => c,
-                    };
-                    fx.stamp(c);
-                    fx.send(
+                _ => match results.as_mut().and_then(Iterator::next) {
+                    Some(r) => self.answer(p, r, now_ms, fx),
+                    None => fx.send(
                         c.conn,
                         Reply::Error {
                             request_id: c.request_id,
                             code: ErrorCode::Unavailable,
                         },
-                    );
-                }
-            }
-            Some(results) => {
-                for (p, r) in pending.iter().zip(results) {
-                    self.answer(p, r, now_ms, fx);
-                }
+                    ),
+                },
             }
         }
+        debug_assert!(pending.iter().filter(|p| p.in_pipeline()).count() == ops.len());
         self.ops = ops;
         self.ops.clear();
         self.pending = pending;
@@ -293,6 +311,8 @@ impl RedisShard {
                     }
                 }
             }
+            // Answered in `execute` without Redis.
+            Pending::Local(..) | Pending::Unsubscribe(..) => {}
         }
     }
 

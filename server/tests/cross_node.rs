@@ -293,12 +293,33 @@ fn outbid_filter_answers_locally() {
     let mut c = s.client();
     c.open_auction(1, 0, 1, 0).unwrap();
     assert_eq!(c.bid(1, 1, 100, 1).unwrap().result.status, Status::Ok);
+    // Same auction, one write: a bid that needs Redis, then one the filter
+    // answers locally. Replies keep the order the requests were sent in.
+    let first = c.send(&gavel_protocol::Request::Bid(gavel_protocol::BidRequest {
+        auction_id: 1,
+        bidder_id: 3,
+        amount: 200,
+        bid_id: 10,
+    }));
+    let second = c.send(&gavel_protocol::Request::Bid(gavel_protocol::BidRequest {
+        auction_id: 1,
+        bidder_id: 4,
+        amount: 50,
+        bid_id: 11,
+    }));
+    c.flush().unwrap();
+    assert_eq!(
+        c.recv().unwrap().request_id,
+        first,
+        "the Redis answer comes first"
+    );
+    assert_eq!(c.recv().unwrap().request_id, second);
     // Make Redis unreachable: only a locally answered bid can still succeed.
     drop(r);
     let o = c.bid(1, 2, 50, 2).unwrap();
     assert_eq!(
         (o.result.status, o.result.value, o.result.aux),
-        (Status::Outbid, 100, 1)
+        (Status::Outbid, 200, 3)
     );
     match c.bid(1, 2, 500, 3) {
         Err(ClientError::Server {
