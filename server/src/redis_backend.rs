@@ -10,7 +10,10 @@
 //! are answered `UNAVAILABLE` (never `OK` without Redis's answer) and the
 //! shard reconnects with exponential backoff and jitter.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+
+use crossbeam_channel::{Receiver, Sender};
+use redis::Value;
 use std::time::{Duration, Instant};
 
 use gavel_protocol::{ErrorCode, Push, ResultPayload, Status};
@@ -77,10 +80,36 @@ pub struct RedisShard {
     pending: Vec<Pending>,
     ops: Vec<ROp>,
     metrics: Arc<Metrics>,
+    /// Pipelined single-node mode: the socket (write side), the channel its
+    /// reader thread answers on, rounds in flight, and an epoch that tells
+    /// replies of an abandoned connection apart.
+    pipe: Option<std::net::TcpStream>,
+    replies: Option<(Sender<RedisReply>, Receiver<RedisReply>)>,
+    in_flight: VecDeque<InFlight>,
+    epoch: u64,
+    shas: [String; gavel_redis::scripts::SCRIPTS],
+    out: Vec<u8>,
+}
+
+/// One reply read by a pipelined connection's reader thread, tagged with
+/// the connection's epoch.
+pub type RedisReply = (u64, Result<Value, String>);
+
+/// Most rounds one shard keeps in flight before it waits for replies.
+pub const MAX_IN_FLIGHT: usize = 8;
+
+struct InFlight {
+    pending: Vec<Pending>,
+    ops: Vec<ROp>,
+    values: Vec<Value>,
+    sent: Instant,
+    now_ms: u64,
 }
 
 impl RedisShard {
     pub fn new(cfg: RedisConfig, metrics: Arc<Metrics>) -> Self {
+        let cfg_cluster = cfg.cluster;
+        let first_url = cfg.urls.first().cloned().unwrap_or_default();
         metrics.redis_up.set(1);
         RedisShard {
             cfg,
@@ -93,6 +122,16 @@ impl RedisShard {
             pending: Vec::new(),
             ops: Vec::new(),
             metrics,
+            pipe: None,
+            // A plain `redis://host:port` gets the pipelined connection; one
+            // with a password or database index keeps the synchronous client,
+            // which performs the handshake.
+            replies: (!cfg_cluster && plain_addr(&first_url).is_some())
+                .then(crossbeam_channel::unbounded),
+            in_flight: VecDeque::new(),
+            epoch: 0,
+            shas: gavel_redis::scripts::script_shas(),
+            out: Vec::new(),
         }
     }
 
@@ -175,6 +214,10 @@ impl RedisShard {
         }
         let ops = std::mem::take(&mut self.ops);
         let pending = std::mem::take(&mut self.pending);
+        if self.pipelined() {
+            self.send_round(ops, pending, now_ms, fx);
+            return;
+        }
         let mut results = None;
         if !ops.is_empty() {
             let t = Instant::now();
@@ -193,8 +236,24 @@ impl RedisShard {
                 .redis_seconds
                 .observe(t.elapsed().as_micros() as u64);
         }
+        self.finish_round(&pending, results, now_ms, fx);
+        self.ops = ops;
+        self.ops.clear();
+        self.pending = pending;
+        self.pending.clear();
+    }
+
+    /// Answers every request of a round, in order; `results` are the
+    /// pipeline's, `None` when Redis could not be asked.
+    fn finish_round(
+        &mut self,
+        pending: &[Pending],
+        results: Option<Vec<OpResult>>,
+        now_ms: u64,
+        fx: &mut Effects,
+    ) {
         let mut results = results.map(Vec::into_iter);
-        for p in &pending {
+        for p in pending {
             let c = p.command();
             fx.stamp(c);
             match p {
@@ -220,11 +279,224 @@ impl RedisShard {
                 },
             }
         }
-        debug_assert!(pending.iter().filter(|p| p.in_pipeline()).count() == ops.len());
-        self.ops = ops;
-        self.ops.clear();
-        self.pending = pending;
-        self.pending.clear();
+    }
+
+    /// Single-node mode keeps several rounds in flight on one connection: a
+    /// reader thread feeds replies back, so Redis never idles while this
+    /// shard turns a round's replies around. (A cluster spreads a round over
+    /// several masters and stays one synchronous round trip at a time.)
+    fn pipelined(&self) -> bool {
+        !self.cfg.cluster && self.replies.is_some()
+    }
+
+    /// The replies of in-flight rounds, for the shard loop to wait on.
+    pub fn reply_receiver(&self) -> Option<Receiver<RedisReply>> {
+        self.replies.as_ref().map(|(_, rx)| rx.clone())
+    }
+
+    /// Rounds in flight; the shard stops taking commands at [`MAX_IN_FLIGHT`].
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.len()
+    }
+
+    fn send_round(&mut self, ops: Vec<ROp>, pending: Vec<Pending>, now_ms: u64, fx: &mut Effects) {
+        if ops.is_empty() {
+            if self.in_flight.is_empty() {
+                self.finish_round(&pending, None, now_ms, fx);
+            } else {
+                self.in_flight.push_back(InFlight {
+                    pending,
+                    ops,
+                    values: Vec::new(),
+                    sent: Instant::now(),
+                    now_ms,
+                });
+            }
+            return;
+        }
+        if self.pipe.is_none() && !self.open_pipe() {
+            // Down: nothing is in flight (a failure answers all of it).
+            self.finish_round(&pending, None, now_ms, fx);
+            return;
+        }
+        let shas = &self.shas;
+        let window = self.cfg.idempotency_window.as_millis() as u64;
+        self.out.clear();
+        for op in &ops {
+            self.out.extend_from_slice(
+                &gavel_redis::scripts::command(op, shas, now_ms, window).get_packed_command(),
+            );
+        }
+        let pipe = self.pipe.as_mut().expect("opened above");
+        if let Err(e) = std::io::Write::write_all(pipe, &self.out) {
+            self.in_flight.push_back(InFlight {
+                pending,
+                ops,
+                values: Vec::new(),
+                sent: Instant::now(),
+                now_ms,
+            });
+            self.fail_pipe(&format!("write: {e}"), fx);
+            return;
+        }
+        self.metrics.redis_round_trips.inc();
+        self.in_flight.push_back(InFlight {
+            pending,
+            ops,
+            values: Vec::new(),
+            sent: Instant::now(),
+            now_ms,
+        });
+    }
+
+    /// Connects the pipelined socket (scripts are loaded through the
+    /// synchronous client first) and starts its reader thread.
+    fn open_pipe(&mut self) -> bool {
+        if self.connection().is_none() {
+            return false;
+        }
+        let addr = plain_addr(&self.cfg.urls[0]).unwrap_or_default();
+        let stream = match std::net::ToSocketAddrs::to_socket_addrs(addr.as_str())
+            .and_then(|mut a| {
+                a.next()
+                    .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, "no address"))
+            })
+            .and_then(|a| std::net::TcpStream::connect_timeout(&a, self.cfg.timeout))
+        {
+            Ok(s) => s,
+            Err(e) => {
+                self.fail(&RedisError::Script(format!(
+                    "pipelined connect to {addr}: {e}"
+                )));
+                return false;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let _ = stream.set_write_timeout(Some(self.cfg.timeout));
+        let reader = match stream.try_clone() {
+            Ok(r) => r,
+            Err(_) => return false,
+        };
+        self.epoch += 1;
+        let epoch = self.epoch;
+        let tx = self.replies.as_ref().expect("pipelined").0.clone();
+        let spawned = std::thread::Builder::new()
+            .name("gavel-redis-reader".into())
+            .spawn(move || {
+                let mut r = std::io::BufReader::with_capacity(64 * 1024, reader);
+                let mut parser = redis::Parser::new();
+                loop {
+                    let v = parser.parse_value(&mut r).map_err(|e| e.to_string());
+                    let done = v.is_err();
+                    if tx.send((epoch, v)).is_err() || done {
+                        return;
+                    }
+                }
+            });
+        if spawned.is_err() {
+            return false;
+        }
+        self.pipe = Some(stream);
+        true
+    }
+
+    /// A reply from the reader thread.
+    pub fn on_reply(&mut self, epoch: u64, v: Result<Value, String>, fx: &mut Effects) {
+        if epoch != self.epoch {
+            return; // from a connection already given up
+        }
+        let v = match v {
+            Ok(v) => v,
+            Err(e) => return self.fail_pipe(&e, fx),
+        };
+        let Some(front) = self
+            .in_flight
+            .iter_mut()
+            .find(|r| r.values.len() < r.ops.len())
+        else {
+            return self.fail_pipe("reply without a request", fx);
+        };
+        front.values.push(v);
+        self.finish_ready(fx);
+    }
+
+    /// Answers completed rounds at the front, in order.
+    fn finish_ready(&mut self, fx: &mut Effects) {
+        while self
+            .in_flight
+            .front()
+            .is_some_and(|r| r.values.len() == r.ops.len())
+        {
+            let r = self.in_flight.pop_front().expect("checked");
+            self.metrics
+                .redis_seconds
+                .observe(r.sent.elapsed().as_micros() as u64);
+            let mut lost_scripts = false;
+            let mut cursor = r.ops.iter().zip(&r.values).map(|(op, v)| {
+                let res = gavel_redis::scripts::decode(op, v, r.now_ms);
+                if res.is_none() {
+                    lost_scripts |= matches!(v, Value::ServerError(e) if e.code() == "NOSCRIPT");
+                }
+                res
+            });
+            for p in &r.pending {
+                if !p.in_pipeline() {
+                    self.finish_round(std::slice::from_ref(p), None, r.now_ms, fx);
+                    continue;
+                }
+                match cursor.next().flatten() {
+                    Some(res) => {
+                        self.finish_round(std::slice::from_ref(p), Some(vec![res]), r.now_ms, fx)
+                    }
+                    // Refused by Redis (NOSCRIPT after a flush, a script
+                    // error): UNAVAILABLE, never a guess; the others stand.
+                    None => {
+                        self.metrics.redis_errors.inc();
+                        let c = p.command();
+                        fx.stamp(c);
+                        fx.send(
+                            c.conn,
+                            Reply::Error {
+                                request_id: c.request_id,
+                                code: ErrorCode::Unavailable,
+                            },
+                        );
+                    }
+                }
+            }
+            drop(cursor);
+            if lost_scripts {
+                // Reload them: reconnect both clients.
+                self.conn = None;
+                self.fail_pipe("NOSCRIPT", fx);
+            }
+        }
+    }
+
+    /// Gives the pipelined connection up: every round in flight is answered
+    /// (UNAVAILABLE for what needed Redis), and the shard backs off.
+    fn fail_pipe(&mut self, why: &str, fx: &mut Effects) {
+        if let Some(s) = self.pipe.take() {
+            let _ = s.shutdown(std::net::Shutdown::Both);
+        }
+        self.epoch += 1;
+        self.fail(&RedisError::Script(why.to_string()));
+        while let Some(r) = self.in_flight.pop_front() {
+            self.finish_round(&r.pending, None, r.now_ms, fx);
+        }
+    }
+
+    /// Called every loop turn: a round waiting longer than the timeout
+    /// fails the connection (never a hang).
+    pub fn tick(&mut self, fx: &mut Effects) {
+        if self
+            .in_flight
+            .front()
+            .is_some_and(|r| r.values.len() < r.ops.len() && r.sent.elapsed() > self.cfg.timeout)
+        {
+            self.fail_pipe("no reply within --redis-timeout", fx);
+        }
+        self.finish_ready(fx);
     }
 
     fn queue(&mut self, c: &Command, op: ROp) {
@@ -419,5 +691,36 @@ impl RedisShard {
                 }
             }
         }
+    }
+}
+
+/// `host:port` of a `redis://host[:port][/]` URL without credentials or a
+/// database index; `None` otherwise.
+fn plain_addr(url: &str) -> Option<String> {
+    let rest = url.strip_prefix("redis://")?.trim_end_matches('/');
+    if rest.is_empty() || rest.contains(['@', '/', '?']) {
+        return None;
+    }
+    Some(if rest.contains(':') {
+        rest.to_string()
+    } else {
+        format!("{rest}:6379")
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::plain_addr;
+
+    #[test]
+    fn plain_urls_only() {
+        assert_eq!(
+            plain_addr("redis://127.0.0.1:7000"),
+            Some("127.0.0.1:7000".into())
+        );
+        assert_eq!(plain_addr("redis://cache/"), Some("cache:6379".into()));
+        assert_eq!(plain_addr("redis://:pw@h:1"), None);
+        assert_eq!(plain_addr("redis://h:1/2"), None);
+        assert_eq!(plain_addr("rediss://h:1"), None);
     }
 }

@@ -516,12 +516,39 @@ pub fn spawn(
         .spawn(move || {
             let mut fx = Effects::new(loops.len());
             let mut next_sweep = Instant::now() + sweep_interval;
+            // Pipelined Redis mode: replies of rounds in flight arrive here.
+            let redis_replies = redis.as_ref().and_then(|r| r.reply_receiver());
+            let no_commands = crossbeam_channel::never::<ShardMsg>();
             loop {
                 let timeout = next_sweep.saturating_duration_since(Instant::now());
-                let first = match rx.recv_timeout(timeout) {
-                    Ok(m) => Some(m),
-                    Err(RecvTimeoutError::Timeout) => None,
-                    Err(RecvTimeoutError::Disconnected) => break,
+                let first = match (&redis_replies, redis.as_ref()) {
+                    (Some(rr), Some(r)) => {
+                        // At the in-flight cap, wait for replies only.
+                        let cmds = if r.in_flight() >= crate::redis_backend::MAX_IN_FLIGHT {
+                            &no_commands
+                        } else {
+                            &rx
+                        };
+                        crossbeam_channel::select! {
+                            recv(cmds) -> m => match m {
+                                Ok(m) => Some(m),
+                                Err(_) => break,
+                            },
+                            recv(rr) -> v => {
+                                if let Ok((epoch, v)) = v {
+                                    fx.cur = (0, 0);
+                                    redis.as_mut().expect("checked").on_reply(epoch, v, &mut fx);
+                                }
+                                None
+                            },
+                            default(timeout) => None,
+                        }
+                    }
+                    _ => match rx.recv_timeout(timeout) {
+                        Ok(m) => Some(m),
+                        Err(RecvTimeoutError::Timeout) => None,
+                        Err(RecvTimeoutError::Disconnected) => break,
+                    },
                 };
                 let now = now_ms();
                 let mut executed = 0usize;
@@ -590,6 +617,12 @@ pub fn spawn(
                         break;
                     }
                     msg = rx.try_recv().ok();
+                }
+                if let (Some(rr), Some(r)) = (&redis_replies, redis.as_mut()) {
+                    while let Ok((epoch, v)) = rr.try_recv() {
+                        r.on_reply(epoch, v, &mut fx);
+                    }
+                    r.tick(&mut fx);
                 }
                 if Instant::now() >= next_sweep {
                     fx.cur = (0, 0);
