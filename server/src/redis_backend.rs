@@ -179,11 +179,10 @@ impl RedisShard {
         self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
     }
 
-    /// Executes one shard round: local answers first, everything else in
-    /// one round trip.
+    /// Executes one shard round: what Redis must decide goes in one pipeline
+    /// (in flight or synchronous); every request is answered in order.
     pub fn execute(&mut self, cmds: &[Command], now_ms: u64, fx: &mut Effects) {
         for c in cmds {
-            fx.stamp(c);
             match c.op {
                 Op::Bid(b) if self.cfg.outbid_filter => match self.known_high.get(&b.auction_id) {
                     // Strictly below: cannot win whatever the increment
@@ -254,30 +253,40 @@ impl RedisShard {
     ) {
         let mut results = results.map(Vec::into_iter);
         for p in pending {
-            let c = p.command();
-            fx.stamp(c);
-            match p {
-                Pending::Local(c, r) => fx.result(c.conn, c.request_id, *r, false),
-                Pending::Unsubscribe(c, id) => {
-                    self.unsubscribe(c.conn, *id);
-                    fx.result(
-                        c.conn,
-                        c.request_id,
-                        ResultPayload::new(Status::Ok, 0, 0),
-                        false,
-                    );
-                }
-                _ => match results.as_mut().and_then(Iterator::next) {
-                    Some(r) => self.answer(p, r, now_ms, fx),
-                    None => fx.send(
-                        c.conn,
-                        Reply::Error {
-                            request_id: c.request_id,
-                            code: ErrorCode::Unavailable,
-                        },
-                    ),
-                },
+            let r = if p.in_pipeline() {
+                results.as_mut().and_then(Iterator::next)
+            } else {
+                None
+            };
+            self.answer_one(p, r, now_ms, fx);
+        }
+    }
+
+    /// Answers one request: locally decided ones as decided, the others with
+    /// Redis's result, or UNAVAILABLE when there is none (Redis unreachable,
+    /// or it refused the op).
+    fn answer_one(&mut self, p: &Pending, r: Option<OpResult>, now_ms: u64, fx: &mut Effects) {
+        let c = p.command();
+        fx.stamp(c);
+        match (p, r) {
+            (Pending::Local(c, r), _) => fx.result(c.conn, c.request_id, *r, false),
+            (Pending::Unsubscribe(c, id), _) => {
+                self.unsubscribe(c.conn, *id);
+                fx.result(
+                    c.conn,
+                    c.request_id,
+                    ResultPayload::new(Status::Ok, 0, 0),
+                    false,
+                );
             }
+            (_, Some(r)) => self.answer(p, r, now_ms, fx),
+            (_, None) => fx.send(
+                c.conn,
+                Reply::Error {
+                    request_id: c.request_id,
+                    code: ErrorCode::Unavailable,
+                },
+            ),
         }
     }
 
@@ -440,29 +449,18 @@ impl RedisShard {
                 res
             });
             for p in &r.pending {
-                if !p.in_pipeline() {
-                    self.finish_round(std::slice::from_ref(p), None, r.now_ms, fx);
-                    continue;
-                }
-                match cursor.next().flatten() {
-                    Some(res) => {
-                        self.finish_round(std::slice::from_ref(p), Some(vec![res]), r.now_ms, fx)
-                    }
-                    // Refused by Redis (NOSCRIPT after a flush, a script
-                    // error): UNAVAILABLE, never a guess; the others stand.
-                    None => {
+                let res = if p.in_pipeline() {
+                    // None: refused by Redis (NOSCRIPT after a flush, a script
+                    // error) — UNAVAILABLE, never a guess; the others stand.
+                    let res = cursor.next().flatten();
+                    if res.is_none() {
                         self.metrics.redis_errors.inc();
-                        let c = p.command();
-                        fx.stamp(c);
-                        fx.send(
-                            c.conn,
-                            Reply::Error {
-                                request_id: c.request_id,
-                                code: ErrorCode::Unavailable,
-                            },
-                        );
                     }
-                }
+                    res
+                } else {
+                    None
+                };
+                self.answer_one(p, res, r.now_ms, fx);
             }
             drop(cursor);
             if lost_scripts {
@@ -511,10 +509,10 @@ impl RedisShard {
         }
     }
 
+    /// A request's reply from Redis's result (stamped by `answer_one`).
     fn answer(&mut self, p: &Pending, r: OpResult, now_ms: u64, fx: &mut Effects) {
         match p {
             Pending::Subscribe(c) => {
-                fx.stamp(c);
                 let Op::Subscribe(id) = c.op else { return };
                 let result = match r {
                     OpResult::Auction(None) => ResultPayload::new(Status::NotFound, 0, 0),
@@ -536,7 +534,6 @@ impl RedisShard {
                 fx.result(c.conn, c.request_id, result, false);
             }
             Pending::Op(c, op) => {
-                fx.stamp(c);
                 let (to, rid) = (c.conn, c.request_id);
                 match r {
                     OpResult::Conflict => fx.send(
