@@ -285,17 +285,24 @@ fn make_pki(tag: &str) -> Pki {
     }
 }
 
-#[test]
-fn tls_round_trip() {
-    let pki = make_pki("tls");
+/// A server with the PKI's certificate, plus `extra` flags.
+fn tls_server(pki: &Pki, extra: &[&str]) -> Server {
     let cert = pki.dir.join("cert.pem");
     let key = pki.dir.join("key.pem");
-    let s = Server::start(&[
+    let mut args = vec![
         "--tls-cert",
         cert.to_str().unwrap(),
         "--tls-key",
         key.to_str().unwrap(),
-    ]);
+    ];
+    args.extend_from_slice(extra);
+    Server::start(&args)
+}
+
+#[test]
+fn tls_round_trip() {
+    let pki = make_pki("tls");
+    let s = tls_server(&pki, &[]);
 
     for name in ["localhost", "127.0.0.1"] {
         let mut c = Client::connect_tls(s.addr, name, pki.ca_pem.as_bytes()).unwrap();
@@ -393,16 +400,7 @@ fn rotated_token_file_takes_effect_on_sighup() {
 fn stalled_tls_handshake_is_closed_after_idle_timeout() {
     use std::io::{Read, Write};
     let pki = make_pki("tls-stall");
-    let cert = pki.dir.join("cert.pem");
-    let key = pki.dir.join("key.pem");
-    let s = Server::start(&[
-        "--tls-cert",
-        cert.to_str().unwrap(),
-        "--tls-key",
-        key.to_str().unwrap(),
-        "--idle-timeout",
-        "1s",
-    ]);
+    let s = tls_server(&pki, &["--idle-timeout", "1s"]);
     let silent = std::net::TcpStream::connect(s.addr).unwrap();
     let mut trickle = std::net::TcpStream::connect(s.addr).unwrap();
     // The first bytes of a TLS record header (handshake, TLS 1.0 legacy version).
