@@ -26,6 +26,21 @@ pub enum Workload {
     Mixed,
 }
 
+/// How bid amounts are chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Bidding {
+    /// One shared counter per auction advances with every bid issued, plus
+    /// jitter: bids keep rising, most can win. Measures the accept path.
+    Climb,
+    /// A herd chasing the price: each bid is one step above the highest
+    /// price any reply of this run has shown for the auction (plus jitter).
+    /// Bids built on a stale price lose, as on a hot lot where everyone
+    /// reacts to the same ticker; this is where a server's local OUTBID
+    /// filter pays.
+    Chase,
+}
+
 impl Workload {
     pub fn uses_auctions(self) -> bool {
         matches!(self, Workload::Bids | Workload::Mixed)
@@ -139,6 +154,10 @@ pub enum Skew {
     Uniform,
     /// Key `i` (0-based) chosen with weight `1 / (i + 1)^s`.
     Zipf(f64),
+    /// Connection `c` always uses key `c mod N`: no two connections share a
+    /// key when N >= --connections, so outcomes do not depend on how the
+    /// server interleaves connections.
+    PerConn,
 }
 
 impl FromStr for Skew {
@@ -148,6 +167,9 @@ impl FromStr for Skew {
         let s = s.trim();
         if s.eq_ignore_ascii_case("uniform") {
             return Ok(Skew::Uniform);
+        }
+        if s.eq_ignore_ascii_case("per-conn") {
+            return Ok(Skew::PerConn);
         }
         if let Some(exp) = s.strip_prefix("zipf:") {
             let v: f64 = exp
@@ -161,7 +183,7 @@ impl FromStr for Skew {
             return Ok(Skew::Zipf(v));
         }
         Err(format!(
-            "invalid skew {s:?}: expected `uniform` or `zipf:S`"
+            "invalid skew {s:?}: expected `uniform`, `zipf:S` or `per-conn`"
         ))
     }
 }
@@ -171,6 +193,7 @@ impl fmt::Display for Skew {
         match self {
             Skew::Uniform => f.write_str("uniform"),
             Skew::Zipf(s) => write!(f, "zipf:{s}"),
+            Skew::PerConn => f.write_str("per-conn"),
         }
     }
 }
@@ -281,10 +304,17 @@ pub struct BenchConfig {
     #[arg(long, env = "GAVEL_BENCH_STOCK", default_value_t = 1_000_000_000)]
     pub stock: u64,
 
-    /// Distribution of requests over auctions/SKUs: `uniform` or `zipf:S`
-    /// (key i has weight 1/(i+1)^S; S around 1 makes a few keys hot).
+    /// Distribution of requests over auctions/SKUs: `uniform`, `zipf:S`
+    /// (key i has weight 1/(i+1)^S; S around 1 makes a few keys hot) or
+    /// `per-conn` (connection c always uses key c mod N).
     #[arg(long, env = "GAVEL_BENCH_SKEW", default_value = "uniform")]
     pub skew: Skew,
+
+    /// How bid amounts are chosen: `climb` (rising, most bids can win) or
+    /// `chase` (one step above the last price seen in a reply; stale bids
+    /// lose).
+    #[arg(long, env = "GAVEL_BENCH_BIDDING", value_enum, default_value_t = Bidding::Climb)]
+    pub bidding: Bidding,
 
     /// Send HELLO with this token first on every connection and wait for WELCOME.
     #[arg(long, env = "GAVEL_BENCH_AUTH_TOKEN", hide_env_values = true)]
@@ -391,6 +421,7 @@ pub struct Plan {
     pub skus: u32,
     pub stock: u64,
     pub skew: Skew,
+    pub bidding: Bidding,
     pub auth_token: Option<Vec<u8>>,
     /// `--tls`: every connection (load, setup, verify) speaks TLS.
     pub tls: Option<TlsPlan>,
@@ -501,6 +532,7 @@ impl BenchConfig {
             skus: self.skus,
             stock: self.stock,
             skew: self.skew,
+            bidding: self.bidding,
             // The session credential: HELLO's token, or Redis' AUTH password.
             auth_token: match &redis {
                 Some(r) => r.password.clone().map(String::into_bytes),
@@ -576,6 +608,8 @@ mod tests {
         assert!("zipf:-1".parse::<Skew>().is_err());
         assert!("pareto".parse::<Skew>().is_err());
         assert_eq!(Skew::Zipf(0.5).to_string(), "zipf:0.5");
+        assert_eq!("per-conn".parse::<Skew>().unwrap(), Skew::PerConn);
+        assert_eq!(Skew::PerConn.to_string(), "per-conn");
     }
 
     #[test]

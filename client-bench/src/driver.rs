@@ -683,8 +683,14 @@ fn handle_reply(cx: &mut Ctx<'_>, c: &mut Conn, reply: Reply, now: Instant) {
     let latency_us = now.saturating_duration_since(p.at).as_micros() as u64;
     match reply.kind {
         ReplyKind::Result {
-            status, replayed, ..
-        } => cx.stats.record_result(&p.op, status, replayed, latency_us),
+            status,
+            value,
+            replayed,
+            ..
+        } => {
+            c.gen.observe(&p.op, value);
+            cx.stats.record_result(&p.op, status, replayed, latency_us)
+        }
         ReplyKind::Error { code } => cx.stats.record_error(code, latency_us),
         ReplyKind::Welcome | ReplyKind::Other(_) | ReplyKind::Push => cx.stats.unexpected += 1,
     }

@@ -1,11 +1,16 @@
 //! What each connection asks for: the next operation, its ids and amounts.
 //!
 //! * Auctions and SKUs are picked per request, uniformly or Zipf-skewed.
-//! * Bid amounts come from one shared counter per auction that advances by
-//!   [`AMOUNT_STEP`] per bid, plus a random jitter in `0..2*AMOUNT_STEP`. Bids
-//!   therefore keep rising (most are accepted), yet a bid can land at or below
-//!   the one issued just before it — about one in eight — or arrive after a
-//!   higher one from another connection, so `OUTBID` happens too.
+//! * `--bidding climb`: bid amounts come from one shared counter per auction
+//!   that advances by [`AMOUNT_STEP`] per bid, plus a random jitter in
+//!   `0..2*AMOUNT_STEP`. Bids therefore keep rising, yet a bid can land at or
+//!   below the one issued just before it — about one in eight — or arrive
+//!   after a higher one from another connection, so `OUTBID` happens too
+//!   (often, when the server interleaves connections freely).
+//! * `--bidding chase`: a bid is `1 + jitter` above the highest price any
+//!   reply has shown for its auction so far (shared by all connections, like a
+//!   ticker every bidder watches); while a bid is in flight the price moves
+//!   on, so most of a hot auction's bids are stale and lose.
 //! * Idempotency keys (`bid_id`, `order_id`) are `(connection + 1) << 32 |
 //!   (sequence + 1)`: non-zero and unique within a run; the server scopes keys
 //!   to their auction/SKU, whose ids are unique per run (`--id-base`).
@@ -18,7 +23,7 @@ use gavel_protocol::{BidRequest, BuyRequest};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
-use crate::config::{Plan, Skew, Workload};
+use crate::config::{Bidding, Plan, Skew, Workload};
 
 /// How far the shared amount counter of an auction advances per bid.
 pub const AMOUNT_STEP: u64 = 4;
@@ -37,13 +42,14 @@ pub struct KeyPicker {
     n: u32,
     /// Cumulative probabilities for Zipf; `None` for uniform.
     cdf: Option<Vec<f64>>,
+    per_conn: bool,
 }
 
 impl KeyPicker {
     pub fn new(n: u32, skew: Skew) -> KeyPicker {
         let n = n.max(1);
         let cdf = match skew {
-            Skew::Uniform => None,
+            Skew::Uniform | Skew::PerConn => None,
             Skew::Zipf(_) if n == 1 => None,
             Skew::Zipf(s) => {
                 let mut acc = 0.0;
@@ -59,7 +65,11 @@ impl KeyPicker {
                 Some(cdf)
             }
         };
-        KeyPicker { n, cdf }
+        KeyPicker {
+            n,
+            cdf,
+            per_conn: skew == Skew::PerConn,
+        }
     }
 
     pub fn len(&self) -> u32 {
@@ -70,8 +80,12 @@ impl KeyPicker {
         self.n == 0
     }
 
+    /// A key for connection `conn`'s next request.
     #[inline]
-    pub fn pick<R: Rng>(&self, rng: &mut R) -> u32 {
+    pub fn pick<R: Rng>(&self, conn: u32, rng: &mut R) -> u32 {
+        if self.per_conn {
+            return conn % self.n;
+        }
         match &self.cdf {
             None if self.n == 1 => 0,
             None => rng.gen_range(0..self.n),
@@ -90,7 +104,9 @@ pub struct WorkloadShared {
     id_base: u64,
     auctions: KeyPicker,
     skus: KeyPicker,
-    /// Per auction: the amount counter.
+    bidding: Bidding,
+    /// Per auction: the amount counter (climb) or the highest price seen in
+    /// a reply (chase).
     amounts: Vec<AtomicU64>,
     malformed_every: Option<u64>,
     seed: u64,
@@ -108,6 +124,7 @@ impl WorkloadShared {
             id_base: plan.id_base,
             auctions: KeyPicker::new(plan.auctions, plan.skew),
             skus: KeyPicker::new(plan.skus, plan.skew),
+            bidding: plan.bidding,
             amounts: (0..n_amounts).map(|_| AtomicU64::new(0)).collect(),
             malformed_every: plan.malformed_every,
             seed: plan.seed,
@@ -143,6 +160,17 @@ impl OpGen {
         self.seq
     }
 
+    /// A RESULT to a bid showed the auction's high bid after it (`value`):
+    /// with `--bidding chase`, the price later bids chase.
+    #[inline]
+    pub fn observe(&self, op: &Op, value: u64) {
+        if let (Bidding::Chase, Op::Bid { index, .. }) = (self.shared.bidding, op) {
+            if let Some(seen) = self.shared.amounts.get(*index as usize) {
+                seen.fetch_max(value, Ordering::Relaxed);
+            }
+        }
+    }
+
     pub fn next_op(&mut self) -> Op {
         let sh = &*self.shared;
         let seq = self.seq;
@@ -158,8 +186,12 @@ impl OpGen {
             Workload::Mixed => self.rng.gen_bool(0.5),
         };
         if bid {
-            let index = sh.auctions.pick(&mut self.rng);
-            let base = sh.amounts[index as usize].fetch_add(AMOUNT_STEP, Ordering::Relaxed);
+            let index = sh.auctions.pick(self.conn, &mut self.rng);
+            let counter = &sh.amounts[index as usize];
+            let base = match sh.bidding {
+                Bidding::Climb => counter.fetch_add(AMOUNT_STEP, Ordering::Relaxed),
+                Bidding::Chase => counter.load(Ordering::Relaxed),
+            };
             let amount = base + 1 + self.rng.gen_range(0..2 * AMOUNT_STEP);
             Op::Bid {
                 index,
@@ -171,7 +203,7 @@ impl OpGen {
                 },
             }
         } else {
-            let index = sh.skus.pick(&mut self.rng);
+            let index = sh.skus.pick(self.conn, &mut self.rng);
             Op::Buy {
                 index,
                 req: BuyRequest {
@@ -204,17 +236,17 @@ mod tests {
         let mut rng = SmallRng::seed_from_u64(1);
         let mut counts = vec![0u32; 100];
         for _ in 0..100_000 {
-            counts[p.pick(&mut rng) as usize] += 1;
+            counts[p.pick(0, &mut rng) as usize] += 1;
         }
         assert!(counts[0] > counts[1] && counts[1] > counts[10] && counts[10] > counts[99]);
         assert!(counts[0] > 20_000, "{}", counts[0]);
         let u = KeyPicker::new(10, Skew::Uniform);
         let mut seen = [false; 10];
         for _ in 0..1000 {
-            seen[u.pick(&mut rng) as usize] = true;
+            seen[u.pick(0, &mut rng) as usize] = true;
         }
         assert!(seen.iter().all(|&s| s));
-        assert_eq!(KeyPicker::new(1, Skew::Zipf(2.0)).pick(&mut rng), 0);
+        assert_eq!(KeyPicker::new(1, Skew::Zipf(2.0)).pick(0, &mut rng), 0);
     }
 
     #[test]
@@ -245,6 +277,41 @@ mod tests {
         }
         // Roughly one in eight bids does not beat the one before it.
         assert!((200..=600).contains(&below_previous), "{below_previous}");
+    }
+
+    #[test]
+    fn per_conn_keeps_each_connection_on_its_key() {
+        let p = KeyPicker::new(4, Skew::PerConn);
+        let mut rng = SmallRng::seed_from_u64(1);
+        for conn in 0..10 {
+            for _ in 0..20 {
+                assert_eq!(p.pick(conn, &mut rng), conn % 4);
+            }
+        }
+    }
+
+    #[test]
+    fn chase_bids_just_above_the_price_seen() {
+        let plan = plan(&["--auctions", "1", "--bidding", "chase"]);
+        let sh = WorkloadShared::new(&plan);
+        let mut g = sh.generator(0);
+        let h = sh.generator(1);
+        let amount = |g: &mut OpGen| match g.next_op() {
+            Op::Bid { req, .. } => req.amount,
+            Op::Buy { .. } => panic!("bids workload made a buy"),
+        };
+        // Nothing seen yet: just above zero, and the price does not move by
+        // issuing bids (only replies move it).
+        for _ in 0..100 {
+            assert!((1..=2 * AMOUNT_STEP).contains(&amount(&mut g)));
+        }
+        // Another connection's reply shows 1000: everyone chases it.
+        let op = g.next_op();
+        h.observe(&op, 1000);
+        h.observe(&op, 400); // an older, lower price never lowers it
+        for _ in 0..100 {
+            assert!((1001..=1000 + 2 * AMOUNT_STEP).contains(&amount(&mut g)));
+        }
     }
 
     #[test]
