@@ -3,10 +3,12 @@
 -- KEYS[2] = gavel:{a:ID}:bid:BID_ID   (the idempotency key: "bidder|amount|status|value|aux")
 -- ARGV    = bidder, amount, now_ms, window_ms, channel, auction_id
 -- Every key carries the auction's hash tag, so the script touches one
--- Redis Cluster slot. Returns {status, value, aux, replayed[, bid_count]}
--- (value/aux: high bid and bidder after the request; bid_count only when
--- accepted), or {-1} when the bid_id was used before with different fields
--- (IDEMPOTENCY_CONFLICT). Statuses are the wire contract's codes.
+-- Redis Cluster slot. Returns {status, value, aux, replayed[, bid_count,
+-- ends]} (value/aux: high bid and bidder after the request; bid_count after
+-- it, ZERO unless accepted; ends: the auction's end time, for a node's OUTBID
+-- filter; both absent from replays), or {-1} when the bid_id was used before
+-- with different fields (IDEMPOTENCY_CONFLICT). Statuses are the wire
+-- contract's codes.
 local k, idem = KEYS[1], KEYS[2]
 local bidder, amount, now, window = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local channel, auction = ARGV[5], ARGV[6]
@@ -31,7 +33,7 @@ end
 local function remember(status, value, aux)
   redis.call('SET', idem, bidder .. '|' .. amount .. '|' .. status .. '|' .. value .. '|' .. aux,
     'PX', window)
-  return {status, value, aux, 0}
+  return {status, value, aux, 0, ZERO, ends}
 end
 
 -- An auction past its end closes on first touch.

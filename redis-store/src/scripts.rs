@@ -78,6 +78,9 @@ pub enum OpResult {
         result: ResultPayload,
         replayed: bool,
         bid_count: u64,
+        /// A fresh bid outcome's auction end time (0 = none or unknown):
+        /// what a node's OUTBID filter needs to stop filtering in time.
+        ends_ms: u64,
     },
     /// The idempotency key was used before with other fields.
     Conflict,
@@ -327,10 +330,12 @@ pub fn decode(op: &Op, v: &Value, now_ms: u64) -> Option<OpResult> {
             let aux = num(f.get(2)?)?;
             let replayed = num(f.get(3)?)? == 1;
             let bid_count = f.get(4).and_then(num).unwrap_or(0);
+            let ends_ms = f.get(5).and_then(num).unwrap_or(0);
             Some(OpResult::Outcome {
                 result: ResultPayload::new(status, value, aux),
                 replayed,
                 bid_count,
+                ends_ms,
             })
         }
     }

@@ -477,3 +477,31 @@ fn updates_are_published() {
         }
     }
 }
+
+/// A fresh bid outcome tells a node the auction's end (its OUTBID filter
+/// must stop answering there once the end has passed); replays do not.
+#[test]
+fn bid_outcomes_carry_the_end_time() {
+    let r = RedisServer::start();
+    let mut g = connect(&[r.url()], false);
+    g.execute(&[open(1, 10, 1, 5_000), open(2, 0, 1, 0)], 1)
+        .unwrap();
+    let ends = |g: &mut RedisGavel, op: Op, now: u64| match g.execute(&[op], now).unwrap()[0] {
+        OpResult::Outcome {
+            result, ends_ms, ..
+        } => (result.status, ends_ms),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(
+        ends(&mut g, bid(1, 7, 5, 1), 2),
+        (Status::BelowReserve, 5_000)
+    );
+    assert_eq!(ends(&mut g, bid(1, 7, 50, 2), 2), (Status::Ok, 5_000));
+    assert_eq!(ends(&mut g, bid(1, 8, 40, 3), 2), (Status::Outbid, 5_000));
+    assert_eq!(ends(&mut g, bid(1, 7, 50, 2), 2), (Status::Ok, 0), "replay");
+    assert_eq!(
+        ends(&mut g, bid(1, 8, 90, 4), 6_000),
+        (Status::Closed, 5_000)
+    );
+    assert_eq!(ends(&mut g, bid(2, 8, 90, 1), 6_000), (Status::Ok, 0));
+}

@@ -204,10 +204,14 @@ pub struct Config {
     pub redis_timeout: Duration,
 
     /// In cross-node mode, answer OUTBID on this node, without a round trip,
-    /// for a bid strictly below the highest bid this node has seen (high bids
-    /// only rise). Off by default because it bends idempotency: a retry of a
-    /// bid that was accepted and has since been outbid gets OUTBID instead of
-    /// its replayed OK. Worth it for hot auctions whose clients do not retry.
+    /// for a bid that cannot win: strictly below the highest bid this node
+    /// has seen (high bids only rise), or below a bid on the same auction it
+    /// has already sent to Redis (answered once that one's reply is in). Never
+    /// for an auction closed or past its end. Off by default because it bends
+    /// idempotency: a retry of a bid that was accepted and has since been
+    /// outbid gets OUTBID instead of its replayed OK, and a locally answered
+    /// bid's key is not stored. Worth it for hot auctions whose clients do
+    /// not retry.
     #[arg(long, env = "GAVEL_OUTBID_FILTER", default_value_t = false, action = clap::ArgAction::Set)]
     pub outbid_filter: bool,
 

@@ -2,11 +2,11 @@
 //!
 //! Each shard round becomes one pipelined round trip of Lua scripts (see
 //! `lua/` and the `gavel-redis` crate). The shard keeps only what makes it
-//! fast and local: a cache of each auction's known high bid (it only rises;
-//! fed by replies and by the update channel) to answer `OUTBID` without
-//! asking Redis for a bid that cannot win, and the subscriptions of this
-//! node's connections, fed by Redis pub/sub so a subscriber here sees bids
-//! accepted on any node. While Redis is unreachable, requests that need it
+//! fast and local: what it knows of each auction (high bid, end, closed; fed
+//! by replies and by the update channel) to answer `OUTBID` without asking
+//! Redis for a bid that cannot win (see [`KnownAuction`]), and the
+//! subscriptions of this node's connections, fed by Redis pub/sub so a
+//! subscriber here sees bids accepted on any node. While Redis is unreachable, requests that need it
 //! are answered `UNAVAILABLE` (never `OK` without Redis's answer) and the
 //! shard reconnects with exponential backoff and jitter.
 
@@ -49,6 +49,10 @@ enum Pending {
     Subscribe(Command),
     /// Decided without Redis (the OUTBID filter).
     Local(Command, ResultPayload),
+    /// A bid below one this shard already sent for the same auction: it
+    /// loses whatever that one's outcome, so it is answered, without Redis,
+    /// once the earlier bid's reply is in (see [`KnownAuction`]).
+    Dominated(Command, gavel_protocol::BidRequest),
     Unsubscribe(Command, u64),
 }
 
@@ -58,6 +62,7 @@ impl Pending {
             Pending::Op(c, _)
             | Pending::Subscribe(c)
             | Pending::Local(c, _)
+            | Pending::Dominated(c, _)
             | Pending::Unsubscribe(c, _) => c,
         }
     }
@@ -68,13 +73,44 @@ impl Pending {
     }
 }
 
+/// What a shard knows of one auction, for the OUTBID filter.
+///
+/// A bid `b` cannot win when `b < high` (ties lose and the high bid only
+/// rises), or when `b < a` for a bid `a` on the same auction that Redis
+/// answered `OK` or `OUTBID`: after `a` the high bid is `a` (accepted) or at
+/// least `a - increment + 1` (outbid), so winning needs at least `a + 1`. The
+/// second rule lets a shard turn away a hot auction's herd of bids built on
+/// the same stale price while the first of them is still in flight. The
+/// filter stays off an auction that is closed or past its end (Redis answers
+/// `CLOSED` there) and one never seen with a high bid (a bid there may be
+/// below the reserve).
+#[derive(Debug, Clone, Copy, Default)]
+struct KnownAuction {
+    high: u64,
+    bidder: u64,
+    /// 0 = no end (or not known yet).
+    ends_ms: u64,
+    closed: bool,
+    /// Highest bid this shard sent to Redis for it (a hint: reset to
+    /// `settled_max` when a bid it dominated finds nothing settled above).
+    sent_max: u64,
+    /// Highest bid Redis answered `OK` or `OUTBID`.
+    settled_max: u64,
+}
+
+impl KnownAuction {
+    fn filterable(&self, now_ms: u64) -> bool {
+        !self.closed && self.high > 0 && (self.ends_ms == 0 || now_ms < self.ends_ms)
+    }
+}
+
 pub struct RedisShard {
     cfg: RedisConfig,
     conn: Option<RedisGavel>,
     retry_at: Option<Instant>,
     backoff: Duration,
-    /// auction -> (high bid, high bidder) as last seen; only rises.
-    known_high: HashMap<u64, (u64, u64), ahash::RandomState>,
+    /// What the OUTBID filter knows of each auction.
+    known: HashMap<u64, KnownAuction, ahash::RandomState>,
     subscribers: HashMap<u64, Vec<ConnRef>, ahash::RandomState>,
     conn_subs: HashMap<ConnRef, Vec<u64>, ahash::RandomState>,
     pending: Vec<Pending>,
@@ -116,7 +152,7 @@ impl RedisShard {
             conn: None,
             retry_at: None,
             backoff: BACKOFF_MIN,
-            known_high: HashMap::default(),
+            known: HashMap::default(),
             subscribers: HashMap::default(),
             conn_subs: HashMap::default(),
             pending: Vec::new(),
@@ -184,16 +220,25 @@ impl RedisShard {
     pub fn execute(&mut self, cmds: &[Command], now_ms: u64, fx: &mut Effects) {
         for c in cmds {
             match c.op {
-                Op::Bid(b) if self.cfg.outbid_filter => match self.known_high.get(&b.auction_id) {
-                    // Strictly below: cannot win whatever the increment
-                    // (a bid equal to the high bid may be its own retry, which
-                    // must replay, so it goes to Redis).
-                    Some(&(high, bidder)) if b.amount < high => self.pending.push(Pending::Local(
-                        *c,
-                        ResultPayload::new(Status::Outbid, high, bidder),
-                    )),
-                    _ => self.queue(c, ROp::Bid(b)),
-                },
+                Op::Bid(b) if self.cfg.outbid_filter => {
+                    // Strictly below: a bid equal to the high bid (or to a
+                    // bid in flight) may be that bid's own retry, which must
+                    // replay, so it goes to Redis.
+                    match self.known.get_mut(&b.auction_id) {
+                        Some(k) if k.filterable(now_ms) && b.amount < k.high => {
+                            let r = ResultPayload::new(Status::Outbid, k.high, k.bidder);
+                            self.pending.push(Pending::Local(*c, r));
+                        }
+                        Some(k) if k.filterable(now_ms) && b.amount < k.sent_max => {
+                            self.pending.push(Pending::Dominated(*c, b));
+                        }
+                        Some(k) => {
+                            k.sent_max = k.sent_max.max(b.amount);
+                            self.queue(c, ROp::Bid(b));
+                        }
+                        None => self.queue(c, ROp::Bid(b)),
+                    }
+                }
                 Op::Bid(b) => self.queue(c, ROp::Bid(b)),
                 Op::OpenAuction(o) => self.queue(c, ROp::OpenAuction(o)),
                 Op::CloseAuction(id) => self.queue(c, ROp::CloseAuction(id)),
@@ -270,6 +315,30 @@ impl RedisShard {
         fx.stamp(c);
         match (p, r) {
             (Pending::Local(c, r), _) => fx.result(c.conn, c.request_id, *r, false),
+            (Pending::Dominated(c, b), _) => match self.known.get_mut(&b.auction_id) {
+                Some(k) if k.settled_max > b.amount => {
+                    let r = if k.closed {
+                        ResultPayload::new(Status::Closed, k.high, k.bidder)
+                    } else {
+                        ResultPayload::new(Status::Outbid, k.high, k.bidder)
+                    };
+                    fx.result(c.conn, c.request_id, r, false);
+                }
+                // The bid that dominated it was not executed (Redis failed,
+                // or its key conflicted): this one was not either.
+                k => {
+                    if let Some(k) = k {
+                        k.sent_max = k.settled_max;
+                    }
+                    fx.send(
+                        c.conn,
+                        Reply::Error {
+                            request_id: c.request_id,
+                            code: ErrorCode::Unavailable,
+                        },
+                    )
+                }
+            },
             (Pending::Unsubscribe(c, id), _) => {
                 self.unsubscribe(c.conn, *id);
                 fx.result(
@@ -502,10 +571,49 @@ impl RedisShard {
         self.pending.push(Pending::Op(*c, op));
     }
 
+    /// Raises the known high bid of an auction the filter already tracks.
     fn learn_high(&mut self, auction_id: u64, high: u64, bidder: u64) {
-        let e = self.known_high.entry(auction_id).or_insert((high, bidder));
-        if high > e.0 {
-            *e = (high, bidder);
+        if let Some(k) = self.known.get_mut(&auction_id) {
+            if high > k.high {
+                (k.high, k.bidder) = (high, bidder);
+            }
+        }
+    }
+
+    /// Learns from Redis's outcome of a bid: the auction's high bid, end and
+    /// whether it is closed; `OK`/`OUTBID` settle the bid's amount.
+    /// A replay carries no end time, so it only updates a tracked auction.
+    fn learn_bid(
+        &mut self,
+        b: &gavel_protocol::BidRequest,
+        r: &ResultPayload,
+        replayed: bool,
+        ends_ms: u64,
+    ) {
+        if !self.cfg.outbid_filter || r.status == Status::NotFound {
+            return;
+        }
+        let k = match self.known.entry(b.auction_id) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(_) if replayed => return,
+            std::collections::hash_map::Entry::Vacant(e) => e.insert(KnownAuction::default()),
+        };
+        if !replayed {
+            k.ends_ms = ends_ms;
+        }
+        if r.value > k.high {
+            (k.high, k.bidder) = (r.value, r.aux);
+        }
+        match r.status {
+            Status::Ok | Status::Outbid => k.settled_max = k.settled_max.max(b.amount),
+            Status::Closed => k.closed = true,
+            _ => {}
+        }
+    }
+
+    fn learn_closed(&mut self, auction_id: u64) {
+        if let Some(k) = self.known.get_mut(&auction_id) {
+            k.closed = true;
         }
     }
 
@@ -545,6 +653,9 @@ impl RedisShard {
                     ),
                     OpResult::Auction(a) => match a {
                         Some(info) => {
+                            if info.state == gavel_protocol::AuctionState::Closed {
+                                self.learn_closed(info.auction_id);
+                            }
                             self.learn_high(info.auction_id, info.high_bid, info.high_bidder);
                             fx.send(
                                 to,
@@ -574,18 +685,22 @@ impl RedisShard {
                         result,
                         replayed,
                         bid_count,
+                        ends_ms,
                     } => {
+                        if let ROp::Bid(b) = op {
+                            self.learn_bid(b, &result, replayed, ends_ms);
+                        }
                         self.record(op, &result, replayed, bid_count, now_ms, fx);
                         fx.result(to, rid, result, replayed);
                     }
                 }
             }
             // Answered in `execute` without Redis.
-            Pending::Local(..) | Pending::Unsubscribe(..) => {}
+            Pending::Local(..) | Pending::Dominated(..) | Pending::Unsubscribe(..) => {}
         }
     }
 
-    /// Learns from an outcome and emits what this node's store should log.
+    /// Emits what this node's store should log of an outcome.
     fn record(
         &mut self,
         op: &ROp,
@@ -596,18 +711,15 @@ impl RedisShard {
         fx: &mut Effects,
     ) {
         match *op {
-            ROp::Bid(b) if r.status != Status::NotFound => {
-                self.learn_high(b.auction_id, r.value, r.aux);
-                if r.status == Status::Ok && !replayed {
-                    fx.mutations.push(Mutation::BidAccepted {
-                        auction_id: b.auction_id,
-                        bidder_id: b.bidder_id,
-                        amount: b.amount,
-                        bid_id: b.bid_id,
-                        bid_count: count,
-                        at_ms: now_ms,
-                    });
-                }
+            ROp::Bid(b) if r.status == Status::Ok && !replayed => {
+                fx.mutations.push(Mutation::BidAccepted {
+                    auction_id: b.auction_id,
+                    bidder_id: b.bidder_id,
+                    amount: b.amount,
+                    bid_id: b.bid_id,
+                    bid_count: count,
+                    at_ms: now_ms,
+                });
             }
             ROp::OpenAuction(o) if r.status == Status::Ok && !replayed => {
                 fx.mutations.push(Mutation::AuctionOpened {
@@ -616,6 +728,7 @@ impl RedisShard {
                 });
             }
             ROp::CloseAuction(id) if r.status == Status::Ok => {
+                self.learn_closed(id);
                 fx.mutations.push(Mutation::AuctionClosed {
                     auction_id: id,
                     at_ms: now_ms,
@@ -659,6 +772,7 @@ impl RedisShard {
                 }
             }
             Push::AuctionClosed { auction_id, .. } => {
+                self.learn_closed(auction_id);
                 if let Some(subs) = self.subscribers.remove(&auction_id) {
                     for s in subs {
                         fx.send(s, Reply::Push(push));

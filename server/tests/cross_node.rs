@@ -329,3 +329,155 @@ fn outbid_filter_answers_locally() {
         other => panic!("a bid that may win needs Redis: {other:?}"),
     }
 }
+
+fn evalsha_calls(port: u16) -> u64 {
+    let info = gavel_testkit::redis::raw_command(port, "INFO commandstats").expect("INFO");
+    info.lines()
+        .find_map(|l| l.strip_prefix("cmdstat_evalsha:calls="))
+        .and_then(|l| l.split(',').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+/// A herd on one hot auction: 100 bidders, each pipelining bids one step
+/// above the price its last reply showed. With --outbid-filter the node
+/// answers most of them itself (bids below the known high, or below a bid it
+/// already sent), yet every answer is one Redis would have given: each OUTBID
+/// is for a bid that could not beat the high bid it reports, and the OKs are
+/// exactly the auction's bid_count, the highest of them its high bid.
+#[test]
+fn outbid_filter_turns_away_a_herd_and_stays_exact() {
+    let r = RedisServer::start();
+    let s = Server::start(&[
+        "--redis",
+        &r.url(),
+        "--store",
+        "memory",
+        "--outbid-filter",
+        "true",
+    ]);
+    let mut c = s.client();
+    c.open_auction(1, 0, 1, 0).unwrap();
+    assert_eq!(c.bid(1, 1000, 1, 1).unwrap().result.status, Status::Ok);
+    let calls_before = evalsha_calls(r.port());
+    let price = Arc::new(std::sync::atomic::AtomicU64::new(1));
+    const BIDDERS: u64 = 100;
+    const ROUNDS: u64 = 10;
+    const PIPELINE: u64 = 8;
+    let handles: Vec<_> = (0..BIDDERS)
+        .map(|b| {
+            let (addr, price) = (s.addr, price.clone());
+            std::thread::spawn(move || {
+                let mut c = Client::connect(addr).unwrap();
+                let mut oks = Vec::new();
+                for round in 0..ROUNDS {
+                    let seen = price.load(Ordering::Relaxed);
+                    let mut sent = Vec::new();
+                    for i in 0..PIPELINE {
+                        let amount = seen + 1 + (b + i) % 3;
+                        let bid_id = (b + 1) << 20 | (round * PIPELINE + i + 1);
+                        let req = gavel_protocol::BidRequest {
+                            auction_id: 1,
+                            bidder_id: b + 1,
+                            amount,
+                            bid_id,
+                        };
+                        sent.push((c.send(&gavel_protocol::Request::Bid(req)), amount));
+                    }
+                    c.flush().unwrap();
+                    for (id, amount) in sent {
+                        let f = c.recv().unwrap();
+                        assert_eq!(f.request_id, id, "replies in request order");
+                        let gavel_protocol::Response::Result(r) = f.body else {
+                            panic!("bid {amount} answered {:?}", f.body)
+                        };
+                        match r.status {
+                            Status::Ok => {
+                                assert_eq!((r.value, r.aux), (amount, b + 1));
+                                oks.push(amount);
+                            }
+                            // Ties lose, increment 1: outbid means the high
+                            // bid it reports is at least the bid.
+                            Status::Outbid => assert!(
+                                r.value >= amount,
+                                "OUTBID for {amount} reports high {}",
+                                r.value
+                            ),
+                            other => panic!("bid {amount}: {other:?}"),
+                        }
+                        price.fetch_max(r.value, Ordering::Relaxed);
+                    }
+                }
+                oks
+            })
+        })
+        .collect();
+    let oks: Vec<u64> = handles
+        .into_iter()
+        .flat_map(|h| h.join().unwrap())
+        .collect();
+    let info = c.get_auction(1).unwrap().unwrap();
+    assert_eq!(
+        info.bid_count,
+        oks.len() as u64 + 1,
+        "every OK counted once"
+    );
+    assert_eq!(Some(info.high_bid), oks.iter().copied().max());
+    let sent = BIDDERS * ROUNDS * PIPELINE;
+    let executed = evalsha_calls(r.port()) - calls_before;
+    assert!(
+        executed < sent / 2,
+        "the filter should spare Redis most of a herd: {executed} of {sent} bids reached it"
+    );
+}
+
+/// The filter never answers for an auction that is over: past its end time,
+/// or closed on another node (learned from the update channel), a bid below
+/// the known high gets CLOSED, as Redis would answer.
+#[test]
+fn outbid_filter_stops_at_close_and_end() {
+    let r = RedisServer::start();
+    let args = [
+        "--redis",
+        &r.url(),
+        "--store",
+        "memory",
+        "--outbid-filter",
+        "true",
+    ];
+    let (a, b) = (Server::start(&args), Server::start(&args));
+    let mut ca = a.client();
+    let mut cb = b.client();
+    let now_ms = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64
+    };
+    // Closed on node B while node A knows the high bid.
+    ca.open_auction(1, 0, 1, 0).unwrap();
+    assert_eq!(ca.bid(1, 7, 100, 1).unwrap().result.status, Status::Ok);
+    assert_eq!(ca.bid(1, 8, 50, 2).unwrap().result.status, Status::Outbid);
+    let mut sub = a.client();
+    assert_eq!(sub.subscribe(1).unwrap().result.status, Status::Ok);
+    sub.set_timeout(Some(Duration::from_secs(10))).unwrap();
+    assert_eq!(cb.close_auction(1).unwrap().result.status, Status::Ok);
+    match sub.next_push().unwrap() {
+        Push::AuctionClosed { auction_id: 1, .. } => {}
+        other => panic!("{other:?}"),
+    }
+    let o = ca.bid(1, 8, 60, 3).unwrap();
+    assert_eq!((o.result.status, o.result.value), (Status::Closed, 100));
+
+    // Past its end time: the node learned the end from a bid's reply.
+    let ends = now_ms() + 400;
+    ca.open_auction(2, 0, 1, ends).unwrap();
+    assert_eq!(ca.bid(2, 7, 100, 1).unwrap().result.status, Status::Ok);
+    assert_eq!(ca.bid(2, 8, 50, 2).unwrap().result.status, Status::Outbid);
+    // Waiting for the clock to pass the end is the behaviour under test.
+    while now_ms() <= ends + 5 {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let o = ca.bid(2, 8, 60, 3).unwrap();
+    assert_eq!((o.result.status, o.result.value), (Status::Closed, 100));
+}
