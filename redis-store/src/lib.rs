@@ -9,6 +9,7 @@
 
 pub mod client;
 pub mod keys;
+pub mod resp;
 pub mod scripts;
 
 pub use client::{subscribe_updates, Backend, RedisError, RedisGavel};

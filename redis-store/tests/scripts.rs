@@ -398,30 +398,22 @@ fn updates_are_published() {
     let sub_url = url.clone();
     std::thread::spawn(move || {
         let mut first = true;
-        let _ = gavel_redis::client::subscribe_updates(&sub_url, T, |u| {
+        let _ = gavel_redis::client::subscribe_updates(&sub_url, T, |us| {
             if first {
                 first = false;
                 let _ = ready_tx.send(());
             }
-            match u {
-                Some(u) => tx.send(u).is_ok(),
-                None => true,
-            }
+            us.iter().all(|u| tx.send(*u).is_ok())
         });
     });
     let mut g = connect(&[url], false);
     one(&mut g, open(5, 0, 1, 0), 1);
-    // The subscription is live once the first idle tick or message arrives;
-    // until then, keep bidding higher.
-    let mut amount = 10;
-    loop {
-        one(&mut g, bid(5, 3, amount, amount), 1);
-        if ready_rx.recv_timeout(Duration::from_millis(100)).is_ok() {
-            break;
-        }
-        amount += 10;
-    }
-    amount += 10;
+    // The first call says Redis confirmed the subscription.
+    ready_rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("SUBSCRIBE confirmed");
+    one(&mut g, bid(5, 3, 10, 10), 1);
+    let amount = 20;
     one(&mut g, bid(5, 4, amount, amount), 1);
     one(&mut g, Op::CloseAuction(5), 1);
     let deadline = std::time::Instant::now() + Duration::from_secs(10);

@@ -96,7 +96,7 @@ pub enum ShardMsg {
     Disconnect(ConnRef),
     /// Cross-node mode: an update published by some node, for this shard's
     /// local subscribers.
-    Remote(Push),
+    Remote(Vec<Push>),
 }
 
 /// What a shard sends back for one request, or a push.

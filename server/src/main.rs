@@ -315,12 +315,18 @@ fn spawn_update_listener(
         .spawn(move || {
             let mut backoff = std::time::Duration::from_millis(50);
             while !shutdown.load(Ordering::Acquire) {
-                let r = gavel_redis::subscribe_updates(&url, timeout, |u| {
-                    if let Some(u) = u {
-                        let push = gavel_protocol::Push::from(u);
+                // One message per shard per read, not one per update.
+                let mut per_shard: Vec<Vec<gavel_protocol::Push>> = vec![Vec::new(); shards.len()];
+                let r = gavel_redis::subscribe_updates(&url, timeout, |us| {
+                    for u in us {
                         let shard =
                             shard_of(Op::GetAuction(u.auction_id()).routing_key(), shards.len());
-                        let _ = shards[shard].send(ShardMsg::Remote(push));
+                        per_shard[shard].push(gavel_protocol::Push::from(*u));
+                    }
+                    for (tx, pushes) in shards.iter().zip(&mut per_shard) {
+                        if !pushes.is_empty() {
+                            let _ = tx.send(ShardMsg::Remote(std::mem::take(pushes)));
+                        }
                     }
                     !shutdown.load(Ordering::Acquire)
                 });

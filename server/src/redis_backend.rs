@@ -127,9 +127,9 @@ pub struct RedisShard {
     out: Vec<u8>,
 }
 
-/// One reply read by a pipelined connection's reader thread, tagged with
-/// the connection's epoch.
-pub type RedisReply = (u64, Result<Value, String>);
+/// The replies one read of a pipelined connection brought (in order), tagged
+/// with the connection's epoch; an error ends the connection.
+pub type RedisReply = (u64, Result<Vec<Value>, String>);
 
 /// Most rounds one shard keeps in flight before it waits for replies.
 pub const MAX_IN_FLIGHT: usize = 8;
@@ -401,9 +401,7 @@ impl RedisShard {
         let window = self.cfg.idempotency_window.as_millis() as u64;
         self.out.clear();
         for op in &ops {
-            self.out.extend_from_slice(
-                &gavel_redis::scripts::command(op, shas, now_ms, window).get_packed_command(),
-            );
+            gavel_redis::resp::encode(op, shas, now_ms, window, &mut self.out);
         }
         let pipe = self.pipe.as_mut().expect("opened above");
         if let Err(e) = std::io::Write::write_all(pipe, &self.out) {
@@ -460,17 +458,7 @@ impl RedisShard {
         let tx = self.replies.as_ref().expect("pipelined").0.clone();
         let spawned = std::thread::Builder::new()
             .name("gavel-redis-reader".into())
-            .spawn(move || {
-                let mut r = std::io::BufReader::with_capacity(64 * 1024, reader);
-                let mut parser = redis::Parser::new();
-                loop {
-                    let v = parser.parse_value(&mut r).map_err(|e| e.to_string());
-                    let done = v.is_err();
-                    if tx.send((epoch, v)).is_err() || done {
-                        return;
-                    }
-                }
-            });
+            .spawn(move || read_replies(reader, epoch, &tx));
         if spawned.is_err() {
             return false;
         }
@@ -478,23 +466,30 @@ impl RedisShard {
         true
     }
 
-    /// A reply from the reader thread.
-    pub fn on_reply(&mut self, epoch: u64, v: Result<Value, String>, fx: &mut Effects) {
+    /// Replies from the reader thread, in order.
+    pub fn on_replies(&mut self, epoch: u64, vs: Result<Vec<Value>, String>, fx: &mut Effects) {
         if epoch != self.epoch {
             return; // from a connection already given up
         }
-        let v = match v {
-            Ok(v) => v,
+        let vs = match vs {
+            Ok(vs) => vs,
             Err(e) => return self.fail_pipe(&e, fx),
         };
-        let Some(front) = self
-            .in_flight
-            .iter_mut()
-            .find(|r| r.values.len() < r.ops.len())
-        else {
-            return self.fail_pipe("reply without a request", fx);
-        };
-        front.values.push(v);
+        // Rounds before `next` are complete; fill from there on.
+        let mut next = 0;
+        for v in vs {
+            while self
+                .in_flight
+                .get(next)
+                .is_some_and(|r| r.values.len() == r.ops.len())
+            {
+                next += 1;
+            }
+            let Some(round) = self.in_flight.get_mut(next) else {
+                return self.fail_pipe("reply without a request", fx);
+            };
+            round.values.push(v);
+        }
         self.finish_ready(fx);
     }
 
@@ -801,6 +796,62 @@ impl RedisShard {
                     v.retain(|s| *s != conn);
                 }
             }
+        }
+    }
+}
+
+/// The reader thread of a pipelined connection: reads what Redis sent,
+/// parses every complete reply in it and hands them to the shard in one
+/// message per read (not one per reply: fewer wake-ups). Ends on EOF, on an
+/// I/O or parse error (reported), or when the shard is gone.
+fn read_replies(mut sock: std::net::TcpStream, epoch: u64, tx: &Sender<RedisReply>) {
+    use std::io::Read;
+    let mut buf = vec![0u8; 64 * 1024];
+    let (mut start, mut end) = (0, 0);
+    loop {
+        if start == end {
+            (start, end) = (0, 0);
+        } else if end == buf.len() {
+            if start > 0 {
+                buf.copy_within(start..end, 0);
+                (start, end) = (0, end - start);
+            } else {
+                let n = buf.len() * 2;
+                buf.resize(n, 0); // one reply larger than the buffer
+            }
+        }
+        let n = match sock.read(&mut buf[end..]) {
+            Ok(0) => {
+                let _ = tx.send((epoch, Err("redis closed the connection".into())));
+                return;
+            }
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                let _ = tx.send((epoch, Err(format!("read: {e}"))));
+                return;
+            }
+        };
+        end += n;
+        let mut batch = Vec::new();
+        loop {
+            match gavel_redis::resp::parse(&buf[start..end]) {
+                Ok(Some((v, used))) => {
+                    batch.push(v);
+                    start += used;
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    if !batch.is_empty() {
+                        let _ = tx.send((epoch, Ok(batch)));
+                    }
+                    let _ = tx.send((epoch, Err(format!("unreadable reply: {e}"))));
+                    return;
+                }
+            }
+        }
+        if !batch.is_empty() && tx.send((epoch, Ok(batch))).is_err() {
+            return;
         }
     }
 }

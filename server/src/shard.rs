@@ -535,9 +535,9 @@ pub fn spawn(
                                 Err(_) => break,
                             },
                             recv(rr) -> v => {
-                                if let Ok((epoch, v)) = v {
+                                if let Ok((epoch, vs)) = v {
                                     fx.cur = (0, 0);
-                                    redis.as_mut().expect("checked").on_reply(epoch, v, &mut fx);
+                                    redis.as_mut().expect("checked").on_replies(epoch, vs, &mut fx);
                                 }
                                 None
                             },
@@ -606,10 +606,12 @@ pub fn spawn(
                             Some(r) => r.disconnect(c),
                             None => state.disconnect(c),
                         },
-                        ShardMsg::Remote(push) => {
+                        ShardMsg::Remote(pushes) => {
                             fx.cur = (0, 0);
                             if let Some(r) = redis.as_mut() {
-                                r.on_update(push, &mut fx);
+                                for push in pushes {
+                                    r.on_update(push, &mut fx);
+                                }
                             }
                         }
                     }
@@ -619,8 +621,8 @@ pub fn spawn(
                     msg = rx.try_recv().ok();
                 }
                 if let (Some(rr), Some(r)) = (&redis_replies, redis.as_mut()) {
-                    while let Ok((epoch, v)) = rr.try_recv() {
-                        r.on_reply(epoch, v, &mut fx);
+                    while let Ok((epoch, vs)) = rr.try_recv() {
+                        r.on_replies(epoch, vs, &mut fx);
                     }
                     r.tick(&mut fx);
                 }
