@@ -255,6 +255,8 @@ pub fn command(op: &Op, sha: &[String; SCRIPTS], now_ms: u64, window_ms: u64) ->
 fn num(v: &Value) -> Option<u64> {
     match v {
         Value::Int(i) => u64::try_from(*i).ok(),
+        // The scripts' 20-digit strings: parsed in place, no String.
+        Value::BulkString(b) => std::str::from_utf8(b).ok()?.parse().ok(),
         other => String::from_redis_value(other).ok()?.parse().ok(),
     }
 }
