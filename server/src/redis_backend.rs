@@ -54,22 +54,30 @@ enum Pending {
     /// once the earlier bid's reply is in (see [`KnownAuction`]).
     Dominated(Command, gavel_protocol::BidRequest),
     Unsubscribe(Command, u64),
+    /// The sweep's read of an auction this node's connections watch, past
+    /// its end: get_auction.lua closes it and publishes the closing. Nobody
+    /// waits for its reply.
+    Touch(u64, u64),
 }
 
 impl Pending {
-    fn command(&self) -> &Command {
+    fn command(&self) -> Option<&Command> {
         match self {
             Pending::Op(c, _)
             | Pending::Subscribe(c)
             | Pending::Local(c, _)
             | Pending::Dominated(c, _)
-            | Pending::Unsubscribe(c, _) => c,
+            | Pending::Unsubscribe(c, _) => Some(c),
+            Pending::Touch(..) => None,
         }
     }
 
     /// Whether it has a reply in the Redis pipeline.
     fn in_pipeline(&self) -> bool {
-        matches!(self, Pending::Op(..) | Pending::Subscribe(_))
+        matches!(
+            self,
+            Pending::Op(..) | Pending::Subscribe(_) | Pending::Touch(..)
+        )
     }
 }
 
@@ -112,6 +120,10 @@ pub struct RedisShard {
     /// What the OUTBID filter knows of each auction.
     known: HashMap<u64, KnownAuction, ahash::RandomState>,
     subscribers: HashMap<u64, Vec<ConnRef>, ahash::RandomState>,
+    /// End times of the watched auctions that have one: the sweep touches
+    /// them once they are past it, so their subscribers get AUCTION_CLOSED
+    /// even if no bid arrives to close them.
+    watched_ends: HashMap<u64, u64, ahash::RandomState>,
     conn_subs: HashMap<ConnRef, Vec<u64>, ahash::RandomState>,
     pending: Vec<Pending>,
     ops: Vec<ROp>,
@@ -154,6 +166,7 @@ impl RedisShard {
             backoff: BACKOFF_MIN,
             known: HashMap::default(),
             subscribers: HashMap::default(),
+            watched_ends: HashMap::default(),
             conn_subs: HashMap::default(),
             pending: Vec::new(),
             ops: Vec::new(),
@@ -253,6 +266,31 @@ impl RedisShard {
                 Op::Unsubscribe(id) => self.pending.push(Pending::Unsubscribe(*c, id)),
             }
         }
+        self.dispatch(now_ms, fx);
+    }
+
+    /// Touches the watched auctions past their end (see [`Pending::Touch`]).
+    pub fn sweep(&mut self, now_ms: u64, fx: &mut Effects) {
+        if self.watched_ends.values().all(|&ends| ends > now_ms) {
+            return;
+        }
+        let due: Vec<(u64, u64)> = self
+            .watched_ends
+            .iter()
+            .filter(|&(_, &ends)| ends <= now_ms)
+            .map(|(&id, &ends)| (id, ends))
+            .collect();
+        for (id, ends) in due {
+            // Back in the map if the touch does not find it closed.
+            self.watched_ends.remove(&id);
+            self.ops.push(ROp::GetAuction(id));
+            self.pending.push(Pending::Touch(id, ends));
+        }
+        self.dispatch(now_ms, fx);
+    }
+
+    /// Sends the round queued in `pending`/`ops` (pipelined or synchronous).
+    fn dispatch(&mut self, now_ms: u64, fx: &mut Effects) {
         if self.pending.is_empty() {
             return;
         }
@@ -311,7 +349,12 @@ impl RedisShard {
     /// Redis's result, or UNAVAILABLE when there is none (Redis unreachable,
     /// or it refused the op).
     fn answer_one(&mut self, p: &Pending, r: Option<OpResult>, now_ms: u64, fx: &mut Effects) {
-        let c = p.command();
+        let Some(c) = p.command() else {
+            if let Pending::Touch(id, ends) = p {
+                self.touched(*id, *ends, r);
+            }
+            return;
+        };
         fx.stamp(c);
         match (p, r) {
             (Pending::Local(c, r), _) => fx.result(c.conn, c.request_id, *r, false),
@@ -606,7 +649,24 @@ impl RedisShard {
         }
     }
 
+    /// The reply to a sweep's touch: closed (its closing reaches the
+    /// subscribers through the update channel), or to be touched again (Redis
+    /// unreachable, or a node clock behind the end).
+    fn touched(&mut self, id: u64, ends: u64, r: Option<OpResult>) {
+        match r {
+            Some(OpResult::Auction(Some(a))) if a.state == gavel_protocol::AuctionState::Closed => {
+                self.learn_closed(id)
+            }
+            Some(OpResult::Auction(None)) => {}
+            _ if self.subscribers.get(&id).is_some_and(|s| !s.is_empty()) => {
+                self.watched_ends.insert(id, ends);
+            }
+            _ => {}
+        }
+    }
+
     fn learn_closed(&mut self, auction_id: u64) {
+        self.watched_ends.remove(&auction_id);
         if let Some(k) = self.known.get_mut(&auction_id) {
             k.closed = true;
         }
@@ -624,7 +684,10 @@ impl RedisShard {
                     {
                         ResultPayload::new(Status::Closed, a.high_bid, a.high_bidder)
                     }
-                    OpResult::Auction(Some(_)) => {
+                    OpResult::Auction(Some(a)) => {
+                        if a.ends_at_ms != 0 {
+                            self.watched_ends.insert(id, a.ends_at_ms);
+                        }
                         let subs = self.subscribers.entry(id).or_default();
                         if !subs.contains(&c.conn) {
                             subs.push(c.conn);
@@ -690,8 +753,11 @@ impl RedisShard {
                     }
                 }
             }
-            // Answered in `execute` without Redis.
-            Pending::Local(..) | Pending::Dominated(..) | Pending::Unsubscribe(..) => {}
+            // Answered in `answer_one`.
+            Pending::Local(..)
+            | Pending::Dominated(..)
+            | Pending::Unsubscribe(..)
+            | Pending::Touch(..) => {}
         }
     }
 

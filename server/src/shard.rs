@@ -629,6 +629,9 @@ pub fn spawn(
                 if Instant::now() >= next_sweep {
                     fx.cur = (0, 0);
                     state.sweep(now, &mut fx);
+                    if let Some(r) = redis.as_mut() {
+                        r.sweep(now, &mut fx);
+                    }
                     next_sweep = Instant::now() + sweep_interval;
                 }
                 if let Some(w) = &writer {

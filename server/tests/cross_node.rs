@@ -481,3 +481,67 @@ fn outbid_filter_stops_at_close_and_end() {
     let o = ca.bid(2, 8, 60, 3).unwrap();
     assert_eq!((o.result.status, o.result.value), (Status::Closed, 100));
 }
+
+/// An auction that reaches its end with nobody bidding is still closed in
+/// Redis mode: the node whose connection watches it touches it once the end
+/// has passed, and the closing reaches subscribers on every node.
+#[test]
+fn watched_auction_closes_at_its_end_without_a_bid() {
+    let r = RedisServer::start();
+    let args = ["--redis", &r.url(), "--store", "memory"];
+    let (a, b) = (Server::start(&args), Server::start(&args));
+    let now_ms = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64
+    };
+    let mut cb = b.client();
+    let ends = now_ms() + 3_000;
+    cb.open_auction(1, 0, 1, ends).unwrap();
+    let mut sub = a.client();
+    assert_eq!(sub.subscribe(1).unwrap().result.status, Status::Ok);
+    // Node A's update channel is live once a bid made on B reaches its
+    // subscriber; then nobody bids again.
+    sub.set_timeout(Some(Duration::from_millis(100))).unwrap();
+    let mut amount = 0;
+    loop {
+        amount += 10;
+        assert!(
+            now_ms() < ends,
+            "node A's update channel was not live in time"
+        );
+        assert_eq!(
+            cb.bid(1, 7, amount, amount).unwrap().result.status,
+            Status::Ok
+        );
+        match sub.next_push() {
+            Ok(Push::BidUpdate { .. }) => break,
+            Ok(other) => panic!("{other:?}"),
+            Err(ClientError::Io(e))
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(e) => panic!("{e}"),
+        }
+    }
+    sub.set_timeout(Some(Duration::from_secs(10))).unwrap();
+    loop {
+        match sub.next_push().unwrap() {
+            Push::BidUpdate { .. } => continue,
+            Push::AuctionClosed {
+                auction_id: 1,
+                winning_bid,
+                winner: 7,
+            } => {
+                assert_eq!(winning_bid, amount);
+                assert!(now_ms() >= ends, "closed before its end");
+                break;
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    let info = cb.get_auction(1).unwrap().unwrap();
+    assert_eq!(info.state, gavel_protocol::AuctionState::Closed);
+}
