@@ -283,17 +283,18 @@ impl RedisGavel {
         now_ms: u64,
     ) -> Result<Vec<Value>, RedisError> {
         let (shas, window_ms) = (&self.shas, self.window_ms);
-        let pipeline = |conn: &mut redis::Connection, which: &[usize]| {
-            let mut p = redis::pipe();
+        let pack = |which: &[usize]| {
+            let mut buf = Vec::new();
             for &i in which {
-                p.add_command(scripts::command(&ops[i], shas, now_ms, window_ms));
+                crate::resp::encode(&ops[i], shas, now_ms, window_ms, &mut buf);
             }
-            conn.req_packed_commands(&p.get_packed_pipeline(), 0, which.len())
+            buf
         };
         let values: Vec<Value> = match &mut self.backend {
-            Backend::Single(c) => pipeline(c, idx)?,
+            Backend::Single(c) => c.req_packed_commands(&pack(idx), 0, idx.len())?,
             Backend::Cluster { slots, masters } => {
-                // Group by master, one pipeline each, then restore the order.
+                // Group by master, one pipeline each, all sent before any is
+                // read (the masters work in parallel), then restore the order.
                 let mut groups: HashMap<&str, Vec<usize>> = HashMap::new();
                 for (pos, &i) in idx.iter().enumerate() {
                     let slot =
@@ -305,15 +306,20 @@ impl RedisGavel {
                         .ok_or_else(|| RedisError::Script(format!("no master for slot {slot}")))?;
                     groups.entry(addr).or_default().push(pos);
                 }
-                let mut out = vec![Value::Nil; idx.len()];
-                for (addr, positions) in groups {
+                for (addr, positions) in &groups {
                     let conn = masters
-                        .get_mut(addr)
+                        .get_mut(*addr)
                         .ok_or_else(|| RedisError::Script(format!("no connection to {addr}")))?;
                     let which: Vec<usize> = positions.iter().map(|&p| idx[p]).collect();
-                    let vals = pipeline(conn, &which)?;
-                    for (p, v) in positions.into_iter().zip(vals) {
-                        out[p] = v;
+                    conn.send_packed_command(&pack(&which))?;
+                }
+                let mut out = vec![Value::Nil; idx.len()];
+                for (addr, positions) in groups {
+                    let conn = masters.get_mut(addr).expect("sent to it above");
+                    for p in positions {
+                        // An error reply (NOSCRIPT, MOVED) comes back as a
+                        // value, as from req_packed_commands.
+                        out[p] = conn.recv_response()?;
                     }
                 }
                 out

@@ -330,6 +330,40 @@ fn outbid_filter_answers_locally() {
     }
 }
 
+/// Bids on `auction` through `bidder` (amounts rising from `amount`) until
+/// one of those bids reaches `sub`, a subscriber on another node: that
+/// node's update channel is then live. Returns the last amount bid.
+fn until_update_channel_live(
+    sub: &mut Client,
+    bidder: &mut Client,
+    auction: u64,
+    mut amount: u64,
+) -> u64 {
+    sub.set_timeout(Some(Duration::from_millis(100))).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        amount += 10;
+        assert!(
+            Instant::now() < deadline,
+            "the update channel was not live in time"
+        );
+        let o = bidder.bid(auction, 7, amount, amount).unwrap();
+        assert_eq!(o.result.status, Status::Ok);
+        match sub.next_push() {
+            Ok(Push::BidUpdate { .. }) => break,
+            Ok(other) => panic!("{other:?}"),
+            Err(ClientError::Io(e))
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(e) => panic!("{e}"),
+        }
+    }
+    sub.set_timeout(Some(Duration::from_secs(10))).unwrap();
+    amount
+}
+
 fn evalsha_calls(port: u16) -> u64 {
     let info = gavel_testkit::redis::raw_command(port, "INFO commandstats").expect("INFO");
     info.lines()
@@ -456,18 +490,21 @@ fn outbid_filter_stops_at_close_and_end() {
     };
     // Closed on node B while node A knows the high bid.
     ca.open_auction(1, 0, 1, 0).unwrap();
-    assert_eq!(ca.bid(1, 7, 100, 1).unwrap().result.status, Status::Ok);
-    assert_eq!(ca.bid(1, 8, 50, 2).unwrap().result.status, Status::Outbid);
     let mut sub = a.client();
     assert_eq!(sub.subscribe(1).unwrap().result.status, Status::Ok);
-    sub.set_timeout(Some(Duration::from_secs(10))).unwrap();
+    let high = until_update_channel_live(&mut sub, &mut ca, 1, 100);
+    let o = ca.bid(1, 8, 50, 1);
+    assert_eq!(o.unwrap().result.status, Status::Outbid);
     assert_eq!(cb.close_auction(1).unwrap().result.status, Status::Ok);
-    match sub.next_push().unwrap() {
-        Push::AuctionClosed { auction_id: 1, .. } => {}
-        other => panic!("{other:?}"),
+    loop {
+        match sub.next_push().unwrap() {
+            Push::AuctionClosed { auction_id: 1, .. } => break,
+            Push::BidUpdate { .. } => continue,
+            other => panic!("{other:?}"),
+        }
     }
     let o = ca.bid(1, 8, 60, 3).unwrap();
-    assert_eq!((o.result.status, o.result.value), (Status::Closed, 100));
+    assert_eq!((o.result.status, o.result.value), (Status::Closed, high));
 
     // Past its end time: the node learned the end from a bid's reply.
     let ends = now_ms() + 400;
@@ -501,32 +538,12 @@ fn watched_auction_closes_at_its_end_without_a_bid() {
     cb.open_auction(1, 0, 1, ends).unwrap();
     let mut sub = a.client();
     assert_eq!(sub.subscribe(1).unwrap().result.status, Status::Ok);
-    // Node A's update channel is live once a bid made on B reaches its
-    // subscriber; then nobody bids again.
-    sub.set_timeout(Some(Duration::from_millis(100))).unwrap();
-    let mut amount = 0;
-    loop {
-        amount += 10;
-        assert!(
-            now_ms() < ends,
-            "node A's update channel was not live in time"
-        );
-        assert_eq!(
-            cb.bid(1, 7, amount, amount).unwrap().result.status,
-            Status::Ok
-        );
-        match sub.next_push() {
-            Ok(Push::BidUpdate { .. }) => break,
-            Ok(other) => panic!("{other:?}"),
-            Err(ClientError::Io(e))
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) => {}
-            Err(e) => panic!("{e}"),
-        }
-    }
-    sub.set_timeout(Some(Duration::from_secs(10))).unwrap();
+    // Once node A's update channel is live, nobody bids again.
+    let amount = until_update_channel_live(&mut sub, &mut cb, 1, 0);
+    assert!(
+        now_ms() < ends,
+        "the update channel was live only after the end"
+    );
     loop {
         match sub.next_push().unwrap() {
             Push::BidUpdate { .. } => continue,

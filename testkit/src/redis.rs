@@ -61,23 +61,56 @@ pub fn raw_command_auth(port: u16, password: &str, cmd: &str) -> Option<String> 
 
 struct Instance {
     port: u16,
+    /// A cluster node's bus port (otherwise port + 10000, which nobody
+    /// checked was free, or even below 65536).
+    bus_port: Option<u16>,
     dir: PathBuf,
     child: Option<Child>,
     extra: Vec<String>,
 }
 
 impl Instance {
-    fn new(dir: PathBuf, extra: &[&str]) -> Instance {
+    fn new(dir: PathBuf, extra: &[&str], cluster: bool) -> Instance {
         Instance {
             port: free_port(),
+            bus_port: cluster.then(free_port),
             dir,
             child: None,
             extra: extra.iter().map(|s| s.to_string()).collect(),
         }
     }
 
+    /// The first start: a port found free may be taken before redis-server
+    /// binds it (tests run in parallel), so an early exit retries on fresh
+    /// ports.
+    fn launch_first(&mut self) {
+        for _ in 0..4 {
+            match self.try_launch() {
+                Ok(()) => return,
+                Err(_) => {
+                    self.port = free_port();
+                    self.bus_port = self.bus_port.map(|_| free_port());
+                }
+            }
+        }
+        if let Err(e) = self.try_launch() {
+            panic!("{e}");
+        }
+    }
+
+    /// A restart keeps the port (clients reconnect to it).
     fn launch(&mut self) {
-        let child = Command::new("redis-server")
+        if let Err(e) = self.try_launch() {
+            panic!("{e}");
+        }
+    }
+
+    fn try_launch(&mut self) -> Result<(), String> {
+        let mut cmd = Command::new("redis-server");
+        if let Some(bus) = self.bus_port {
+            cmd.args(["--cluster-port", &bus.to_string()]);
+        }
+        let child = cmd
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
             .arg("--dir")
@@ -94,10 +127,11 @@ impl Instance {
             if raw_command(self.port, "PING")
                 .is_some_and(|r| r.starts_with("+PONG") || r.starts_with("-NOAUTH"))
             {
-                return;
+                return Ok(());
             }
             if let Some(Ok(Some(st))) = self.child.as_mut().map(|c| c.try_wait()) {
-                panic!("redis-server exited with {st} on port {}", self.port);
+                self.child = None;
+                return Err(format!("redis-server exited with {st} on port {}", self.port));
             }
             if Instant::now() >= deadline {
                 // Not owned by a RedisServer yet: Drop would not reap it.
@@ -129,8 +163,8 @@ impl RedisServer {
     /// With extra `redis-server` arguments, e.g. `["--appendonly", "yes",
     /// "--appendfsync", "always"]` for a server whose writes survive `stop`.
     pub fn start_with(args: &[&str]) -> RedisServer {
-        let mut inst = Instance::new(temp_dir("redis"), args);
-        inst.launch();
+        let mut inst = Instance::new(temp_dir("redis"), args, false);
+        inst.launch_first();
         RedisServer { inst }
     }
 
@@ -192,8 +226,8 @@ impl RedisCluster {
             if let Some(pw) = password {
                 args.extend(["--requirepass", pw, "--masterauth", pw]);
             }
-            let mut inst = Instance::new(dir, &args);
-            inst.launch();
+            let mut inst = Instance::new(dir, &args, true);
+            inst.launch_first();
             nodes.push(inst);
         }
         let addrs: Vec<String> = nodes
