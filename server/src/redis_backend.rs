@@ -550,24 +550,40 @@ impl RedisShard {
             let mut lost_scripts = false;
             let mut cursor = r.ops.iter().zip(&r.values).map(|(op, v)| {
                 let res = gavel_redis::scripts::decode(op, v, r.now_ms);
-                if res.is_none() {
-                    lost_scripts |= matches!(v, Value::ServerError(e) if e.code() == "NOSCRIPT");
-                }
-                res
+                let refused = match v {
+                    Value::ServerError(e) if res.is_none() => Some(e.code()),
+                    _ => None,
+                };
+                lost_scripts |= refused == Some("NOSCRIPT");
+                (res, refused == Some("BUSY"))
             });
             for p in &r.pending {
-                let res = if p.in_pipeline() {
+                let (res, busy) = if p.in_pipeline() {
                     // None: refused by Redis (NOSCRIPT after a flush, a script
                     // error) — UNAVAILABLE, never a guess; the others stand.
-                    let res = cursor.next().flatten();
+                    let (res, busy) = cursor.next().unwrap_or((None, false));
                     if res.is_none() {
                         self.metrics.redis_errors.inc();
                     }
-                    res
+                    (res, busy)
                 } else {
-                    None
+                    (None, false)
                 };
-                self.answer_one(p, res, r.now_ms, fx);
+                match p.command() {
+                    // Redis is running a slow script and refuses commands:
+                    // not executed, and the client should back off.
+                    Some(c) if busy => {
+                        fx.stamp(c);
+                        fx.send(
+                            c.conn,
+                            Reply::Error {
+                                request_id: c.request_id,
+                                code: ErrorCode::Busy,
+                            },
+                        );
+                    }
+                    _ => self.answer_one(p, res, r.now_ms, fx),
+                }
             }
             drop(cursor);
             if lost_scripts {

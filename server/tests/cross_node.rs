@@ -562,3 +562,51 @@ fn watched_auction_closes_at_its_end_without_a_bid() {
     let info = cb.get_auction(1).unwrap().unwrap();
     assert_eq!(info.state, gavel_protocol::AuctionState::Closed);
 }
+
+/// Redis refusing commands while a slow script runs (`-BUSY`) is ERROR
+/// BUSY for the requests it refused (not executed, back off), and the node
+/// goes on once the script is gone, on the same connection.
+#[test]
+fn redis_busy_with_a_slow_script_is_error_busy() {
+    let r = RedisServer::start_with(&["--busy-reply-threshold", "50"]);
+    let s = Server::start(&["--redis", &r.url(), "--store", "memory"]);
+    let mut c = s.client();
+    c.open_auction(1, 0, 1, 0).unwrap();
+    assert_eq!(c.bid(1, 7, 10, 1).unwrap().result.status, Status::Ok);
+    // A script that never ends, on its own connection (no reply expected).
+    let mut hog = std::net::TcpStream::connect(("127.0.0.1", r.port())).unwrap();
+    std::io::Write::write_all(
+        &mut hog,
+        b"EVAL \"local i = 0 while true do i = i + 1 end\" 0\r\n",
+    )
+    .unwrap();
+    let busy = |r: &RedisServer| {
+        gavel_testkit::redis::raw_command(r.port(), "PING").is_some_and(|p| p.starts_with("-BUSY"))
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !busy(&r) {
+        assert!(Instant::now() < deadline, "redis never became busy");
+    }
+    match c.bid(1, 7, 20, 2) {
+        Err(ClientError::Server {
+            code: ErrorCode::Busy,
+            ..
+        }) => {}
+        other => panic!("expected ERROR BUSY, got {other:?}"),
+    }
+    let killed = gavel_testkit::redis::raw_command(r.port(), "SCRIPT KILL").unwrap();
+    assert!(killed.starts_with("+OK"), "{killed}");
+    // The kill lands at the script's next check: until then, still BUSY.
+    // The refused bid was not executed: its retry is a first execution.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let o = loop {
+        match c.bid(1, 7, 20, 2) {
+            Err(ClientError::Server {
+                code: ErrorCode::Busy,
+                ..
+            }) => assert!(Instant::now() < deadline, "still BUSY after SCRIPT KILL"),
+            other => break other.unwrap(),
+        }
+    };
+    assert_eq!((o.result.status, o.replayed), (Status::Ok, false));
+}

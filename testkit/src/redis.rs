@@ -131,7 +131,10 @@ impl Instance {
             }
             if let Some(Ok(Some(st))) = self.child.as_mut().map(|c| c.try_wait()) {
                 self.child = None;
-                return Err(format!("redis-server exited with {st} on port {}", self.port));
+                return Err(format!(
+                    "redis-server exited with {st} on port {}",
+                    self.port
+                ));
             }
             if Instant::now() >= deadline {
                 // Not owned by a RedisServer yet: Drop would not reap it.
