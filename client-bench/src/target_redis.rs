@@ -5,8 +5,9 @@
 //!
 //! It runs on the same driver as the Gavel target (same mio sockets,
 //! connections, pipelining and accounting), so the two are compared like for
-//! like. Commands are RESP arrays encoded here, byte for byte what
-//! `gavel_redis::scripts::command` builds (a test checks it); replies come in
+//! like. Commands are encoded by `gavel_redis::resp`, as gavel-server sends
+//! them (a test checks them against `gavel_redis::scripts::command`); replies
+//! are parsed here, zero-copy, and come in
 //! send order ([`Target::tagged_replies`] is false). The scripts are loaded by
 //! the setup phase (`SCRIPT LOAD`); their SHA1s are computed locally.
 //!
@@ -20,7 +21,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::{Buf, BufMut, BytesMut};
 use gavel_protocol::{ErrorCode, Status};
-use gavel_redis::{keys, ScriptId};
+use gavel_redis::Op as RedisOp;
 
 use crate::target::{ProtocolError, Reply, ReplyKind, Target, HANDSHAKE_TAG};
 use crate::workload::Op;
@@ -60,45 +61,14 @@ impl RedisTarget {
         }
     }
 
-    /// Appends the command for `op` as of `now_ms`.
+    /// Appends the command for `op` as of `now_ms`: gavel-redis' own
+    /// encoding, the one gavel-server sends.
     pub fn encode_at(op: &Op, now_ms: u64, out: &mut BytesMut) {
-        let sha = shas();
-        match *op {
-            Op::Bid { req, .. } => {
-                out.put_slice(b"*11\r\n$7\r\nEVALSHA\r\n");
-                bulk(out, sha[ScriptId::Bid as usize].as_bytes());
-                bulk(out, b"2");
-                let mut a = Arg::new();
-                a.s("gavel:{a:").n(req.auction_id).s("}");
-                bulk(out, a.as_ref());
-                a.s(":bid:").n(req.bid_id);
-                bulk(out, a.as_ref());
-                bulk(out, Arg::new().d(req.bidder_id).as_ref());
-                bulk(out, Arg::new().d(req.amount).as_ref());
-                bulk(out, Arg::new().d(now_ms).as_ref());
-                bulk(out, Arg::new().n(WINDOW_MS).as_ref());
-                bulk(out, keys::UPDATES_CHANNEL.as_bytes());
-                bulk(out, Arg::new().n(req.auction_id).as_ref());
-            }
-            Op::Buy { req, .. } => {
-                out.put_slice(b"*10\r\n$7\r\nEVALSHA\r\n");
-                bulk(out, sha[ScriptId::Buy as usize].as_bytes());
-                bulk(out, b"3");
-                let mut a = Arg::new();
-                a.s("gavel:{s:").n(req.sku_id).s("}");
-                bulk(out, a.as_ref());
-                let base = a.len();
-                a.s(":held");
-                bulk(out, a.as_ref());
-                a.truncate(base);
-                a.s(":order:").n(req.order_id);
-                bulk(out, a.as_ref());
-                bulk(out, Arg::new().d(req.buyer_id).as_ref());
-                bulk(out, Arg::new().d(u64::from(req.quantity)).as_ref());
-                bulk(out, Arg::new().d(now_ms).as_ref());
-                bulk(out, Arg::new().n(WINDOW_MS).as_ref());
-            }
-        }
+        let op = match *op {
+            Op::Bid { req, .. } => RedisOp::Bid(req),
+            Op::Buy { req, .. } => RedisOp::Buy(req),
+        };
+        gavel_redis::resp::encode(&op, shas(), now_ms, WINDOW_MS, out);
     }
 }
 
@@ -108,7 +78,7 @@ impl Target for RedisTarget {
             return false;
         };
         out.put_slice(b"*2\r\n$4\r\nAUTH\r\n");
-        bulk(out, pw);
+        gavel_redis::resp::bulk(out, pw);
         self.handshake_pending = true;
         true
     }
@@ -288,82 +258,11 @@ fn parse(buf: &[u8], pos: usize) -> Result<Option<(Resp, usize)>, ProtocolError>
     }))
 }
 
-/// Appends one bulk string.
-#[inline]
-fn bulk(out: &mut BytesMut, s: &[u8]) {
-    out.put_u8(b'$');
-    out.put_slice(Arg::new().n(s.len() as u64).as_ref());
-    out.put_slice(b"\r\n");
-    out.put_slice(s);
-    out.put_slice(b"\r\n");
-}
-
-/// A short argument built on the stack (keys, decimal numbers).
-struct Arg {
-    b: [u8; 96],
-    n: usize,
-}
-
-impl Arg {
-    fn new() -> Arg {
-        Arg { b: [0; 96], n: 0 }
-    }
-
-    fn len(&self) -> usize {
-        self.n
-    }
-
-    fn truncate(&mut self, n: usize) {
-        self.n = n;
-    }
-
-    fn s(&mut self, s: &str) -> &mut Arg {
-        self.b[self.n..self.n + s.len()].copy_from_slice(s.as_bytes());
-        self.n += s.len();
-        self
-    }
-
-    /// `v` in decimal, `width` digits at least (zero-padded).
-    fn digits(&mut self, mut v: u64, width: usize) -> &mut Arg {
-        let mut tmp = [b'0'; 20];
-        let mut i = 20;
-        loop {
-            i -= 1;
-            tmp[i] = b'0' + (v % 10) as u8;
-            v /= 10;
-            if v == 0 {
-                break;
-            }
-        }
-        let start = i.min(20 - width.min(20));
-        let d = &tmp[start..];
-        self.b[self.n..self.n + d.len()].copy_from_slice(d);
-        self.n += d.len();
-        self
-    }
-
-    /// Plain decimal.
-    fn n(&mut self, v: u64) -> &mut Arg {
-        self.digits(v, 1)
-    }
-
-    /// 20-digit zero-padded decimal, as the scripts store u64s.
-    fn d(&mut self, v: u64) -> &mut Arg {
-        self.digits(v, 20)
-    }
-}
-
-impl AsRef<[u8]> for Arg {
-    fn as_ref(&self) -> &[u8] {
-        &self.b[..self.n]
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use gavel_protocol::{BidRequest, BuyRequest};
-    use gavel_redis::scripts::{command, Op as RedisOp};
+    use gavel_redis::scripts::command;
 
     #[test]
     fn commands_match_gavel_redis_byte_for_byte() {

@@ -60,7 +60,8 @@ pub fn encode<B: BufMut>(
     }
 }
 
-fn bulk<B: BufMut>(out: &mut B, s: &[u8]) {
+/// Appends one bulk string.
+pub fn bulk<B: BufMut>(out: &mut B, s: &[u8]) {
     out.put_u8(b'$');
     out.put_slice(Digits::new().num(s.len() as u64).as_ref());
     out.put_slice(b"\r\n");
