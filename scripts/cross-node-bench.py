@@ -89,6 +89,9 @@ def read(out):
         with open(out) as f:
             d = json.load(f)
         ok = d["outcomes"].get("OK", 0) / max(d["succeeded"], 1)
+        if d.get("failed", 0) or d.get("lost", 0):
+            print(f"  note: {d.get('failed', 0)} requests answered ERROR {d.get('errors')}, "
+                  f"{d.get('lost', 0)} lost", file=sys.stderr)
         return d["rps"], d["p99_us"], ok
     except (OSError, KeyError, ValueError):
         return float("nan"), float("nan"), float("nan")
@@ -138,11 +141,14 @@ def load_run(args, redis_port, target, workload, tmp):
             addrs.append(f"127.0.0.1:{port}")
         # Split 100 connections over the nodes; one id base so every client
         # bids on the same auctions (the first one opens them, the others
-        # find them already open with the same parameters: a replay).
+        # find them already open with the same parameters: a replay), and
+        # disjoint connection numbers so bidders and keys do not collide.
         base = str(int(time.time() * 1000) % (1 << 40) << 16)
         splits = [100 // nodes + (1 if i < 100 % nodes else 0) for i in range(nodes)]
-        procs = [bench(args, c, ["--addr", a, "--id-base", base, *load], tmp, i)
-                 for i, (a, c) in enumerate(zip(addrs, splits))]
+        offsets = [sum(splits[:i]) for i in range(nodes)]
+        procs = [bench(args, c, ["--addr", a, "--id-base", base, "--conn-offset", str(o), *load],
+                       tmp, i)
+                 for i, (a, c, o) in enumerate(zip(addrs, splits, offsets))]
         results = []
         for p, out in procs:
             p.wait()

@@ -368,6 +368,14 @@ pub struct BenchConfig {
     #[arg(long, env = "GAVEL_BENCH_ID_BASE")]
     pub id_base: Option<u64>,
 
+    /// Index of this process's first connection. Several client-bench
+    /// processes sharing one run's auctions (same --id-base, e.g. one per
+    /// node) need disjoint ranges, or their bidder ids and idempotency keys
+    /// collide (IDEMPOTENCY_CONFLICT). --verify then only knows this
+    /// process's requests, so leave it off there.
+    #[arg(long, env = "GAVEL_BENCH_CONN_OFFSET", default_value_t = 0)]
+    pub conn_offset: u32,
+
     /// Skip the setup phase (the auctions/sales at --id-base must already exist).
     #[arg(long, env = "GAVEL_BENCH_NO_SETUP")]
     pub no_setup: bool,
@@ -429,6 +437,7 @@ pub struct Plan {
     pub redis: Option<RedisPlan>,
     pub threads: u32,
     pub id_base: u64,
+    pub conn_offset: u32,
     pub seed: u64,
     pub malformed_every: Option<u64>,
     pub timeout: Duration,
@@ -516,6 +525,9 @@ impl BenchConfig {
         if id_base.checked_add(max_keys).is_none() {
             return Err("--id-base is too large for the number of auctions/skus".into());
         }
+        if u64::from(self.conn_offset) + u64::from(self.connections) >= u64::from(u32::MAX) {
+            return Err("--conn-offset + --connections must stay below 2^32 - 1".into());
+        }
         Ok(Plan {
             addr: match &redis {
                 Some(r) => r.addr.clone(),
@@ -542,6 +554,7 @@ impl BenchConfig {
             redis,
             threads: self.threads.min(self.connections),
             id_base,
+            conn_offset: self.conn_offset,
             seed: self.seed.unwrap_or(id_base ^ 0x9e37_79b9_7f4a_7c15),
             malformed_every: self.malformed_every,
             timeout: Duration::from_secs(self.timeout_secs),

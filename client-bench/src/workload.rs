@@ -110,6 +110,7 @@ pub struct WorkloadShared {
     amounts: Vec<AtomicU64>,
     malformed_every: Option<u64>,
     seed: u64,
+    conn_offset: u32,
 }
 
 impl WorkloadShared {
@@ -128,11 +129,13 @@ impl WorkloadShared {
             amounts: (0..n_amounts).map(|_| AtomicU64::new(0)).collect(),
             malformed_every: plan.malformed_every,
             seed: plan.seed,
+            conn_offset: plan.conn_offset,
         })
     }
 
-    /// The generator of connection `conn`.
+    /// The generator of connection `conn` (numbered from --conn-offset).
     pub fn generator(self: &Arc<Self>, conn: u32) -> OpGen {
+        let conn = conn.saturating_add(self.conn_offset);
         let seed = self
             .seed
             .wrapping_add(u64::from(conn).wrapping_mul(0x9e37_79b9_7f4a_7c15));
@@ -277,6 +280,43 @@ mod tests {
         }
         // Roughly one in eight bids does not beat the one before it.
         assert!((200..=600).contains(&below_previous), "{below_previous}");
+    }
+
+    #[test]
+    fn conn_offsets_keep_processes_apart() {
+        let a = WorkloadShared::new(&plan(&["--auctions", "1", "--connections", "4"]));
+        let b = WorkloadShared::new(&plan(&[
+            "--auctions",
+            "1",
+            "--connections",
+            "4",
+            "--conn-offset",
+            "4",
+        ]));
+        let mut keys = HashSet::new();
+        let mut bidders = HashSet::new();
+        for sh in [&a, &b] {
+            for conn in 0..4 {
+                let mut g = sh.generator(conn);
+                let Op::Bid { req, .. } = g.next_op() else {
+                    panic!("bids workload made a buy")
+                };
+                assert!(keys.insert(req.bid_id), "key {} twice", req.bid_id);
+                bidders.insert(req.bidder_id);
+            }
+        }
+        assert_eq!(bidders.len(), 8);
+        let too_far = [
+            "client-bench",
+            "--conn-offset",
+            "4294967000",
+            "--connections",
+            "1000",
+        ];
+        assert!(BenchConfig::try_parse_from(too_far)
+            .unwrap()
+            .plan()
+            .is_err());
     }
 
     #[test]
