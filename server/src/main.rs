@@ -113,6 +113,9 @@ fn main() -> anyhow::Result<()> {
         None => (None, None),
     };
 
+    // Set while this node's update listener is subscribed: a SUBSCRIBE is
+    // answered OK only then, so an OK means updates will arrive.
+    let updates_live = Arc::new(AtomicBool::new(false));
     let mut shard_handles = Vec::new();
     let mut shard_threads = Vec::new();
     for (i, state) in states.into_iter().enumerate() {
@@ -135,6 +138,7 @@ fn main() -> anyhow::Result<()> {
                             timeout: config.redis_timeout,
                             idempotency_window: config.idempotency_window,
                             outbid_filter: config.outbid_filter,
+                            updates_live: updates_live.clone(),
                         },
                         metrics.clone(),
                     )
@@ -151,6 +155,7 @@ fn main() -> anyhow::Result<()> {
             config.redis_timeout,
             shard_handles.iter().map(|h| h.tx.clone()).collect(),
             shutdown.clone(),
+            updates_live,
         )?;
     }
     let shared = Arc::new(Shared {
@@ -303,12 +308,14 @@ fn main() -> anyhow::Result<()> {
 /// subscribers. Reconnects with backoff; exits at shutdown (it holds shard
 /// queue senders, so it must, for the shards to finish). Pub/sub is
 /// fire-and-forget: updates published while this listener reconnects are
-/// not replayed.
+/// not replayed; `live` tells the shards when it is subscribed (they refuse
+/// SUBSCRIBE with UNAVAILABLE otherwise).
 fn spawn_update_listener(
     url: String,
     timeout: std::time::Duration,
     shards: Vec<crossbeam_channel::Sender<ShardMsg>>,
     shutdown: Arc<AtomicBool>,
+    live: Arc<AtomicBool>,
 ) -> std::io::Result<()> {
     std::thread::Builder::new()
         .name("gavel-redis-updates".into())
@@ -318,6 +325,9 @@ fn spawn_update_listener(
                 // One message per shard per read, not one per update.
                 let mut per_shard: Vec<Vec<gavel_protocol::Push>> = vec![Vec::new(); shards.len()];
                 let r = gavel_redis::subscribe_updates(&url, timeout, |us| {
+                    // Called once Redis confirmed the subscription, then per read.
+                    live.store(true, Ordering::Release);
+                    backoff = std::time::Duration::from_millis(50);
                     for u in us {
                         let shard =
                             shard_of(Op::GetAuction(u.auction_id()).routing_key(), shards.len());
@@ -330,12 +340,11 @@ fn spawn_update_listener(
                     }
                     !shutdown.load(Ordering::Acquire)
                 });
+                live.store(false, Ordering::Release);
                 if let Err(e) = r {
                     tracing::warn!(error = %e, "redis update channel lost; resubscribing");
                     std::thread::sleep(backoff);
                     backoff = (backoff * 2).min(std::time::Duration::from_secs(2));
-                } else {
-                    backoff = std::time::Duration::from_millis(50);
                 }
             }
         })?;

@@ -35,6 +35,8 @@ pub struct RedisConfig {
     pub idempotency_window: Duration,
     /// Answer OUTBID locally for bids below the known high bid.
     pub outbid_filter: bool,
+    /// Whether this node's update listener is subscribed to Redis.
+    pub updates_live: Arc<std::sync::atomic::AtomicBool>,
 }
 
 const BACKOFF_MIN: Duration = Duration::from_millis(50);
@@ -54,6 +56,9 @@ enum Pending {
     /// once the earlier bid's reply is in (see [`KnownAuction`]).
     Dominated(Command, gavel_protocol::BidRequest),
     Unsubscribe(Command, u64),
+    /// Refused without Redis: ERROR UNAVAILABLE (a SUBSCRIBE while this
+    /// node's update listener is not subscribed, so no update would reach it).
+    Refused(Command),
     /// The sweep's read of an auction this node's connections watch, past
     /// its end: get_auction.lua closes it and publishes the closing. Nobody
     /// waits for its reply.
@@ -67,6 +72,7 @@ impl Pending {
             | Pending::Subscribe(c)
             | Pending::Local(c, _)
             | Pending::Dominated(c, _)
+            | Pending::Refused(c)
             | Pending::Unsubscribe(c, _) => Some(c),
             Pending::Touch(..) => None,
         }
@@ -259,6 +265,14 @@ impl RedisShard {
                 Op::OpenSale(o) => self.queue(c, ROp::OpenSale(o)),
                 Op::Buy(b) => self.queue(c, ROp::Buy(b)),
                 Op::GetSale(id) => self.queue(c, ROp::GetSale(id)),
+                Op::Subscribe(_)
+                    if !self
+                        .cfg
+                        .updates_live
+                        .load(std::sync::atomic::Ordering::Acquire) =>
+                {
+                    self.pending.push(Pending::Refused(*c))
+                }
                 Op::Subscribe(id) => {
                     self.ops.push(ROp::GetAuction(id));
                     self.pending.push(Pending::Subscribe(*c));
@@ -358,6 +372,13 @@ impl RedisShard {
         fx.stamp(c);
         match (p, r) {
             (Pending::Local(c, r), _) => fx.result(c.conn, c.request_id, *r, false),
+            (Pending::Refused(c), _) => fx.send(
+                c.conn,
+                Reply::Error {
+                    request_id: c.request_id,
+                    code: ErrorCode::Unavailable,
+                },
+            ),
             (Pending::Dominated(c, b), _) => match self.known.get_mut(&b.auction_id) {
                 Some(k) if k.settled_max > b.amount => {
                     let r = if k.closed {
@@ -771,6 +792,7 @@ impl RedisShard {
             }
             // Answered in `answer_one`.
             Pending::Local(..)
+            | Pending::Refused(_)
             | Pending::Dominated(..)
             | Pending::Unsubscribe(..)
             | Pending::Touch(..) => {}

@@ -610,3 +610,42 @@ fn redis_busy_with_a_slow_script_is_error_busy() {
     };
     assert_eq!((o.result.status, o.replayed), (Status::Ok, false));
 }
+
+/// A SUBSCRIBE answered OK means the node's update channel is live: the
+/// very next bid made on another node reaches the subscriber (until the
+/// channel is up, right after the node starts, SUBSCRIBE is UNAVAILABLE).
+#[test]
+fn subscribe_ok_means_updates_arrive() {
+    let r = RedisServer::start();
+    let args = ["--redis", &r.url(), "--store", "memory"];
+    let b = Server::start(&args);
+    let mut cb = b.client();
+    cb.open_auction(1, 0, 1, 0).unwrap();
+    let a = Server::start(&args);
+    let mut sub = a.client();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match sub.subscribe(1) {
+            Ok(o) => {
+                assert_eq!(o.result.status, Status::Ok);
+                break;
+            }
+            Err(ClientError::Server {
+                code: ErrorCode::Unavailable,
+                ..
+            }) => assert!(Instant::now() < deadline, "SUBSCRIBE never became OK"),
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert_eq!(cb.bid(1, 7, 10, 1).unwrap().result.status, Status::Ok);
+    sub.set_timeout(Some(Duration::from_secs(10))).unwrap();
+    match sub.next_push().unwrap() {
+        Push::BidUpdate {
+            auction_id: 1,
+            high_bid: 10,
+            high_bidder: 7,
+            ..
+        } => {}
+        other => panic!("{other:?}"),
+    }
+}
