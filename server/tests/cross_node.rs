@@ -373,34 +373,35 @@ fn evalsha_calls(port: u16) -> u64 {
         .unwrap_or(0)
 }
 
-/// A herd on one hot auction: 100 bidders, each pipelining bids one step
-/// above the price its last reply showed. With --outbid-filter the node
-/// answers most of them itself (bids below the known high, or below a bid it
-/// already sent), yet every answer is one Redis would have given: each OUTBID
-/// is for a bid that could not beat the high bid it reports, and the OKs are
-/// exactly the auction's bid_count, the highest of them its high bid.
-#[test]
-fn outbid_filter_turns_away_a_herd_and_stays_exact() {
+/// A herd on one hot auction: 100 bidders per node, each pipelining bids
+/// one step above the price its last reply showed. With --outbid-filter the
+/// nodes answer most of them themselves (bids below the known high, or below
+/// a bid already sent), yet every answer is one Redis would have given: each
+/// OUTBID is for a bid that could not beat the high bid it reports, and the
+/// OKs are exactly the auction's bid_count, the highest of them its high bid.
+fn herd_against_the_filter(nodes: usize) {
     let r = RedisServer::start();
-    let s = Server::start(&[
+    let url = r.url();
+    let args = [
         "--redis",
-        &r.url(),
+        url.as_str(),
         "--store",
         "memory",
         "--outbid-filter",
         "true",
-    ]);
-    let mut c = s.client();
+    ];
+    let servers: Vec<Server> = (0..nodes).map(|_| Server::start(&args)).collect();
+    let mut c = servers[0].client();
     c.open_auction(1, 0, 1, 0).unwrap();
     assert_eq!(c.bid(1, 1000, 1, 1).unwrap().result.status, Status::Ok);
     let calls_before = evalsha_calls(r.port());
     let price = Arc::new(std::sync::atomic::AtomicU64::new(1));
-    const BIDDERS: u64 = 100;
+    let bidders = 100 * nodes as u64;
     const ROUNDS: u64 = 10;
     const PIPELINE: u64 = 8;
-    let handles: Vec<_> = (0..BIDDERS)
+    let handles: Vec<_> = (0..bidders)
         .map(|b| {
-            let (addr, price) = (s.addr, price.clone());
+            let (addr, price) = (servers[b as usize % nodes].addr, price.clone());
             std::thread::spawn(move || {
                 let mut c = Client::connect(addr).unwrap();
                 let mut oks = Vec::new();
@@ -457,12 +458,22 @@ fn outbid_filter_turns_away_a_herd_and_stays_exact() {
         "every OK counted once"
     );
     assert_eq!(Some(info.high_bid), oks.iter().copied().max());
-    let sent = BIDDERS * ROUNDS * PIPELINE;
+    let sent = bidders * ROUNDS * PIPELINE;
     let executed = evalsha_calls(r.port()) - calls_before;
     assert!(
         executed < sent / 2,
         "the filter should spare Redis most of a herd: {executed} of {sent} bids reached it"
     );
+}
+
+#[test]
+fn outbid_filter_turns_away_a_herd_and_stays_exact() {
+    herd_against_the_filter(1);
+}
+
+#[test]
+fn outbid_filter_stays_exact_with_three_nodes_on_one_auction() {
+    herd_against_the_filter(3);
 }
 
 /// The filter never answers for an auction that is over: past its end time,
