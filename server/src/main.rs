@@ -155,7 +155,7 @@ fn main() -> anyhow::Result<()> {
             config.redis_timeout,
             shard_handles.iter().map(|h| h.tx.clone()).collect(),
             shutdown.clone(),
-            updates_live,
+            updates_live.clone(),
         )?;
     }
     let shared = Arc::new(Shared {
@@ -205,8 +205,16 @@ fn main() -> anyhow::Result<()> {
             }
         });
         let gate = gate_for_metrics.clone();
+        let redis_mode = redis.is_some();
+        let (m, live) = (metrics.clone(), updates_live.clone());
         let ready = Box::new(move || match &gate {
             Some(g) if !g.is_up() => Err("the store is not accepting writes".to_string()),
+            _ if redis_mode && m.redis_up.get() == 0 => {
+                Err("redis is unreachable (answering UNAVAILABLE)".to_string())
+            }
+            _ if redis_mode && !live.load(Ordering::Acquire) => {
+                Err("the redis update channel is not subscribed".to_string())
+            }
             _ => Ok(()),
         });
         let bound = metrics_http::spawn(addr, metrics.clone(), refresh, ready)

@@ -660,3 +660,38 @@ fn subscribe_ok_means_updates_arrive() {
         other => panic!("{other:?}"),
     }
 }
+
+/// /readyz says 503 while Redis is unreachable or the node's update channel
+/// is down (a load balancer should send clients elsewhere), 200 once both
+/// are back, without a restart of the node.
+#[test]
+fn readyz_follows_redis() {
+    let mut r = RedisServer::start();
+    let url = r.url();
+    let s = Server::start(&["--redis", &url, "--metrics-listen", "127.0.0.1:0"]);
+    let wait_for = |want: u16, probe: &mut dyn FnMut()| {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            probe();
+            let (code, body) = s.http_get("/readyz");
+            if code == want {
+                return body;
+            }
+            assert!(Instant::now() < deadline, "/readyz stayed {code}: {body}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    let mut c = s.client();
+    wait_for(200, &mut || {});
+    r.stop();
+    // A request that needs Redis finds it gone.
+    let body = wait_for(503, &mut || {
+        let _ = c.get_auction(1);
+    });
+    assert!(body.contains("redis"), "{body}");
+    r.restart();
+    wait_for(200, &mut || {
+        let _ = c.get_auction(1);
+    });
+    assert!(c.get_auction(1).is_ok(), "redis answers again");
+}
