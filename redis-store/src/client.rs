@@ -50,6 +50,14 @@ impl From<redis::RedisError> for RedisError {
     }
 }
 
+/// An error reply that fails the op (BUSY is decoded as an outcome).
+fn refusal(v: &Value) -> Option<redis::RedisError> {
+    match v {
+        Value::ServerError(e) if e.code() != "BUSY" => Some(e.clone().into()),
+        _ => None,
+    }
+}
+
 /// Where the scripts run. A cluster is driven directly: redis-rs' cluster
 /// pipeline refuses EVALSHA, and one request per op would cost a round trip
 /// each, so ops are grouped by the master owning their slot (from `CLUSTER
@@ -227,7 +235,8 @@ impl RedisGavel {
     /// was not executed, so only those ops are sent again, after reloading the
     /// scripts (or re-reading the slot map), up to twice; ops that ran are
     /// never run twice, and their outcomes (replayed flag included) are the
-    /// first ones. Any other error reply fails the whole call.
+    /// first ones. `-BUSY` is the op's outcome ([`OpResult::Busy`]); any other
+    /// error reply fails the whole call.
     pub fn execute(&mut self, ops: &[Op], now_ms: u64) -> Result<Vec<OpResult>, RedisError> {
         let mut out: Vec<Option<OpResult>> = vec![None; ops.len()];
         let mut pending: Vec<usize> = (0..ops.len()).collect();
@@ -238,8 +247,9 @@ impl RedisGavel {
             let mut refresh = false;
             let mut last = None;
             for (&i, v) in pending.iter().zip(values) {
-                if let Value::ServerError(e) = v {
-                    match RedisError::from(redis::RedisError::from(e)) {
+                // -BUSY is a per-op outcome (decoded below), not a failure.
+                if let Some(e) = refusal(&v) {
+                    match RedisError::from(e) {
                         RedisError::NoScript(e) => last = Some(RedisError::NoScript(e)),
                         RedisError::Moved(e) => {
                             refresh = true;
@@ -380,6 +390,11 @@ pub fn subscribe_updates(
     let (mut start, mut end) = (0, 0);
     let mut updates = Vec::new();
     let mut subscribed = false;
+    // A silent channel is probed with PING (allowed while subscribed): a
+    // half-open connection (no RST ever comes) must not pass for live.
+    let mut last_rx = std::time::Instant::now();
+    let mut ping_sent: Option<std::time::Instant> = None;
+    let idle_probe = Duration::from_secs(2);
     loop {
         if start == end {
             (start, end) = (0, 0);
@@ -405,6 +420,19 @@ pub fn subscribe_updates(
                         "SUBSCRIBE was not confirmed in time".into(),
                     ));
                 }
+                match ping_sent {
+                    Some(at) if at.elapsed() > timeout.max(idle_probe) => {
+                        return Err(RedisError::Script(
+                            "the update channel did not answer PING".into(),
+                        ));
+                    }
+                    None if last_rx.elapsed() >= idle_probe => {
+                        sock.write_all(&redis::cmd("PING").get_packed_command())
+                            .map_err(io)?;
+                        ping_sent = Some(std::time::Instant::now());
+                    }
+                    _ => {}
+                }
                 if !f(&[]) {
                     return Ok(());
                 }
@@ -414,6 +442,8 @@ pub fn subscribe_updates(
             Err(e) => return Err(io(e)),
         };
         end += n;
+        last_rx = std::time::Instant::now();
+        ping_sent = None;
         updates.clear();
         loop {
             let (v, used) = match crate::resp::parse(&buf[start..end]) {

@@ -16,6 +16,8 @@ use crate::scripts::{self, Op, ScriptId, SCRIPTS};
 
 /// Longest bulk string or array accepted (the replies here are tiny).
 const MAX_LEN: usize = 64 * 1024 * 1024;
+/// Longest header, integer, status or error line accepted.
+const MAX_LINE: usize = 64 * 1024;
 /// Deepest array nesting accepted (the scripts' replies are flat).
 const MAX_DEPTH: usize = 8;
 
@@ -133,7 +135,17 @@ pub fn parse(buf: &[u8]) -> Result<Option<(Value, usize)>, String> {
 }
 
 fn parse_at(buf: &[u8], pos: usize, depth: usize) -> Result<Option<(Value, usize)>, String> {
+    // Refuse a bad type byte or an endless line at once, rather than wait
+    // (and buffer) for a CRLF that a broken peer may never send.
+    match buf.get(pos) {
+        None => return Ok(None),
+        Some(b':' | b'+' | b'-' | b'$' | b'*') => {}
+        Some(other) => return Err(format!("not a RESP2 reply: type byte {other:#04x}")),
+    }
     let Some(end) = find_crlf(buf, pos + 1) else {
+        if buf.len() - pos > MAX_LINE {
+            return Err(format!("RESP line longer than {MAX_LINE} bytes"));
+        }
         return Ok(None);
     };
     let next = end + 2;
@@ -289,7 +301,9 @@ mod tests {
     #[test]
     fn refuses_what_is_not_resp() {
         for bad in [
-            &b"?\r\n"[..],
+            &b"?"[..],
+            b"?\r\n",
+            b"\x00\x01\x02",
             b":x\r\n",
             b"$3\r\nabcXY",
             b"$99999999999\r\n",
@@ -298,5 +312,10 @@ mod tests {
         ] {
             assert!(parse(bad).is_err(), "{bad:?}");
         }
+        // A line that never ends is refused once it is too long to be real.
+        let mut endless = b"-ERR ".to_vec();
+        endless.resize(MAX_LINE + 10, b'x');
+        assert!(parse(&endless).is_err());
+        assert_eq!(parse(&endless[..100]).unwrap(), None);
     }
 }

@@ -84,6 +84,9 @@ pub enum OpResult {
     },
     /// The idempotency key was used before with other fields.
     Conflict,
+    /// Redis refused the op (`-BUSY`: a slow script is running): not
+    /// executed, the client should back off.
+    Busy,
     Auction(Option<AuctionInfo>),
     Sale(Option<SaleInfo>),
 }
@@ -271,6 +274,9 @@ fn opt_num(v: Option<&Value>) -> Option<Option<u64>> {
 /// Decodes the reply to `op`. `None` means Redis answered something the
 /// scripts never return (a bug or a foreign key collision).
 pub fn decode(op: &Op, v: &Value, now_ms: u64) -> Option<OpResult> {
+    if let Value::ServerError(e) = v {
+        return (e.code() == "BUSY").then_some(OpResult::Busy);
+    }
     match op {
         Op::GetAuction(id) => {
             let Value::Array(f) = v else { return None };

@@ -365,7 +365,7 @@ impl RedisShard {
     fn answer_one(&mut self, p: &Pending, r: Option<OpResult>, now_ms: u64, fx: &mut Effects) {
         let Some(c) = p.command() else {
             if let Pending::Touch(id, ends) = p {
-                self.touched(*id, *ends, r);
+                self.touched(*id, *ends, r, fx);
             }
             return;
         };
@@ -380,16 +380,22 @@ impl RedisShard {
                 },
             ),
             (Pending::Dominated(c, b), _) => match self.known.get_mut(&b.auction_id) {
-                Some(k) if k.settled_max > b.amount => {
-                    let r = if k.closed {
-                        ResultPayload::new(Status::Closed, k.high, k.bidder)
-                    } else {
-                        ResultPayload::new(Status::Outbid, k.high, k.bidder)
-                    };
-                    fx.result(c.conn, c.request_id, r, false);
-                }
-                // The bid that dominated it was not executed (Redis failed,
-                // or its key conflicted): this one was not either.
+                // Closed for good meanwhile (a reply or the update channel).
+                Some(k) if k.closed => fx.result(
+                    c.conn,
+                    c.request_id,
+                    ResultPayload::new(Status::Closed, k.high, k.bidder),
+                    false,
+                ),
+                Some(k) if k.settled_max > b.amount || k.high > b.amount => fx.result(
+                    c.conn,
+                    c.request_id,
+                    ResultPayload::new(Status::Outbid, k.high, k.bidder),
+                    false,
+                ),
+                // The bid it was held behind was not executed (Redis failed
+                // or was busy, or its key conflicted), and nothing else
+                // proves this one loses: it was not executed either.
                 k => {
                     if let Some(k) = k {
                         k.sent_max = k.settled_max;
@@ -412,6 +418,13 @@ impl RedisShard {
                     false,
                 );
             }
+            (_, Some(OpResult::Busy)) => fx.send(
+                c.conn,
+                Reply::Error {
+                    request_id: c.request_id,
+                    code: ErrorCode::Busy,
+                },
+            ),
             (_, Some(r)) => self.answer(p, r, now_ms, fx),
             (_, None) => fx.send(
                 c.conn,
@@ -571,40 +584,24 @@ impl RedisShard {
             let mut lost_scripts = false;
             let mut cursor = r.ops.iter().zip(&r.values).map(|(op, v)| {
                 let res = gavel_redis::scripts::decode(op, v, r.now_ms);
-                let refused = match v {
-                    Value::ServerError(e) if res.is_none() => Some(e.code()),
-                    _ => None,
-                };
-                lost_scripts |= refused == Some("NOSCRIPT");
-                (res, refused == Some("BUSY"))
+                if res.is_none() {
+                    lost_scripts |= matches!(v, Value::ServerError(e) if e.code() == "NOSCRIPT");
+                }
+                res
             });
             for p in &r.pending {
-                let (res, busy) = if p.in_pipeline() {
+                let res = if p.in_pipeline() {
                     // None: refused by Redis (NOSCRIPT after a flush, a script
                     // error) — UNAVAILABLE, never a guess; the others stand.
-                    let (res, busy) = cursor.next().unwrap_or((None, false));
-                    if res.is_none() {
+                    let res = cursor.next().flatten();
+                    if matches!(res, None | Some(OpResult::Busy)) {
                         self.metrics.redis_errors.inc();
                     }
-                    (res, busy)
+                    res
                 } else {
-                    (None, false)
+                    None
                 };
-                match p.command() {
-                    // Redis is running a slow script and refuses commands:
-                    // not executed, and the client should back off.
-                    Some(c) if busy => {
-                        fx.stamp(c);
-                        fx.send(
-                            c.conn,
-                            Reply::Error {
-                                request_id: c.request_id,
-                                code: ErrorCode::Busy,
-                            },
-                        );
-                    }
-                    _ => self.answer_one(p, res, r.now_ms, fx),
-                }
+                self.answer_one(p, res, r.now_ms, fx);
             }
             drop(cursor);
             if lost_scripts {
@@ -689,10 +686,14 @@ impl RedisShard {
     /// The reply to a sweep's touch: closed (its closing reaches the
     /// subscribers through the update channel), or to be touched again (Redis
     /// unreachable, or a node clock behind the end).
-    fn touched(&mut self, id: u64, ends: u64, r: Option<OpResult>) {
+    fn touched(&mut self, id: u64, ends: u64, r: Option<OpResult>, fx: &mut Effects) {
         match r {
+            // Push the closing here too: this touch may not be the one that
+            // closed it (closed elsewhere while this node's listener was
+            // reconnecting). No duplicate: whichever comes first takes the
+            // subscribers.
             Some(OpResult::Auction(Some(a))) if a.state == gavel_protocol::AuctionState::Closed => {
-                self.learn_closed(id)
+                self.closed_push(id, a.high_bid, a.high_bidder, fx)
             }
             Some(OpResult::Auction(None)) => {}
             _ if self.subscribers.get(&id).is_some_and(|s| !s.is_empty()) => {
@@ -702,10 +703,28 @@ impl RedisShard {
         }
     }
 
+    /// Remembers that an auction is closed for good (also with the filter
+    /// off: a SUBSCRIBE whose read raced the closing checks it).
     fn learn_closed(&mut self, auction_id: u64) {
         self.watched_ends.remove(&auction_id);
-        if let Some(k) = self.known.get_mut(&auction_id) {
-            k.closed = true;
+        self.known.entry(auction_id).or_default().closed = true;
+    }
+
+    /// An auction closed: tell this node's subscribers, once.
+    fn closed_push(&mut self, auction_id: u64, winning_bid: u64, winner: u64, fx: &mut Effects) {
+        self.learn_closed(auction_id);
+        let push = Push::AuctionClosed {
+            auction_id,
+            winning_bid,
+            winner,
+        };
+        if let Some(subs) = self.subscribers.remove(&auction_id) {
+            for s in subs {
+                fx.send(s, Reply::Push(push));
+                if let Some(v) = self.conn_subs.get_mut(&s) {
+                    v.retain(|x| *x != auction_id);
+                }
+            }
         }
     }
 
@@ -716,8 +735,11 @@ impl RedisShard {
                 let Op::Subscribe(id) = c.op else { return };
                 let result = match r {
                     OpResult::Auction(None) => ResultPayload::new(Status::NotFound, 0, 0),
+                    // Closed, as read or as the update channel said since
+                    // (the closing may overtake this read's reply).
                     OpResult::Auction(Some(a))
-                        if a.state == gavel_protocol::AuctionState::Closed =>
+                        if a.state == gavel_protocol::AuctionState::Closed
+                            || self.known.get(&id).is_some_and(|k| k.closed) =>
                     {
                         ResultPayload::new(Status::Closed, a.high_bid, a.high_bidder)
                     }
@@ -739,6 +761,7 @@ impl RedisShard {
             Pending::Op(c, op) => {
                 let (to, rid) = (c.conn, c.request_id);
                 match r {
+                    OpResult::Busy => {} // answered in `answer_one`
                     OpResult::Conflict => fx.send(
                         to,
                         Reply::Error {
@@ -870,17 +893,11 @@ impl RedisShard {
                     }
                 }
             }
-            Push::AuctionClosed { auction_id, .. } => {
-                self.learn_closed(auction_id);
-                if let Some(subs) = self.subscribers.remove(&auction_id) {
-                    for s in subs {
-                        fx.send(s, Reply::Push(push));
-                        if let Some(v) = self.conn_subs.get_mut(&s) {
-                            v.retain(|x| *x != auction_id);
-                        }
-                    }
-                }
-            }
+            Push::AuctionClosed {
+                auction_id,
+                winning_bid,
+                winner,
+            } => self.closed_push(auction_id, winning_bid, winner, fx),
         }
     }
 

@@ -576,26 +576,38 @@ fn watched_auction_closes_at_its_end_without_a_bid() {
 
 /// Redis refusing commands while a slow script runs (`-BUSY`) is ERROR
 /// BUSY for the requests it refused (not executed, back off), and the node
-/// goes on once the script is gone, on the same connection.
-#[test]
-fn redis_busy_with_a_slow_script_is_error_busy() {
-    let r = RedisServer::start_with(&["--busy-reply-threshold", "50"]);
-    let s = Server::start(&["--redis", &r.url(), "--store", "memory"]);
+/// goes on once the script is gone. `password` selects the synchronous
+/// client (a URL with credentials) instead of the pipelined connection.
+fn busy_redis_gives_error_busy(password: Option<&str>) {
+    let mut args = vec!["--busy-reply-threshold", "50"];
+    if let Some(pw) = password {
+        args.extend(["--requirepass", pw]);
+    }
+    let r = RedisServer::start_with(&args);
+    let url = match password {
+        Some(pw) => format!("redis://:{pw}@127.0.0.1:{}", r.port()),
+        None => r.url(),
+    };
+    let raw = |cmd: &str| match password {
+        Some(pw) => gavel_testkit::redis::raw_command_auth(r.port(), pw, cmd),
+        None => gavel_testkit::redis::raw_command(r.port(), cmd),
+    };
+    let s = Server::start(&["--redis", &url, "--store", "memory"]);
     let mut c = s.client();
     c.open_auction(1, 0, 1, 0).unwrap();
     assert_eq!(c.bid(1, 7, 10, 1).unwrap().result.status, Status::Ok);
     // A script that never ends, on its own connection (no reply expected).
     let mut hog = std::net::TcpStream::connect(("127.0.0.1", r.port())).unwrap();
+    if let Some(pw) = password {
+        std::io::Write::write_all(&mut hog, format!("AUTH {pw}\r\n").as_bytes()).unwrap();
+    }
     std::io::Write::write_all(
         &mut hog,
         b"EVAL \"local i = 0 while true do i = i + 1 end\" 0\r\n",
     )
     .unwrap();
-    let busy = |r: &RedisServer| {
-        gavel_testkit::redis::raw_command(r.port(), "PING").is_some_and(|p| p.starts_with("-BUSY"))
-    };
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !busy(&r) {
+    while !raw("PING").is_some_and(|p| p.starts_with("-BUSY")) {
         assert!(Instant::now() < deadline, "redis never became busy");
     }
     match c.bid(1, 7, 20, 2) {
@@ -605,7 +617,7 @@ fn redis_busy_with_a_slow_script_is_error_busy() {
         }) => {}
         other => panic!("expected ERROR BUSY, got {other:?}"),
     }
-    let killed = gavel_testkit::redis::raw_command(r.port(), "SCRIPT KILL").unwrap();
+    let killed = raw("SCRIPT KILL").unwrap();
     assert!(killed.starts_with("+OK"), "{killed}");
     // The kill lands at the script's next check: until then, still BUSY.
     // The refused bid was not executed: its retry is a first execution.
@@ -620,6 +632,16 @@ fn redis_busy_with_a_slow_script_is_error_busy() {
         }
     };
     assert_eq!((o.result.status, o.replayed), (Status::Ok, false));
+}
+
+#[test]
+fn redis_busy_with_a_slow_script_is_error_busy() {
+    busy_redis_gives_error_busy(None);
+}
+
+#[test]
+fn redis_busy_is_error_busy_on_the_synchronous_client_too() {
+    busy_redis_gives_error_busy(Some("s3cret"));
 }
 
 /// A SUBSCRIBE answered OK means the node's update channel is live: the
@@ -694,4 +716,40 @@ fn readyz_follows_redis() {
         let _ = c.get_auction(1);
     });
     assert!(c.get_auction(1).is_ok(), "redis answers again");
+}
+
+/// A closing whose publication a node missed (here: closed in Redis with no
+/// PUBLISH at all, as when it happens while the node's listener reconnects)
+/// still reaches its subscribers: the sweep's read past the end finds the
+/// auction closed and the node pushes AUCTION_CLOSED itself.
+#[test]
+fn sweep_pushes_a_closing_the_update_channel_missed() {
+    let r = RedisServer::start();
+    let s = Server::start(&["--redis", &r.url(), "--store", "memory"]);
+    let now_ms = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64
+    };
+    let mut c = s.client();
+    let ends = now_ms() + 1_000;
+    c.open_auction(1, 0, 1, ends).unwrap();
+    assert_eq!(c.bid(1, 7, 10, 1).unwrap().result.status, Status::Ok);
+    let mut sub = s.client();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while let Err(e) = sub.subscribe(1) {
+        assert!(Instant::now() < deadline, "SUBSCRIBE never OK: {e}");
+    }
+    let set = gavel_testkit::redis::raw_command(r.port(), "HSET gavel:{a:1} closed 1").unwrap();
+    assert!(set.starts_with(':'), "{set}");
+    sub.set_timeout(Some(Duration::from_secs(10))).unwrap();
+    match sub.next_push().unwrap() {
+        Push::AuctionClosed {
+            auction_id: 1,
+            winning_bid: 10,
+            winner: 7,
+        } => assert!(now_ms() >= ends),
+        other => panic!("{other:?}"),
+    }
 }
