@@ -39,6 +39,13 @@ pub struct RedisConfig {
     pub updates_live: Arc<std::sync::atomic::AtomicBool>,
 }
 
+/// Closed auctions are forgotten this long after their closing was learned
+/// (a bid held back behind another is answered within --redis-timeout; a
+/// SUBSCRIBE racing the closing, within a round trip).
+const FORGET_CLOSED_AFTER_MS: u64 = 60_000;
+/// How often the sweep looks for closed auctions to forget.
+const PRUNE_EVERY_MS: u64 = 10_000;
+
 const BACKOFF_MIN: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
 
@@ -105,6 +112,8 @@ struct KnownAuction {
     /// 0 = no end (or not known yet).
     ends_ms: u64,
     closed: bool,
+    /// When this shard learned it was closed (for pruning).
+    closed_at_ms: u64,
     /// Highest bid this shard sent to Redis for it (a hint: reset to
     /// `settled_max` when a bid it dominated finds nothing settled above).
     sent_max: u64,
@@ -123,8 +132,11 @@ pub struct RedisShard {
     conn: Option<RedisGavel>,
     retry_at: Option<Instant>,
     backoff: Duration,
-    /// What the OUTBID filter knows of each auction.
+    /// What the OUTBID filter knows of each auction, and recent closings.
     known: HashMap<u64, KnownAuction, ahash::RandomState>,
+    /// The latest clock a round or sweep ran with; next prune of `known`.
+    now_ms: u64,
+    next_prune_ms: u64,
     subscribers: HashMap<u64, Vec<ConnRef>, ahash::RandomState>,
     /// End times of the watched auctions that have one: the sweep touches
     /// them once they are past it, so their subscribers get AUCTION_CLOSED
@@ -171,6 +183,8 @@ impl RedisShard {
             retry_at: None,
             backoff: BACKOFF_MIN,
             known: HashMap::default(),
+            now_ms: 0,
+            next_prune_ms: 0,
             subscribers: HashMap::default(),
             watched_ends: HashMap::default(),
             conn_subs: HashMap::default(),
@@ -237,6 +251,7 @@ impl RedisShard {
     /// Executes one shard round: what Redis must decide goes in one pipeline
     /// (in flight or synchronous); every request is answered in order.
     pub fn execute(&mut self, cmds: &[Command], now_ms: u64, fx: &mut Effects) {
+        self.now_ms = now_ms;
         for c in cmds {
             match c.op {
                 Op::Bid(b) if self.cfg.outbid_filter => {
@@ -285,6 +300,13 @@ impl RedisShard {
 
     /// Touches the watched auctions past their end (see [`Pending::Touch`]).
     pub fn sweep(&mut self, now_ms: u64, fx: &mut Effects) {
+        self.now_ms = now_ms;
+        if now_ms >= self.next_prune_ms {
+            self.next_prune_ms = now_ms + PRUNE_EVERY_MS;
+            self.known.retain(|_, k| {
+                !k.closed || now_ms.saturating_sub(k.closed_at_ms) < FORGET_CLOSED_AFTER_MS
+            });
+        }
         if self.watched_ends.values().all(|&ends| ends > now_ms) {
             return;
         }
@@ -678,7 +700,7 @@ impl RedisShard {
         }
         match r.status {
             Status::Ok | Status::Outbid => k.settled_max = k.settled_max.max(b.amount),
-            Status::Closed => k.closed = true,
+            Status::Closed => self.learn_closed(b.auction_id),
             _ => {}
         }
     }
@@ -707,7 +729,10 @@ impl RedisShard {
     /// off: a SUBSCRIBE whose read raced the closing checks it).
     fn learn_closed(&mut self, auction_id: u64) {
         self.watched_ends.remove(&auction_id);
-        self.known.entry(auction_id).or_default().closed = true;
+        let k = self.known.entry(auction_id).or_default();
+        if !k.closed {
+            (k.closed, k.closed_at_ms) = (true, self.now_ms);
+        }
     }
 
     /// An auction closed: tell this node's subscribers, once.
@@ -993,7 +1018,30 @@ fn plain_addr(url: &str) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
-    use super::plain_addr;
+    use super::*;
+
+    #[test]
+    fn closed_auctions_are_forgotten_after_a_while() {
+        let cfg = RedisConfig {
+            urls: vec!["redis://127.0.0.1:1".into()],
+            cluster: false,
+            timeout: Duration::from_secs(1),
+            idempotency_window: Duration::from_secs(60),
+            outbid_filter: true,
+            updates_live: Default::default(),
+        };
+        let mut shard = RedisShard::new(cfg, Arc::new(Metrics::new(1)));
+        let mut fx = Effects::new(1);
+        let t0 = 1_000_000;
+        shard.sweep(t0, &mut fx);
+        shard.learn_closed(5);
+        shard.known.entry(6).or_default().high = 10; // open: kept
+        shard.sweep(t0 + FORGET_CLOSED_AFTER_MS - 1, &mut fx);
+        assert!(shard.known.get(&5).is_some_and(|k| k.closed), "too early");
+        shard.sweep(t0 + FORGET_CLOSED_AFTER_MS + PRUNE_EVERY_MS, &mut fx);
+        assert!(!shard.known.contains_key(&5), "forgotten");
+        assert!(shard.known.contains_key(&6));
+    }
 
     #[test]
     fn plain_urls_only() {
