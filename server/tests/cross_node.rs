@@ -330,6 +330,33 @@ fn outbid_filter_answers_locally() {
     }
 }
 
+/// Milliseconds since the Unix epoch, the clock auctions end by.
+fn wall_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+/// SUBSCRIBE, repeated while the node answers UNAVAILABLE (its update
+/// channel is not subscribed yet, e.g. right after it started).
+fn subscribe_once_live(sub: &mut Client, auction: u64) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match sub.subscribe(auction) {
+            Ok(o) => {
+                assert_eq!(o.result.status, Status::Ok);
+                return;
+            }
+            Err(ClientError::Server {
+                code: ErrorCode::Unavailable,
+                ..
+            }) => assert!(Instant::now() < deadline, "SUBSCRIBE never became OK"),
+            Err(e) => panic!("{e}"),
+        }
+    }
+}
+
 /// Bids on `auction` through `bidder` (amounts rising from `amount`) until
 /// one of those bids reaches `sub`, a subscriber on another node: that
 /// node's update channel is then live. Returns the last amount bid.
@@ -493,12 +520,6 @@ fn outbid_filter_stops_at_close_and_end() {
     let (a, b) = (Server::start(&args), Server::start(&args));
     let mut ca = a.client();
     let mut cb = b.client();
-    let now_ms = || {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_millis() as u64
-    };
     // Closed on node B while node A knows the high bid.
     ca.open_auction(1, 0, 1, 0).unwrap();
     let mut sub = a.client();
@@ -518,12 +539,12 @@ fn outbid_filter_stops_at_close_and_end() {
     assert_eq!((o.result.status, o.result.value), (Status::Closed, high));
 
     // Past its end time: the node learned the end from a bid's reply.
-    let ends = now_ms() + 400;
+    let ends = wall_ms() + 400;
     ca.open_auction(2, 0, 1, ends).unwrap();
     assert_eq!(ca.bid(2, 7, 100, 1).unwrap().result.status, Status::Ok);
     assert_eq!(ca.bid(2, 8, 50, 2).unwrap().result.status, Status::Outbid);
     // Waiting for the clock to pass the end is the behaviour under test.
-    while now_ms() <= ends + 5 {
+    while wall_ms() <= ends + 5 {
         std::thread::sleep(Duration::from_millis(20));
     }
     let o = ca.bid(2, 8, 60, 3).unwrap();
@@ -538,21 +559,15 @@ fn watched_auction_closes_at_its_end_without_a_bid() {
     let r = RedisServer::start();
     let args = ["--redis", &r.url(), "--store", "memory"];
     let (a, b) = (Server::start(&args), Server::start(&args));
-    let now_ms = || {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_millis() as u64
-    };
     let mut cb = b.client();
-    let ends = now_ms() + 3_000;
+    let ends = wall_ms() + 3_000;
     cb.open_auction(1, 0, 1, ends).unwrap();
     let mut sub = a.client();
     assert_eq!(sub.subscribe(1).unwrap().result.status, Status::Ok);
     // Once node A's update channel is live, nobody bids again.
     let amount = until_update_channel_live(&mut sub, &mut cb, 1, 0);
     assert!(
-        now_ms() < ends,
+        wall_ms() < ends,
         "the update channel was live only after the end"
     );
     loop {
@@ -564,7 +579,7 @@ fn watched_auction_closes_at_its_end_without_a_bid() {
                 winner: 7,
             } => {
                 assert_eq!(winning_bid, amount);
-                assert!(now_ms() >= ends, "closed before its end");
+                assert!(wall_ms() >= ends, "closed before its end");
                 break;
             }
             other => panic!("{other:?}"),
@@ -656,20 +671,7 @@ fn subscribe_ok_means_updates_arrive() {
     cb.open_auction(1, 0, 1, 0).unwrap();
     let a = Server::start(&args);
     let mut sub = a.client();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        match sub.subscribe(1) {
-            Ok(o) => {
-                assert_eq!(o.result.status, Status::Ok);
-                break;
-            }
-            Err(ClientError::Server {
-                code: ErrorCode::Unavailable,
-                ..
-            }) => assert!(Instant::now() < deadline, "SUBSCRIBE never became OK"),
-            Err(e) => panic!("{e}"),
-        }
-    }
+    subscribe_once_live(&mut sub, 1);
     assert_eq!(cb.bid(1, 7, 10, 1).unwrap().result.status, Status::Ok);
     sub.set_timeout(Some(Duration::from_secs(10))).unwrap();
     match sub.next_push().unwrap() {
@@ -726,21 +728,12 @@ fn readyz_follows_redis() {
 fn sweep_pushes_a_closing_the_update_channel_missed() {
     let r = RedisServer::start();
     let s = Server::start(&["--redis", &r.url(), "--store", "memory"]);
-    let now_ms = || {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_millis() as u64
-    };
     let mut c = s.client();
-    let ends = now_ms() + 1_000;
+    let ends = wall_ms() + 1_000;
     c.open_auction(1, 0, 1, ends).unwrap();
     assert_eq!(c.bid(1, 7, 10, 1).unwrap().result.status, Status::Ok);
     let mut sub = s.client();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while let Err(e) = sub.subscribe(1) {
-        assert!(Instant::now() < deadline, "SUBSCRIBE never OK: {e}");
-    }
+    subscribe_once_live(&mut sub, 1);
     let set = gavel_testkit::redis::raw_command(r.port(), "HSET gavel:{a:1} closed 1").unwrap();
     assert!(set.starts_with(':'), "{set}");
     sub.set_timeout(Some(Duration::from_secs(10))).unwrap();
@@ -749,7 +742,7 @@ fn sweep_pushes_a_closing_the_update_channel_missed() {
             auction_id: 1,
             winning_bid: 10,
             winner: 7,
-        } => assert!(now_ms() >= ends),
+        } => assert!(wall_ms() >= ends),
         other => panic!("{other:?}"),
     }
 }
