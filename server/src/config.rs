@@ -190,12 +190,13 @@ pub struct Config {
     /// (`redis://HOST:PORT`) and every bid and purchase is one Lua
     /// compare-and-set there, so several gavel-server nodes can serve the
     /// same auctions. The --store then only logs what this node accepted.
-    #[arg(long, env = "GAVEL_REDIS", conflicts_with = "redis_cluster")]
+    /// `redis://[:PASSWORD@]HOST[:PORT][/DB]` (TCP, no TLS).
+    #[arg(long, env = "GAVEL_REDIS", conflicts_with = "redis_cluster", value_parser = parse_redis_url)]
     pub redis: Option<String>,
 
     /// Cross-node mode on a Redis Cluster: its masters, comma-separated
     /// (`redis://h1:p1,redis://h2:p2,…`). Scripts are loaded on each.
-    #[arg(long, env = "GAVEL_REDIS_CLUSTER", value_delimiter = ',')]
+    #[arg(long, env = "GAVEL_REDIS_CLUSTER", value_delimiter = ',', value_parser = parse_redis_url)]
     pub redis_cluster: Vec<String>,
 
     /// Bound on connecting to Redis and on each round trip; past it the
@@ -255,6 +256,22 @@ impl Config {
     }
 }
 
+/// A Redis URL this node can use: TCP `redis://…` (the update listener and
+/// the pipelined connections read the socket themselves; the redis crate is
+/// built without TLS), checked at start rather than failing at run time.
+pub fn parse_redis_url(s: &str) -> Result<String, String> {
+    use redis::IntoConnectionInfo;
+    let hint = "expected redis://[[USER]:PASSWORD@]HOST[:PORT][/DB] (TCP; unix sockets and TLS are not supported)";
+    if !s.starts_with("redis://") {
+        return Err(format!("{s:?}: {hint}"));
+    }
+    match s.into_connection_info() {
+        Ok(info) if matches!(info.addr, redis::ConnectionAddr::Tcp(..)) => Ok(s.to_string()),
+        Ok(_) => Err(format!("{s:?}: {hint}")),
+        Err(e) => Err(format!("{s:?}: {e}; {hint}")),
+    }
+}
+
 /// Parses `250ms`, `2s`, `30m`, `24h`, `1d`, or a bare number of seconds.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
@@ -291,6 +308,31 @@ mod tests {
         assert_eq!(parse_duration("24h").unwrap(), Duration::from_secs(86400));
         assert!(parse_duration("5y").is_err());
         assert!(parse_duration("ms").is_err());
+    }
+
+    #[test]
+    fn redis_urls_are_checked_at_start() {
+        for ok in [
+            "redis://127.0.0.1:6379",
+            "redis://cache",
+            "redis://:pw@10.0.0.5:7000/2",
+        ] {
+            assert_eq!(parse_redis_url(ok).as_deref(), Ok(ok));
+        }
+        for bad in [
+            "127.0.0.1:6379",
+            "rediss://cache:6380",
+            "redis+unix:///run/redis.sock",
+            "redis://:6379x",
+        ] {
+            let e = parse_redis_url(bad).unwrap_err();
+            assert!(e.contains("expected redis://"), "{bad}: {e}");
+        }
+        let cfg = |args: &[&str]| Config::try_parse_from([&["gavel-server"], args].concat());
+        assert!(cfg(&["--redis", "unix:///tmp/r.sock"]).is_err());
+        assert!(cfg(&["--redis-cluster", "redis://a:1,rediss://b:2"]).is_err());
+        let c = cfg(&["--redis-cluster", "redis://a:1,redis://b:2"]).unwrap();
+        assert_eq!(c.redis_urls().unwrap().0.len(), 2);
     }
 
     #[test]
