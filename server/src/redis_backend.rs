@@ -122,6 +122,13 @@ struct KnownAuction {
 }
 
 impl KnownAuction {
+    /// High bids only rise.
+    fn raise(&mut self, high: u64, bidder: u64) {
+        if high > self.high {
+            (self.high, self.bidder) = (high, bidder);
+        }
+    }
+
     fn filterable(&self, now_ms: u64) -> bool {
         !self.closed && self.high > 0 && (self.ends_ms == 0 || now_ms < self.ends_ms)
     }
@@ -394,13 +401,7 @@ impl RedisShard {
         fx.stamp(c);
         match (p, r) {
             (Pending::Local(c, r), _) => fx.result(c.conn, c.request_id, *r, false),
-            (Pending::Refused(c), _) => fx.send(
-                c.conn,
-                Reply::Error {
-                    request_id: c.request_id,
-                    code: ErrorCode::Unavailable,
-                },
-            ),
+            (Pending::Refused(c), _) => refuse(fx, c, ErrorCode::Unavailable),
             (Pending::Dominated(c, b), _) => match self.known.get_mut(&b.auction_id) {
                 // Closed for good meanwhile (a reply or the update channel).
                 Some(k) if k.closed => fx.result(
@@ -422,13 +423,7 @@ impl RedisShard {
                     if let Some(k) = k {
                         k.sent_max = k.settled_max;
                     }
-                    fx.send(
-                        c.conn,
-                        Reply::Error {
-                            request_id: c.request_id,
-                            code: ErrorCode::Unavailable,
-                        },
-                    )
+                    refuse(fx, c, ErrorCode::Unavailable)
                 }
             },
             (Pending::Unsubscribe(c, id), _) => {
@@ -440,21 +435,9 @@ impl RedisShard {
                     false,
                 );
             }
-            (_, Some(OpResult::Busy)) => fx.send(
-                c.conn,
-                Reply::Error {
-                    request_id: c.request_id,
-                    code: ErrorCode::Busy,
-                },
-            ),
+            (_, Some(OpResult::Busy)) => refuse(fx, c, ErrorCode::Busy),
             (_, Some(r)) => self.answer(p, r, now_ms, fx),
-            (_, None) => fx.send(
-                c.conn,
-                Reply::Error {
-                    request_id: c.request_id,
-                    code: ErrorCode::Unavailable,
-                },
-            ),
+            (_, None) => refuse(fx, c, ErrorCode::Unavailable),
         }
     }
 
@@ -668,9 +651,7 @@ impl RedisShard {
     /// Raises the known high bid of an auction the filter already tracks.
     fn learn_high(&mut self, auction_id: u64, high: u64, bidder: u64) {
         if let Some(k) = self.known.get_mut(&auction_id) {
-            if high > k.high {
-                (k.high, k.bidder) = (high, bidder);
-            }
+            k.raise(high, bidder);
         }
     }
 
@@ -695,9 +676,7 @@ impl RedisShard {
         if !replayed {
             k.ends_ms = ends_ms;
         }
-        if r.value > k.high {
-            (k.high, k.bidder) = (r.value, r.aux);
-        }
+        k.raise(r.value, r.aux);
         match r.status {
             Status::Ok | Status::Outbid => k.settled_max = k.settled_max.max(b.amount),
             Status::Closed => self.learn_closed(b.auction_id),
@@ -787,13 +766,7 @@ impl RedisShard {
                 let (to, rid) = (c.conn, c.request_id);
                 match r {
                     OpResult::Busy => {} // answered in `answer_one`
-                    OpResult::Conflict => fx.send(
-                        to,
-                        Reply::Error {
-                            request_id: rid,
-                            code: ErrorCode::IdempotencyConflict,
-                        },
-                    ),
+                    OpResult::Conflict => refuse(fx, c, ErrorCode::IdempotencyConflict),
                     OpResult::Auction(a) => match a {
                         Some(info) => {
                             if info.state == gavel_protocol::AuctionState::Closed {
@@ -1000,6 +973,17 @@ fn read_replies(mut sock: std::net::TcpStream, epoch: u64, tx: &Sender<RedisRepl
             return;
         }
     }
+}
+
+/// Answers `c` with an ERROR: it was not executed.
+fn refuse(fx: &mut Effects, c: &Command, code: ErrorCode) {
+    fx.send(
+        c.conn,
+        Reply::Error {
+            request_id: c.request_id,
+            code,
+        },
+    );
 }
 
 /// `host:port` of a `redis://host[:port][/]` URL without credentials or a

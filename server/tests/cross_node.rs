@@ -276,20 +276,25 @@ fn redis_outage_gives_unavailable_then_recovers() {
     }
 }
 
-/// With --outbid-filter, a bid below the known high bid is answered OUTBID
-/// by the node itself, with the high bid it knows; winning bids still go to
-/// Redis. The documented cost: a retried, since-outbid bid is not replayed.
-#[test]
-fn outbid_filter_answers_locally() {
-    let r = RedisServer::start();
-    let s = Server::start(&[
+/// A node on `r` with the OUTBID filter on.
+fn filter_node(r: &RedisServer) -> Server {
+    Server::start(&[
         "--redis",
         &r.url(),
         "--store",
         "memory",
         "--outbid-filter",
         "true",
-    ]);
+    ])
+}
+
+/// With --outbid-filter, a bid below the known high bid is answered OUTBID
+/// by the node itself, with the high bid it knows; winning bids still go to
+/// Redis. The documented cost: a retried, since-outbid bid is not replayed.
+#[test]
+fn outbid_filter_answers_locally() {
+    let r = RedisServer::start();
+    let s = filter_node(&r);
     let mut c = s.client();
     c.open_auction(1, 0, 1, 0).unwrap();
     assert_eq!(c.bid(1, 1, 100, 1).unwrap().result.status, Status::Ok);
@@ -408,16 +413,7 @@ fn evalsha_calls(port: u16) -> u64 {
 /// OKs are exactly the auction's bid_count, the highest of them its high bid.
 fn herd_against_the_filter(nodes: usize) {
     let r = RedisServer::start();
-    let url = r.url();
-    let args = [
-        "--redis",
-        url.as_str(),
-        "--store",
-        "memory",
-        "--outbid-filter",
-        "true",
-    ];
-    let servers: Vec<Server> = (0..nodes).map(|_| Server::start(&args)).collect();
+    let servers: Vec<Server> = (0..nodes).map(|_| filter_node(&r)).collect();
     let mut c = servers[0].client();
     c.open_auction(1, 0, 1, 0).unwrap();
     assert_eq!(c.bid(1, 1000, 1, 1).unwrap().result.status, Status::Ok);
@@ -509,15 +505,7 @@ fn outbid_filter_stays_exact_with_three_nodes_on_one_auction() {
 #[test]
 fn outbid_filter_stops_at_close_and_end() {
     let r = RedisServer::start();
-    let args = [
-        "--redis",
-        &r.url(),
-        "--store",
-        "memory",
-        "--outbid-filter",
-        "true",
-    ];
-    let (a, b) = (Server::start(&args), Server::start(&args));
+    let (a, b) = (filter_node(&r), filter_node(&r));
     let mut ca = a.client();
     let mut cb = b.client();
     // Closed on node B while node A knows the high bid.
