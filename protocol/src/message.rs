@@ -56,7 +56,8 @@ impl Status {
     }
 }
 
-/// Code carried by an `ERROR` frame: the request was not executed.
+/// Code carried by an `ERROR` frame: the request was not executed — except
+/// [`ErrorCode::InDoubt`], whose request may have been executed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 #[repr(u16)]
 pub enum ErrorCode {
@@ -70,10 +71,14 @@ pub enum ErrorCode {
     IdempotencyConflict = 8,
     UnsupportedVersion = 9,
     ShuttingDown = 10,
+    /// The request may have executed, but its commit was not confirmed in
+    /// time. Retry with the same `bid_id` / `order_id` to learn the outcome
+    /// (the retry replays it if it was applied). The connection stays open.
+    InDoubt = 11,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 10] = [
+    pub const ALL: [ErrorCode; 11] = [
         ErrorCode::Malformed,
         ErrorCode::UnknownType,
         ErrorCode::FrameTooLarge,
@@ -84,6 +89,7 @@ impl ErrorCode {
         ErrorCode::IdempotencyConflict,
         ErrorCode::UnsupportedVersion,
         ErrorCode::ShuttingDown,
+        ErrorCode::InDoubt,
     ];
 
     pub fn from_u16(v: u16) -> Option<ErrorCode> {
@@ -116,6 +122,7 @@ impl ErrorCode {
             ErrorCode::IdempotencyConflict => "IDEMPOTENCY_CONFLICT",
             ErrorCode::UnsupportedVersion => "UNSUPPORTED_VERSION",
             ErrorCode::ShuttingDown => "SHUTTING_DOWN",
+            ErrorCode::InDoubt => "IN_DOUBT",
         }
     }
 }

@@ -143,6 +143,14 @@ fn server_side_errors_are_detected_by_the_client_decoder() {
     assert!(d.decode_server(&mut buf).is_err());
     let mut buf = BytesMut::from(&raw(0xbf, 1, &[0, 1, 0, 5, b'a'])[..]);
     assert!(d.decode_server(&mut buf).is_err());
+    // ERROR 11 (IN_DOUBT) is known; 12 is not (yet) and is MALFORMED.
+    let mut buf = BytesMut::from(&raw(0xbf, 1, &[0, 11, 0, 0])[..]);
+    assert!(d.decode_server(&mut buf).is_ok());
+    let mut buf = BytesMut::from(&raw(0xbf, 1, &[0, 12, 0, 0])[..]);
+    assert_eq!(
+        d.decode_server(&mut buf).unwrap_err().error_code(),
+        ErrorCode::Malformed
+    );
     // AUCTION with an unknown state.
     let mut p = vec![0u8; 57];
     p[8] = 3;

@@ -225,7 +225,25 @@ fn every_error_code() {
         assert_eq!(ErrorCode::from_u16(i as u16 + 1), Some(*c));
     }
     assert_eq!(ErrorCode::from_u16(0), None);
-    assert_eq!(ErrorCode::from_u16(11), None);
+    assert_eq!(ErrorCode::from_u16(11), Some(ErrorCode::InDoubt));
+    assert_eq!(ErrorCode::from_u16(12), None);
+    let names: Vec<_> = ErrorCode::ALL.iter().map(|c| c.name()).collect();
+    assert_eq!(
+        names,
+        [
+            "MALFORMED",
+            "UNKNOWN_TYPE",
+            "FRAME_TOO_LARGE",
+            "UNAUTHORIZED",
+            "BUSY",
+            "RATE_LIMITED",
+            "UNAVAILABLE",
+            "IDEMPOTENCY_CONFLICT",
+            "UNSUPPORTED_VERSION",
+            "SHUTTING_DOWN",
+            "IN_DOUBT",
+        ]
+    );
     let closing: Vec<_> = ErrorCode::ALL
         .iter()
         .filter(|c| c.closes_connection())
@@ -287,6 +305,24 @@ fn error() {
     let mut buf = BytesMut::new();
     encode_error(&mut buf, 1, ErrorCode::Malformed, "");
     assert_eq!(&buf[..], &hex("bf 00 0004 00000001 0001 0000")[..]);
+}
+
+/// ERROR 11 IN_DOUBT: the request may have executed; the connection stays open.
+#[test]
+fn error_in_doubt() {
+    check_server(
+        ServerMessage::Response(Response::Error {
+            code: ErrorCode::InDoubt,
+            message: "retry".into(),
+        }),
+        9,
+        0,
+        "bf 00 0009 00000009 000b 0005 7265747279",
+    );
+    let mut buf = BytesMut::new();
+    encode_error(&mut buf, 0x01020304, ErrorCode::InDoubt, "");
+    assert_eq!(&buf[..], &hex("bf 00 0004 01020304 000b 0000")[..]);
+    assert!(!ErrorCode::InDoubt.closes_connection());
 }
 
 #[test]

@@ -105,10 +105,12 @@ fn server_message() -> impl Strategy<Value = ServerMessage> {
                 ends_at_ms: a[4],
             })
         )),
-        (0usize..10, "\\PC{0,40}").prop_map(|(c, m)| S::Response(Response::Error {
-            code: ErrorCode::ALL[c],
-            message: m
-        })),
+        (0usize..ErrorCode::ALL.len(), "\\PC{0,40}").prop_map(|(c, m)| S::Response(
+            Response::Error {
+                code: ErrorCode::ALL[c],
+                message: m
+            }
+        )),
         any::<[u64; 4]>().prop_map(|a| S::Push(Push::BidUpdate {
             auction_id: a[0],
             high_bid: a[1],
