@@ -54,7 +54,7 @@ fn run(config: &BenchConfig) -> anyhow::Result<ExitCode> {
         if config.verify_inject_error {
             verify::inject_error(&mut expect);
         }
-        let unknown = out.stats.lost + out.stats.unexpected;
+        let unknown = out.stats.unknown_outcomes();
         Some(verify::verify(&plan, &expect, unknown)?)
     } else {
         None

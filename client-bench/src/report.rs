@@ -5,7 +5,9 @@
 //! (code name → count), `outcomes` (status name → count), `min_us`, `p50_us`,
 //! `p90_us`, `p99_us`, `p999_us`, `max_us`, `duration_s`, and `config` (the
 //! flags of the run, without the auth token), plus the extra counters of
-//! [`Summary`].
+//! [`Summary`]. `in_doubt` counts the requests answered ERROR `IN_DOUBT`
+//! (also in `failed` and in `errors`): unlike every other ERROR, they may
+//! have been applied.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -63,6 +65,9 @@ pub struct Summary {
     pub duration_s: f64,
     /// Requests answered by an ERROR frame.
     pub failed: u64,
+    /// Of `failed`, those answered `IN_DOUBT`: they may have been applied
+    /// (their outcome is unknown; a retry with the same key would tell).
+    pub in_doubt: u64,
     /// Requests never answered (connection closed, broken or timed out first).
     pub lost: u64,
     /// Requests answered by a reply of an unexpected kind.
@@ -141,6 +146,7 @@ impl Summary {
             }),
             duration_s,
             failed: s.failed,
+            in_doubt: s.in_doubt,
             lost: s.lost,
             unexpected: s.unexpected,
             connections_opened: s.connections_opened,
@@ -209,6 +215,13 @@ impl Summary {
             self.success_rate * 100.0
         );
         let _ = writeln!(t, "  failed:       {} (answered by ERROR)", self.failed);
+        if self.in_doubt > 0 {
+            let _ = writeln!(
+                t,
+                "  in doubt:     {} (of failed: answered IN_DOUBT, may have been applied)",
+                self.in_doubt
+            );
+        }
         let _ = writeln!(t, "  lost:         {} (never answered)", self.lost);
         if self.unexpected > 0 {
             let _ = writeln!(

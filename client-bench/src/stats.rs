@@ -3,7 +3,10 @@
 //! Every issued request ends in exactly one bucket: `succeeded` (a RESULT
 //! arrived: any business outcome), `failed` (an ERROR frame arrived; counted
 //! by code), `unexpected` (some other reply arrived) or `lost` (no reply: the
-//! connection closed, broke or timed out first). Latencies are recorded only
+//! connection closed, broke or timed out first). `failed` requests were not
+//! executed, except those answered `IN_DOUBT` (also counted in `in_doubt`):
+//! they may have been applied, so their outcome is unknown, like a lost
+//! request's. Latencies are recorded only
 //! for requests that got a reply. Each driver thread keeps its own [`Stats`];
 //! they are merged at the end. [`Live`] holds the few shared counters the
 //! progress line reads while the run is going.
@@ -18,6 +21,9 @@ use crate::workload::Op;
 /// Highest latency the histogram tracks precisely (one hour, in µs); larger
 /// values are clamped to it.
 pub const HIST_MAX_US: u64 = 3_600_000_000;
+
+/// Size of arrays indexed by the numeric ERROR code (0 unused).
+pub const ERROR_SLOTS: usize = ErrorCode::ALL.len() + 1;
 
 /// What `--verify` expects one auction to look like.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -84,8 +90,11 @@ pub struct Stats {
     pub pushes: u64,
     /// Replies whose tag matched no outstanding request.
     pub unmatched: u64,
+    /// Requests answered ERROR `IN_DOUBT` (also in `failed`): they may have
+    /// been applied, so `--verify` counts them as unknown outcomes.
+    pub in_doubt: u64,
     /// ERROR frames by code, indexed by the numeric code (0 unused).
-    pub errors: [u64; 11],
+    pub errors: [u64; ERROR_SLOTS],
     /// The first connect error seen, for the report.
     pub first_connect_error: Option<String>,
     /// The first undecodable-reply error seen, for the report.
@@ -117,7 +126,8 @@ impl Stats {
             replayed: 0,
             pushes: 0,
             unmatched: 0,
-            errors: [0; 11],
+            in_doubt: 0,
+            errors: [0; ERROR_SLOTS],
             first_connect_error: None,
             first_protocol_error: None,
             outcomes: [0; 9],
@@ -156,6 +166,7 @@ impl Stats {
     #[inline]
     pub fn record_error(&mut self, code: ErrorCode, latency_us: u64) {
         self.failed += 1;
+        self.in_doubt += u64::from(code == ErrorCode::InDoubt);
         self.count_error_frame(code);
         self.hist.saturating_record(latency_us);
     }
@@ -198,6 +209,7 @@ impl Stats {
         self.replayed += o.replayed;
         self.pushes += o.pushes;
         self.unmatched += o.unmatched;
+        self.in_doubt += o.in_doubt;
         for (a, b) in self.errors.iter_mut().zip(o.errors) {
             *a += b;
         }
@@ -216,6 +228,12 @@ impl Stats {
             .add(&o.send_lag)
             .expect("histograms share bounds");
         self.expect.merge(&o.expect);
+    }
+
+    /// Requests whose outcome the run does not know: never answered, answered
+    /// by something unexpected, or answered `IN_DOUBT`.
+    pub fn unknown_outcomes(&self) -> u64 {
+        self.lost + self.unexpected + self.in_doubt
     }
 
     /// Every attempted request is in exactly one bucket.
@@ -292,6 +310,7 @@ mod tests {
         a.record_error(ErrorCode::Busy, 50);
         a.lost = 1;
         assert!(a.is_balanced());
+        assert_eq!(a.unknown_outcomes(), 1);
         let mut b = Stats::new(2, 1);
         b.attempted = 2;
         b.record_result(&bid(0, 12), Status::Ok, true, 300);
@@ -328,5 +347,32 @@ mod tests {
         live.publish(&a, &mut p);
         live.publish(&a, &mut p);
         assert_eq!(live.snapshot(), [6, 4, 1, 1]);
+    }
+
+    #[test]
+    fn in_doubt_is_counted_apart_from_unavailable() {
+        let mut a = Stats::new(1, 0);
+        a.attempted = 3;
+        a.record_error(ErrorCode::Unavailable, 10);
+        a.record_error(ErrorCode::InDoubt, 20);
+        a.record_error(ErrorCode::InDoubt, 30);
+        assert!(a.is_balanced());
+        assert_eq!(a.failed, 3);
+        assert_eq!(a.in_doubt, 2);
+        assert_eq!(a.unknown_outcomes(), 2);
+        assert_eq!(
+            a.errors_by_name(),
+            vec![("UNAVAILABLE", 1), ("IN_DOUBT", 2)]
+        );
+        // An IN_DOUBT that answered nothing outstanding is counted by code only.
+        let mut b = Stats::new(1, 0);
+        b.count_error_frame(ErrorCode::InDoubt);
+        assert_eq!((b.in_doubt, b.errors[11]), (0, 1));
+        a.merge(&b);
+        assert_eq!(a.in_doubt, 2);
+        assert_eq!(
+            a.errors_by_name(),
+            vec![("UNAVAILABLE", 1), ("IN_DOUBT", 3)]
+        );
     }
 }

@@ -4,8 +4,9 @@
 //! For every auction: `high_bid` must equal the highest amount acknowledged
 //! with `OK` (0 if none) and `bid_count` the number of `OK`s. For every sale:
 //! `sold` must equal the units acknowledged with `OK`, and never exceed
-//! `stock`. Requests that got no reply have an unknown outcome; when there are
-//! some, the checks allow for them (up to that many extra accepted bids or
+//! `stock`. Requests that got no reply, an unexpected reply or ERROR
+//! `IN_DOUBT` have an unknown outcome; when there are some, the checks allow
+//! for them (up to that many extra accepted bids or
 //! units, and a higher high bid) and say so.
 
 use std::collections::HashMap;

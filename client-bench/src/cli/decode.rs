@@ -640,6 +640,28 @@ mod tests {
     }
 
     #[test]
+    fn error_codes_by_name() {
+        // ERROR 11 IN_DOUBT, request_id 9, message "x"; then code 12, unknown.
+        let r = decode_stream(
+            &[0xbf, 0, 0, 5, 0, 0, 0, 9, 0, 11, 0, 1, b'x'],
+            DecodeAs::Auto,
+        );
+        let l = r[0].as_ref().unwrap();
+        assert_eq!(
+            frame_text(&l.frame),
+            "ERROR request_id=9 code=IN_DOUBT message=\"x\""
+        );
+        let j = frame_json(&l.frame);
+        assert_eq!(
+            (&j["code"], &j["code_num"]),
+            (&json!("IN_DOUBT"), &json!(11))
+        );
+        let r = decode_stream(&[0xbf, 0, 0, 4, 0, 0, 0, 9, 0, 12, 0, 0], DecodeAs::Auto);
+        let e = r[0].as_ref().unwrap_err();
+        assert!(e.reason.contains("unknown error code"), "{}", e.reason);
+    }
+
+    #[test]
     fn truncated_and_unknown() {
         let r = decode_stream(&[0x11, 0, 0, 32, 0, 0, 0, 1, 0], DecodeAs::Auto);
         let e = r[0].as_ref().unwrap_err();

@@ -1,6 +1,6 @@
 //! How `gavel-cli` prints replies and pushes: readable text or JSON.
 
-use gavel_protocol::{Frame, Push, Response};
+use gavel_protocol::{ErrorCode, Frame, Push, Response};
 use serde_json::{json, Value};
 
 /// One reply as text. AUCTION and SALE print their type, then one key=value
@@ -49,6 +49,18 @@ pub fn response_text(f: &Frame<Response>) -> String {
             s.ends_at_ms
         ),
         Response::Error { code, message } => format!("ERROR {}: {message}", code.name()),
+    }
+}
+
+/// What to do after an ERROR whose code alone does not say it, printed on
+/// stderr under the error.
+pub fn error_hint(code: ErrorCode) -> Option<&'static str> {
+    match code {
+        ErrorCode::InDoubt => Some(
+            "the request may have been applied (its commit was not confirmed in time); \
+             send it again with the same --bid-id / --order-id to learn its outcome",
+        ),
+        _ => None,
     }
 }
 
@@ -167,9 +179,7 @@ pub fn push_json(p: &Push) -> Value {
 mod tests {
     use super::*;
     use bytes::Bytes;
-    use gavel_protocol::{
-        AuctionInfo, AuctionState, ErrorCode, ResultPayload, Status, FLAG_REPLAYED,
-    };
+    use gavel_protocol::{AuctionInfo, AuctionState, ResultPayload, Status, FLAG_REPLAYED};
 
     #[test]
     fn results() {
@@ -211,6 +221,20 @@ mod tests {
         );
         assert_eq!(response_text(&e), "ERROR MALFORMED: bad");
         assert_eq!(response_json(&e)["code"], "MALFORMED");
+        assert_eq!(error_hint(ErrorCode::Malformed), None);
+        let d = Frame::new(
+            4,
+            Response::Error {
+                code: ErrorCode::InDoubt,
+                message: "commit not confirmed".into(),
+            },
+        );
+        assert_eq!(response_text(&d), "ERROR IN_DOUBT: commit not confirmed");
+        assert_eq!(response_json(&d)["code"], "IN_DOUBT");
+        assert_eq!(response_json(&d)["code_num"], 11);
+        assert!(error_hint(ErrorCode::InDoubt)
+            .unwrap()
+            .contains("same --bid-id"));
         let p = Frame::new(1, Response::Pong(Bytes::from_static(b"hi")));
         assert_eq!(response_text(&p), "PONG len=2 payload=\"hi\"");
         let push = Push::AuctionClosed {

@@ -131,6 +131,9 @@ fn print_reply(cli: &Cli, f: &Frame<Response>, extra: Option<(&str, u64)>) -> u8
     }
     if let Response::Error { code, message } = &f.body {
         eprintln!("ERROR {}: {message}", code.name());
+        if let Some(hint) = format::error_hint(*code) {
+            eprintln!("gavel-cli: {hint}");
+        }
         return EXIT_SERVER_ERROR;
     }
     if !cli.json {
