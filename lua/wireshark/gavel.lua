@@ -1,7 +1,7 @@
 -- Wireshark / tshark dissector for the Gavel wire protocol, version 1.
 --
--- The contract is shared/spec/wire-v1.md; PROTOCOL.md restates it with byte
--- offsets. Every frame, in both directions, is an 8-byte header (type:u8,
+-- The protocol is described (normatively, with byte offsets) in PROTOCOL.md
+-- at the repository root. Every frame, in both directions, is an 8-byte header (type:u8,
 -- flags:u8, length:u16, request_id:u32, big-endian) and `length` payload
 -- bytes. Request types are below 0x80, replies and pushes 0x80 and above, so
 -- each frame is decoded by its type alone, whatever the direction.
@@ -46,6 +46,7 @@ local error_names = {
     [4] = "UNAUTHORIZED", [5] = "BUSY", [6] = "RATE_LIMITED",
     [7] = "UNAVAILABLE", [8] = "IDEMPOTENCY_CONFLICT",
     [9] = "UNSUPPORTED_VERSION", [10] = "SHUTTING_DOWN",
+    [11] = "IN_DOUBT", -- may have executed: retry with the same bid_id/order_id
 }
 
 local state_names = { [0] = "OPEN", [1] = "CLOSED", [2] = "NOT_STARTED" }
