@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 
-use crate::rate_limit::RateSpec;
+use crate::net::rate_limit::RateSpec;
 use crate::store::StoreUrl;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -296,68 +296,56 @@ fn labels(k: &str, v: &str) -> Vec<(String, String)> {
 impl Metrics {
     pub fn new(shards: usize) -> Self {
         let mut r = Registry::with_prefix("gavel");
-        let frames_in_f = Family::<Vec<(String, String)>, Counter>::default();
-        let frames_out_f = Family::<Vec<(String, String)>, Counter>::default();
-        let frames_in = MSG_TYPES
-            .iter()
-            .map(|(_, n)| frames_in_f.get_or_create(&labels("type", n)).clone())
-            .collect();
-        let frames_out = MSG_TYPES
-            .iter()
-            .map(|(_, n)| frames_out_f.get_or_create(&labels("type", n)).clone())
-            .collect();
-        r.register("frames_in", "Frames received, by message type", frames_in_f);
-        r.register("frames_out", "Frames sent, by message type", frames_out_f);
-        let results_f = Family::<Vec<(String, String)>, Counter>::default();
-        let results = Status::ALL
-            .iter()
-            .map(|s| results_f.get_or_create(&labels("status", s.name())).clone())
-            .collect();
-        r.register("results", "RESULT frames sent, by status", results_f);
-        let errors_f = Family::<Vec<(String, String)>, Counter>::default();
-        let mut errors: Vec<Counter> = vec![Counter::default()];
-        errors.extend(
-            ErrorCode::ALL
-                .iter()
-                .map(|c| errors_f.get_or_create(&labels("code", c.name())).clone()),
+        let types = || MSG_TYPES.iter().map(|(_, n)| *n);
+        let frames_in = counters_by(
+            &mut r,
+            "frames_in",
+            "Frames received, by message type",
+            "type",
+            types(),
         );
-        r.register(
+        let frames_out = counters_by(
+            &mut r,
+            "frames_out",
+            "Frames sent, by message type",
+            "type",
+            types(),
+        );
+        let statuses = Status::ALL.iter().map(|s| s.name());
+        let results = counters_by(
+            &mut r,
+            "results",
+            "RESULT frames sent, by status",
+            "status",
+            statuses,
+        );
+        // Indexed by code; code 0 is not an error.
+        let mut errors: Vec<Counter> = vec![Counter::default()];
+        errors.extend(counters_by(
+            &mut r,
             "errors",
             "ERROR frames sent, by code (BUSY is back-pressure)",
-            errors_f,
-        );
-        let latency: Vec<AtomicHistogram> = (0..11)
-            .map(|_| AtomicHistogram::new(&LATENCY_BOUNDS_US, 1e-6))
-            .collect();
-        r.register(
-            "request_latency_seconds",
-            "From decoding a request to encoding its reply, by request type",
-            LatencyByType(
-                MSG_TYPES
-                    .iter()
-                    .take(11)
-                    .map(|(_, n)| *n)
-                    .zip(latency.iter().cloned())
-                    .collect(),
-            ),
-        );
-        let accepted = Counter::default();
-        r.register(
+            "code",
+            ErrorCode::ALL.iter().map(|c| c.name()),
+        ));
+        let latency = latency_by_type(&mut r);
+        let accepted = reg(
+            &mut r,
             "connections_accepted",
             "Connections accepted",
-            accepted.clone(),
+            Counter::default(),
         );
-        let refused = Family::<Vec<(String, String)>, Counter>::default();
-        r.register(
+        let refused = reg(
+            &mut r,
             "connections_refused",
             "Connections refused, by reason",
-            refused.clone(),
+            Family::<Vec<(String, String)>, Counter>::default(),
         );
-        let open_connections = Gauge::default();
-        r.register(
+        let open_connections = reg(
+            &mut r,
             "connections_open",
             "Connections open",
-            open_connections.clone(),
+            Gauge::default(),
         );
         let shard_queue = Family::<Vec<(String, String)>, Gauge>::default();
         for i in 0..shards {
@@ -368,60 +356,9 @@ impl Metrics {
             "Commands waiting in each shard's queue",
             shard_queue.clone(),
         );
-        let batch_size = AtomicHistogram::new(&BATCH_BOUNDS, 1.0);
-        r.register(
-            "writer_batch_mutations",
-            "Mutations per committed batch",
-            batch_size.clone(),
-        );
-        let flush_seconds = AtomicHistogram::new(&LATENCY_BOUNDS_US, 1e-6);
-        r.register(
-            "writer_flush_seconds",
-            "Duration of one batch commit (successful or not)",
-            flush_seconds.clone(),
-        );
-        let store_errors = Counter::default();
-        r.register(
-            "store_errors",
-            "Failed store commits and pings",
-            store_errors.clone(),
-        );
-        let writer_queue = Gauge::default();
-        r.register(
-            "writer_queue_mutations",
-            "Mutations waiting for the batch writer",
-            writer_queue.clone(),
-        );
-        let store_up = Gauge::default();
-        r.register(
-            "store_up",
-            "1 when the store accepts writes, 0 while the breaker is open",
-            store_up.clone(),
-        );
-        let redis_round_trips = Counter::default();
-        r.register(
-            "redis_round_trips",
-            "Pipelined round trips to Redis",
-            redis_round_trips.clone(),
-        );
-        let redis_seconds = AtomicHistogram::new(&LATENCY_BOUNDS_US, 1e-6);
-        r.register(
-            "redis_round_trip_seconds",
-            "Duration of one pipelined Redis round trip",
-            redis_seconds.clone(),
-        );
-        let redis_errors = Counter::default();
-        r.register(
-            "redis_errors",
-            "Failed Redis round trips",
-            redis_errors.clone(),
-        );
-        let redis_up = Gauge::default();
-        r.register(
-            "redis_up",
-            "1 when Redis answers, 0 while the breaker is open (absent without --redis)",
-            redis_up.clone(),
-        );
+        let (batch_size, flush_seconds, store_errors, writer_queue, store_up) =
+            writer_metrics(&mut r);
+        let (redis_round_trips, redis_seconds, redis_errors, redis_up) = redis_metrics(&mut r);
         Metrics {
             registry: r,
             frames_in,
@@ -521,6 +458,115 @@ impl Metrics {
         }
         out
     }
+}
+
+/// The store writer's metrics.
+fn writer_metrics(r: &mut Registry) -> (AtomicHistogram, AtomicHistogram, Counter, Gauge, Gauge) {
+    let batch_size = reg(
+        r,
+        "writer_batch_mutations",
+        "Mutations per committed batch",
+        AtomicHistogram::new(&BATCH_BOUNDS, 1.0),
+    );
+    let flush_seconds = reg(
+        r,
+        "writer_flush_seconds",
+        "Duration of one batch commit (successful or not)",
+        AtomicHistogram::new(&LATENCY_BOUNDS_US, 1e-6),
+    );
+    let store_errors = reg(
+        r,
+        "store_errors",
+        "Failed store commits and pings",
+        Counter::default(),
+    );
+    let writer_queue = reg(
+        r,
+        "writer_queue_mutations",
+        "Mutations waiting for the batch writer",
+        Gauge::default(),
+    );
+    let store_up = reg(
+        r,
+        "store_up",
+        "1 when the store accepts writes, 0 while the breaker is open",
+        Gauge::default(),
+    );
+    (
+        batch_size,
+        flush_seconds,
+        store_errors,
+        writer_queue,
+        store_up,
+    )
+}
+
+/// Cross-node mode's metrics.
+fn redis_metrics(r: &mut Registry) -> (Counter, AtomicHistogram, Counter, Gauge) {
+    let redis_round_trips = reg(
+        r,
+        "redis_round_trips",
+        "Pipelined round trips to Redis",
+        Counter::default(),
+    );
+    let redis_seconds = reg(
+        r,
+        "redis_round_trip_seconds",
+        "Duration of one pipelined Redis round trip",
+        AtomicHistogram::new(&LATENCY_BOUNDS_US, 1e-6),
+    );
+    let redis_errors = reg(
+        r,
+        "redis_errors",
+        "Failed Redis round trips",
+        Counter::default(),
+    );
+    let redis_up = reg(
+        r,
+        "redis_up",
+        "1 when Redis answers, 0 while the breaker is open (absent without --redis)",
+        Gauge::default(),
+    );
+    (redis_round_trips, redis_seconds, redis_errors, redis_up)
+}
+
+/// A counter per label value, registered as one family.
+fn counters_by<'a>(
+    r: &mut Registry,
+    name: &str,
+    help: &str,
+    label: &str,
+    values: impl Iterator<Item = &'a str>,
+) -> Vec<Counter> {
+    let family = Family::<Vec<(String, String)>, Counter>::default();
+    let counters = values
+        .map(|v| family.get_or_create(&labels(label, v)).clone())
+        .collect();
+    r.register(name, help, family);
+    counters
+}
+
+/// Request latency histograms, one per request type (the first 11 types).
+fn latency_by_type(r: &mut Registry) -> Vec<AtomicHistogram> {
+    let latency: Vec<AtomicHistogram> = (0..11)
+        .map(|_| AtomicHistogram::new(&LATENCY_BOUNDS_US, 1e-6))
+        .collect();
+    let names = MSG_TYPES.iter().take(11).map(|(_, n)| *n);
+    r.register(
+        "request_latency_seconds",
+        "From decoding a request to encoding its reply, by request type",
+        LatencyByType(names.zip(latency.iter().cloned()).collect()),
+    );
+    latency
+}
+
+/// Registers a metric and returns the handle kept to update it.
+fn reg<M>(r: &mut Registry, name: &str, help: &str, metric: M) -> M
+where
+    M: prometheus_client::registry::Metric + Clone,
+{
+    r.register(name, help, metric.clone());
+    metric
 }
 
 #[cfg(test)]

@@ -1,6 +1,6 @@
 //! Persistence: what a durable store must do, and the coalesced write batch.
 //!
-//! Shards emit [`Mutation`]s; the [`crate::batch_writer::BatchWriter`] folds
+//! Shards emit [`Mutation`]s; the [`writer::BatchWriter`] folds
 //! the mutations of one flush into a [`WriteBatch`] (several updates of one
 //! auction collapse into one row, every bid and order is kept for the log)
 //! and hands it to a [`Store`], which commits it in one transaction. At start
@@ -11,14 +11,16 @@
 //! at or above 2^63 read back exactly, but appear negative to SQL.
 
 pub mod postgres;
+pub mod recovery;
 pub mod sqlite;
+pub mod writer;
 
 use std::collections::HashMap;
 use std::time::Duration;
 
 use gavel_protocol::{OpenAuctionRequest, OpenSaleRequest};
 
-use crate::mutation::Mutation;
+use crate::engine::mutation::Mutation;
 
 /// Where state is kept, from `--store`.
 #[derive(Debug, Clone, PartialEq, Eq)]

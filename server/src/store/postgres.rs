@@ -16,7 +16,7 @@ use std::time::Duration;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio::runtime::Runtime as TokioRuntime;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
-use tokio_postgres::types::Type;
+use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::NoTls;
 
 use super::{
@@ -89,221 +89,57 @@ impl PgStore {
         })
     }
 
+    /// One batch, one transaction: opens, state updates and log appends.
     async fn write(pool: &Pool, b: &WriteBatch, first_attempt: bool) -> Result<(), StoreError> {
         let mut c = pool.get().await.map_err(pg)?;
         let tx = c.transaction().await.map_err(pg)?;
-        if !b.auctions_opened.is_empty() {
-            let cols: [Vec<i64>; 4] = [
-                b.auctions_opened
-                    .iter()
-                    .map(|o| to_sql(o.auction_id))
-                    .collect(),
-                b.auctions_opened
-                    .iter()
-                    .map(|o| to_sql(o.reserve))
-                    .collect(),
-                b.auctions_opened
-                    .iter()
-                    .map(|o| to_sql(o.min_increment))
-                    .collect(),
-                b.auctions_opened
-                    .iter()
-                    .map(|o| to_sql(o.ends_at_ms))
-                    .collect(),
-            ];
-            let st = tx
-                .prepare_cached(
-                    "INSERT INTO auctions (id, reserve, min_increment, ends_at_ms)
-                     SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[])
-                     ON CONFLICT (id) DO NOTHING",
-                )
-                .await
-                .map_err(pg)?;
-            tx.execute(&st, &[&cols[0], &cols[1], &cols[2], &cols[3]])
-                .await
-                .map_err(pg)?;
-        }
-        if !b.sales_opened.is_empty() {
-            let s = &b.sales_opened;
-            let cols: [Vec<i64>; 5] = [
-                s.iter().map(|o| to_sql(o.sku_id)).collect(),
-                s.iter().map(|o| to_sql(o.stock)).collect(),
-                s.iter().map(|o| o.per_buyer_limit as i64).collect(),
-                s.iter().map(|o| to_sql(o.starts_at_ms)).collect(),
-                s.iter().map(|o| to_sql(o.ends_at_ms)).collect(),
-            ];
-            let st = tx
-                .prepare_cached(
-                    "INSERT INTO sales (id, stock, per_buyer_limit, starts_at_ms, ends_at_ms)
-                     SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[])
-                     ON CONFLICT (id) DO NOTHING",
-                )
-                .await
-                .map_err(pg)?;
-            tx.execute(&st, &[&cols[0], &cols[1], &cols[2], &cols[3], &cols[4]])
-                .await
-                .map_err(pg)?;
-        }
-        if !b.auction_updates.is_empty() {
-            let u: Vec<_> = b.auction_updates.values().collect();
-            let cols: [Vec<i64>; 4] = [
-                u.iter().map(|u| to_sql(u.id)).collect(),
-                u.iter().map(|u| to_sql(u.high_bid)).collect(),
-                u.iter().map(|u| to_sql(u.high_bidder)).collect(),
-                u.iter().map(|u| to_sql(u.bid_count)).collect(),
-            ];
-            let st = tx
-                .prepare_cached(
-                    "UPDATE auctions AS a
-                     SET high_bid = u.high_bid, high_bidder = u.high_bidder, bid_count = u.bid_count
-                     FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[])
-                          AS u(id, high_bid, high_bidder, bid_count)
-                     WHERE a.id = u.id AND a.bid_count < u.bid_count",
-                )
-                .await
-                .map_err(pg)?;
-            tx.execute(&st, &[&cols[0], &cols[1], &cols[2], &cols[3]])
-                .await
-                .map_err(pg)?;
-        }
-        if !b.bids.is_empty() && first_attempt {
-            // The common case: binary COPY, the fastest way in. A duplicate
-            // key aborts the transaction and the retry takes the path below.
-            let sink = tx
-                .copy_in("COPY bids (auction_id, bid_id, bidder_id, amount, seq, at_ms) FROM STDIN BINARY")
-                .await
-                .map_err(pg)?;
-            let w = BinaryCopyInWriter::new(sink, &[Type::INT8; 6]);
-            let mut w = std::pin::pin!(w);
-            for r in &b.bids {
-                w.as_mut()
-                    .write(&[
-                        &to_sql(r.auction_id),
-                        &to_sql(r.bid_id),
-                        &to_sql(r.bidder_id),
-                        &to_sql(r.amount),
-                        &to_sql(r.seq),
-                        &to_sql(r.at_ms),
-                    ])
-                    .await
-                    .map_err(pg)?;
-            }
-            w.finish().await.map_err(pg)?;
-        } else if !b.bids.is_empty() {
-            // A retry (the previous attempt's outcome may be unknown): skip
-            // rows already there.
-            let r = &b.bids;
-            let cols: [Vec<i64>; 6] = [
-                r.iter().map(|r| to_sql(r.auction_id)).collect(),
-                r.iter().map(|r| to_sql(r.bid_id)).collect(),
-                r.iter().map(|r| to_sql(r.bidder_id)).collect(),
-                r.iter().map(|r| to_sql(r.amount)).collect(),
-                r.iter().map(|r| to_sql(r.seq)).collect(),
-                r.iter().map(|r| to_sql(r.at_ms)).collect(),
-            ];
-            let st = tx
-                .prepare_cached(
-                    "INSERT INTO bids (auction_id, bid_id, bidder_id, amount, seq, at_ms)
-                     SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[], $6::bigint[])
-                     ON CONFLICT DO NOTHING",
-                )
-                .await
-                .map_err(pg)?;
-            tx.execute(
-                &st,
-                &[&cols[0], &cols[1], &cols[2], &cols[3], &cols[4], &cols[5]],
-            )
-            .await
-            .map_err(pg)?;
-        }
-        if !b.auctions_closed.is_empty() {
-            let ids: Vec<i64> = b.auctions_closed.iter().map(|i| to_sql(*i)).collect();
-            let st = tx
-                .prepare_cached("UPDATE auctions SET closed = true WHERE id = ANY($1::bigint[])")
-                .await
-                .map_err(pg)?;
-            tx.execute(&st, &[&ids]).await.map_err(pg)?;
-        }
-        if !b.sale_updates.is_empty() {
-            let ids: Vec<i64> = b.sale_updates.keys().map(|i| to_sql(*i)).collect();
-            let sold: Vec<i64> = b.sale_updates.values().map(|i| to_sql(*i)).collect();
-            let st = tx
-                .prepare_cached(
-                    "UPDATE sales AS s SET sold = u.sold
-                     FROM unnest($1::bigint[], $2::bigint[]) AS u(id, sold)
-                     WHERE s.id = u.id AND s.sold < u.sold",
-                )
-                .await
-                .map_err(pg)?;
-            tx.execute(&st, &[&ids, &sold]).await.map_err(pg)?;
-        }
-        if !b.holdings.is_empty() {
-            let skus: Vec<i64> = b.holdings.keys().map(|k| to_sql(k.0)).collect();
-            let buyers: Vec<i64> = b.holdings.keys().map(|k| to_sql(k.1)).collect();
-            let held: Vec<i64> = b.holdings.values().map(|v| to_sql(*v)).collect();
-            let st = tx
-                .prepare_cached(
-                    "INSERT INTO holdings (sku_id, buyer_id, held)
-                     SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bigint[])
-                     ON CONFLICT (sku_id, buyer_id) DO UPDATE SET held = EXCLUDED.held
-                     WHERE holdings.held < EXCLUDED.held",
-                )
-                .await
-                .map_err(pg)?;
-            tx.execute(&st, &[&skus, &buyers, &held])
-                .await
-                .map_err(pg)?;
-        }
-        if !b.orders.is_empty() && first_attempt {
-            let sink = tx
-                .copy_in("COPY orders (sku_id, order_id, buyer_id, quantity, sold_after, held_after, at_ms) FROM STDIN BINARY")
-                .await
-                .map_err(pg)?;
-            let w = BinaryCopyInWriter::new(sink, &[Type::INT8; 7]);
-            let mut w = std::pin::pin!(w);
-            for o in &b.orders {
-                w.as_mut()
-                    .write(&[
-                        &to_sql(o.sku_id),
-                        &to_sql(o.order_id),
-                        &to_sql(o.buyer_id),
-                        &(o.quantity as i64),
-                        &to_sql(o.sold_after),
-                        &to_sql(o.held_after),
-                        &to_sql(o.at_ms),
-                    ])
-                    .await
-                    .map_err(pg)?;
-            }
-            w.finish().await.map_err(pg)?;
-        } else if !b.orders.is_empty() {
-            let o = &b.orders;
-            let cols: [Vec<i64>; 7] = [
-                o.iter().map(|o| to_sql(o.sku_id)).collect(),
-                o.iter().map(|o| to_sql(o.order_id)).collect(),
-                o.iter().map(|o| to_sql(o.buyer_id)).collect(),
-                o.iter().map(|o| o.quantity as i64).collect(),
-                o.iter().map(|o| to_sql(o.sold_after)).collect(),
-                o.iter().map(|o| to_sql(o.held_after)).collect(),
-                o.iter().map(|o| to_sql(o.at_ms)).collect(),
-            ];
-            let st = tx
-                .prepare_cached(
-                    "INSERT INTO orders (sku_id, order_id, buyer_id, quantity, sold_after, held_after, at_ms)
-                     SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[], $6::bigint[], $7::bigint[])
-                     ON CONFLICT DO NOTHING",
-                )
-                .await
-                .map_err(pg)?;
-            tx.execute(
-                &st,
-                &[
-                    &cols[0], &cols[1], &cols[2], &cols[3], &cols[4], &cols[5], &cols[6],
-                ],
-            )
-            .await
-            .map_err(pg)?;
-        }
+        let opened = &b.auctions_opened;
+        let cols = [
+            col(opened, |o| o.auction_id),
+            col(opened, |o| o.reserve),
+            col(opened, |o| o.min_increment),
+            col(opened, |o| o.ends_at_ms),
+        ];
+        exec_unnest(&tx, INSERT_AUCTIONS, &cols).await?;
+        let s = &b.sales_opened;
+        let cols = [
+            col(s, |o| o.sku_id),
+            col(s, |o| o.stock),
+            col(s, |o| o.per_buyer_limit as u64),
+            col(s, |o| o.starts_at_ms),
+            col(s, |o| o.ends_at_ms),
+        ];
+        exec_unnest(&tx, INSERT_SALES, &cols).await?;
+        let u: Vec<_> = b.auction_updates.values().copied().collect();
+        let cols = [
+            col(&u, |u| u.id),
+            col(&u, |u| u.high_bid),
+            col(&u, |u| u.high_bidder),
+            col(&u, |u| u.bid_count),
+        ];
+        exec_unnest(&tx, UPDATE_AUCTIONS, &cols).await?;
+        append_log(
+            &tx,
+            &bid_columns(&b.bids),
+            first_attempt,
+            COPY_BIDS,
+            INSERT_BIDS,
+        )
+        .await?;
+        exec_unnest(&tx, CLOSE_AUCTIONS, &[col(&b.auctions_closed, |i| *i)]).await?;
+        let cols = [
+            b.sale_updates.keys().map(|i| to_sql(*i)).collect(),
+            b.sale_updates.values().map(|i| to_sql(*i)).collect(),
+        ];
+        exec_unnest(&tx, UPDATE_SALES, &cols).await?;
+        let cols = [
+            b.holdings.keys().map(|k| to_sql(k.0)).collect(),
+            b.holdings.keys().map(|k| to_sql(k.1)).collect(),
+            b.holdings.values().map(|v| to_sql(*v)).collect(),
+        ];
+        exec_unnest(&tx, UPSERT_HOLDINGS, &cols).await?;
+        let orders = order_columns(&b.orders);
+        append_log(&tx, &orders, first_attempt, COPY_ORDERS, INSERT_ORDERS).await?;
         tx.commit().await.map_err(pg)
     }
 
@@ -423,4 +259,110 @@ impl Store for PgStore {
             }
         })
     }
+}
+
+const INSERT_AUCTIONS: &str = "INSERT INTO auctions (id, reserve, min_increment, ends_at_ms)
+     SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[])
+     ON CONFLICT (id) DO NOTHING";
+const INSERT_SALES: &str =
+    "INSERT INTO sales (id, stock, per_buyer_limit, starts_at_ms, ends_at_ms)
+     SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[])
+     ON CONFLICT (id) DO NOTHING";
+const UPDATE_AUCTIONS: &str = "UPDATE auctions AS a
+     SET high_bid = u.high_bid, high_bidder = u.high_bidder, bid_count = u.bid_count
+     FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[])
+          AS u(id, high_bid, high_bidder, bid_count)
+     WHERE a.id = u.id AND a.bid_count < u.bid_count";
+const CLOSE_AUCTIONS: &str = "UPDATE auctions SET closed = true WHERE id = ANY($1::bigint[])";
+const UPDATE_SALES: &str = "UPDATE sales AS s SET sold = u.sold
+     FROM unnest($1::bigint[], $2::bigint[]) AS u(id, sold)
+     WHERE s.id = u.id AND s.sold < u.sold";
+const UPSERT_HOLDINGS: &str = "INSERT INTO holdings (sku_id, buyer_id, held)
+     SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bigint[])
+     ON CONFLICT (sku_id, buyer_id) DO UPDATE SET held = EXCLUDED.held
+     WHERE holdings.held < EXCLUDED.held";
+const COPY_BIDS: &str =
+    "COPY bids (auction_id, bid_id, bidder_id, amount, seq, at_ms) FROM STDIN BINARY";
+const INSERT_BIDS: &str = "INSERT INTO bids (auction_id, bid_id, bidder_id, amount, seq, at_ms)
+     SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[], $6::bigint[])
+     ON CONFLICT DO NOTHING";
+const COPY_ORDERS: &str = "COPY orders (sku_id, order_id, buyer_id, quantity, sold_after, held_after, at_ms) FROM STDIN BINARY";
+const INSERT_ORDERS: &str = "INSERT INTO orders (sku_id, order_id, buyer_id, quantity, sold_after, held_after, at_ms)
+     SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[], $6::bigint[], $7::bigint[])
+     ON CONFLICT DO NOTHING";
+
+/// One column of a set-based statement, `u64` stored bit for bit.
+fn col<T>(items: &[T], f: impl Fn(&T) -> u64) -> Vec<i64> {
+    items.iter().map(|t| to_sql(f(t))).collect()
+}
+
+fn bid_columns(r: &[super::BidRow]) -> [Vec<i64>; 6] {
+    [
+        col(r, |r| r.auction_id),
+        col(r, |r| r.bid_id),
+        col(r, |r| r.bidder_id),
+        col(r, |r| r.amount),
+        col(r, |r| r.seq),
+        col(r, |r| r.at_ms),
+    ]
+}
+
+fn order_columns(o: &[super::OrderRow]) -> [Vec<i64>; 7] {
+    [
+        col(o, |o| o.sku_id),
+        col(o, |o| o.order_id),
+        col(o, |o| o.buyer_id),
+        col(o, |o| o.quantity as u64),
+        col(o, |o| o.sold_after),
+        col(o, |o| o.held_after),
+        col(o, |o| o.at_ms),
+    ]
+}
+
+/// Runs a statement whose parameters are `bigint[]` columns (one per
+/// `$n`); nothing to do when the columns are empty.
+async fn exec_unnest(
+    tx: &deadpool_postgres::Transaction<'_>,
+    sql: &str,
+    cols: &[Vec<i64>],
+) -> Result<(), StoreError> {
+    if cols.first().is_none_or(Vec::is_empty) {
+        return Ok(());
+    }
+    let st = tx.prepare_cached(sql).await.map_err(pg)?;
+    let params: Vec<&(dyn ToSql + Sync)> = cols.iter().map(|c| c as &(dyn ToSql + Sync)).collect();
+    tx.execute(&st, &params).await.map_err(pg)?;
+    Ok(())
+}
+
+/// Appends log rows: binary COPY, the fastest way in, on a first attempt
+/// (a duplicate key aborts the transaction and the retry takes the other
+/// path); on a retry, whose previous outcome may be unknown, an INSERT that
+/// skips rows already there.
+async fn append_log(
+    tx: &deadpool_postgres::Transaction<'_>,
+    cols: &[Vec<i64>],
+    first_attempt: bool,
+    copy_sql: &str,
+    insert_sql: &str,
+) -> Result<(), StoreError> {
+    if !first_attempt {
+        return exec_unnest(tx, insert_sql, cols).await;
+    }
+    let rows = cols.first().map_or(0, Vec::len);
+    if rows == 0 {
+        return Ok(());
+    }
+    let sink = tx.copy_in(copy_sql).await.map_err(pg)?;
+    let types = vec![Type::INT8; cols.len()];
+    let w = BinaryCopyInWriter::new(sink, &types);
+    let mut w = std::pin::pin!(w);
+    let mut row: Vec<&(dyn ToSql + Sync)> = Vec::with_capacity(cols.len());
+    for i in 0..rows {
+        row.clear();
+        row.extend(cols.iter().map(|c| &c[i] as &(dyn ToSql + Sync)));
+        w.as_mut().write(&row).await.map_err(pg)?;
+    }
+    w.finish().await.map_err(pg)?;
+    Ok(())
 }

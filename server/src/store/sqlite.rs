@@ -229,7 +229,7 @@ impl Store for SqliteStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::mutation::Mutation;
+    use crate::engine::mutation::Mutation;
     use gavel_protocol::{OpenAuctionRequest, OpenSaleRequest};
 
     fn temp_db() -> (std::path::PathBuf, SqliteStore) {

@@ -21,7 +21,7 @@ use gavel_protocol::ErrorCode;
 use mio::net::TcpStream;
 use rustls::ServerConnection;
 
-use crate::buffer_pool::BufferPool;
+use super::buffer_pool::BufferPool;
 
 pub struct Connection {
     pub stream: TcpStream,
@@ -50,7 +50,7 @@ pub struct Connection {
     /// The TLS session, when the server runs with `--tls-cert`.
     pub tls: Option<Box<ServerConnection>>,
     /// Per-connection rate-limit bucket (unused without `--rate-per-conn`).
-    pub bucket: crate::rate_limit::Bucket,
+    pub bucket: super::rate_limit::Bucket,
     /// This connection counts towards its address's `--max-connections-per-ip`.
     pub counted_ip: bool,
 }
@@ -68,7 +68,7 @@ impl Connection {
         gen: u32,
         authed: bool,
         tls: Option<Box<ServerConnection>>,
-        bucket: crate::rate_limit::Bucket,
+        bucket: super::rate_limit::Bucket,
     ) -> Self {
         Connection {
             stream,

@@ -24,11 +24,12 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use gavel_protocol::ErrorCode;
 
-use crate::command::{Outgoing, Reply};
+use super::{Store, StoreError, WriteBatch};
+use crate::backoff::Backoff;
+use crate::engine::command::{Outgoing, Reply};
+use crate::engine::mutation::Mutation;
 use crate::metrics::Metrics;
-use crate::mutation::Mutation;
-use crate::shard::LoopHandle;
-use crate::store::{Store, WriteBatch};
+use crate::outbox::LoopHandle;
 
 /// What shards consult before applying a mutating request.
 pub struct StoreGate {
@@ -164,12 +165,9 @@ pub struct BatchWriter {
     first_at: Option<Instant>,
     /// Breaker state: next attempt and current backoff while failing.
     retry_at: Option<Instant>,
-    backoff: Duration,
+    backoff: Backoff,
     metrics: Arc<Metrics>,
 }
-
-const BACKOFF_MIN: Duration = Duration::from_millis(50);
-const BACKOFF_MAX: Duration = Duration::from_secs(2);
 
 impl BatchWriter {
     fn new(
@@ -192,7 +190,7 @@ impl BatchWriter {
             committed: 0,
             first_at: None,
             retry_at: None,
-            backoff: BACKOFF_MIN,
+            backoff: Backoff::new(),
             metrics,
         }
     }
@@ -226,7 +224,7 @@ impl BatchWriter {
                     Err(RecvTimeoutError::Disconnected) => open = false,
                 }
             } else if let Some(d) = deadline {
-                std::thread::sleep(d.saturating_duration_since(now).min(BACKOFF_MAX));
+                std::thread::sleep(d.saturating_duration_since(now).min(Backoff::MAX));
             }
             let now = Instant::now();
             let due = match (self.retry_at, self.first_at) {
@@ -323,7 +321,12 @@ impl BatchWriter {
                     self.batch.clear();
                     self.batch_failed = false;
                     self.committed += n as u64;
-                    self.gate.queued.fetch_sub(n, Ordering::AcqRel);
+                    debug_assert!(
+                        self.committed <= self.received,
+                        "committed more than received"
+                    );
+                    let before = self.gate.queued.fetch_sub(n, Ordering::AcqRel);
+                    debug_assert!(before >= n, "writer queue count went below zero");
                     self.release_committed();
                     if self.retry_at.is_some() {
                         self.recovered();
@@ -344,11 +347,11 @@ impl BatchWriter {
             tracing::info!("store is reachable again; accepting writes");
         }
         self.retry_at = None;
-        self.backoff = BACKOFF_MIN;
+        self.backoff.reset();
         self.gate.up.store(true, Ordering::Release);
     }
 
-    fn failed(&mut self, e: crate::store::StoreError) {
+    fn failed(&mut self, e: StoreError) {
         self.metrics.store_errors.inc();
         if self.retry_at.is_none() {
             tracing::error!(error = %e, pending = self.uncommitted(), "store commit failed; refusing writes until it recovers");
@@ -356,9 +359,7 @@ impl BatchWriter {
             tracing::debug!(error = %e, "store still unavailable");
         }
         self.gate.up.store(false, Ordering::Release);
-        let jitter = rand::random::<f64>() * 0.5 + 0.75;
-        self.retry_at = Some(Instant::now() + self.backoff.mul_f64(jitter));
-        self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
+        self.retry_at = Some(self.backoff.next_attempt());
     }
 
     /// Answers UNAVAILABLE for held rounds that waited past the store timeout.
@@ -407,11 +408,9 @@ impl BatchWriter {
                     true
                 });
             }
-            let l = &self.loops[io];
-            if l.replies.send(replies).is_ok() {
-                let _ = l.waker.wake();
-            }
+            self.loops[io].deliver(replies);
         }
-        self.gate.held[h.shard].fetch_sub(1, Ordering::AcqRel);
+        let before = self.gate.held[h.shard].fetch_sub(1, Ordering::AcqRel);
+        debug_assert!(before > 0, "released a round that was not held");
     }
 }

@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use crossbeam_channel::Receiver;
 use gavel_protocol::frame::msg_type;
 use gavel_protocol::message::{
@@ -28,13 +28,13 @@ use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
 
-use crate::auth::AuthTokens;
-use crate::buffer_pool::BufferPool;
-use crate::command::{shard_of, Command, ConnRef, Op, Outgoing, Reply, ShardMsg};
-use crate::connection::{Connection, ReadResult};
+use super::auth::AuthTokens;
+use super::buffer_pool::BufferPool;
+use super::connection::{Connection, ReadResult};
+use super::rate_limit::{Bucket, KeyedBuckets, Limit, RateSpec};
+use crate::engine::command::{shard_of, Command, ConnRef, Op, Outgoing, Reply};
 use crate::metrics::{LoopStats, Metrics};
-use crate::rate_limit::{Bucket, KeyedBuckets, Limit, RateSpec};
-use crate::shard::ShardHandle;
+use crate::shard::{ShardHandle, ShardMsg};
 
 const LISTENER: Token = Token(0);
 const WAKER: Token = Token(1);
@@ -657,14 +657,13 @@ fn handle_request(conn: &mut Connection, slot: usize, frame: Frame<Request>, ctx
     let rid = frame.request_id;
     let kind = frame.body.msg_type();
     ctx.stats.frame_in(kind);
-    let fatal = |conn: &mut Connection, code: ErrorCode, msg: &'static str| {
-        conn.fatal = Some((rid, code, msg));
-        if let Some(b) = conn.rbuf.as_mut() {
-            b.clear();
-        }
-    };
     if ctx.shutting_down {
-        return fatal(conn, ErrorCode::ShuttingDown, "server is shutting down");
+        return fatal(
+            conn,
+            rid,
+            ErrorCode::ShuttingDown,
+            "server is shutting down",
+        );
     }
     if let Some(limit) = &ctx.conn_limit {
         if !conn.bucket.take(limit, ctx.now_ns) {
@@ -672,77 +671,113 @@ fn handle_request(conn: &mut Connection, slot: usize, frame: Frame<Request>, ctx
         }
     }
     if let Request::Hello { version, token } = &frame.body {
-        if *version != PROTOCOL_VERSION {
-            return fatal(
-                conn,
-                ErrorCode::UnsupportedVersion,
-                "only version 1 is supported",
-            );
-        }
-        if let Some(auth) = &ctx.shared.auth {
-            if !auth.check(token) {
-                tracing::info!(peer = %conn.peer, "bad auth token");
-                return fatal(conn, ErrorCode::Unauthorized, "invalid token");
-            }
-        }
-        conn.authed = true;
-        let shared = &ctx.shared;
-        Response::Welcome {
-            version: PROTOCOL_VERSION,
-            node_id: shared.node_id,
-            shards: shared.shards.len() as u16,
-            max_payload: shared.max_payload,
-        }
-        .encode(rid, 0, conn.out(&mut ctx.pool));
-        ctx.stats.frame_out(msg_type::WELCOME);
-        return mark_dirty(conn, slot, &mut ctx.dirty);
+        return hello(conn, slot, rid, *version, token, ctx);
     }
     if !conn.authed {
         return fatal(
             conn,
+            rid,
             ErrorCode::Unauthorized,
             "HELLO with a valid token required first",
         );
     }
-    let op = match frame.body {
-        Request::Hello { .. } => unreachable!("handled above"),
-        Request::Ping(payload) => {
+    let op = match shard_op(frame.body) {
+        Ok(op) => op,
+        Err(Answered::Ping(payload)) => {
             encode_pong(conn.out(&mut ctx.pool), rid, &payload);
             ctx.stats.frame_out(msg_type::PONG);
             return mark_dirty(conn, slot, &mut ctx.dirty);
         }
+        Err(Answered::Malformed(why)) => {
+            encode_error(conn.out(&mut ctx.pool), rid, ErrorCode::Malformed, why);
+            ctx.stats.error(ErrorCode::Malformed);
+            return mark_dirty(conn, slot, &mut ctx.dirty);
+        }
+    };
+    if !bidder_within_rate(&op, ctx) {
+        return rate_limited(conn, slot, rid, ctx);
+    }
+    queue_for_shard(conn, slot, rid, kind, op, ctx);
+}
+
+/// Answers with a connection-closing ERROR; nothing more is read.
+fn fatal(conn: &mut Connection, rid: u32, code: ErrorCode, msg: &'static str) {
+    conn.fatal = Some((rid, code, msg));
+    if let Some(b) = conn.rbuf.as_mut() {
+        b.clear();
+    }
+}
+
+/// HELLO: the version is checked before the token.
+fn hello(conn: &mut Connection, slot: usize, rid: u32, version: u16, token: &[u8], ctx: &mut Ctx) {
+    if version != PROTOCOL_VERSION {
+        return fatal(
+            conn,
+            rid,
+            ErrorCode::UnsupportedVersion,
+            "only version 1 is supported",
+        );
+    }
+    if let Some(auth) = &ctx.shared.auth {
+        if !auth.check(token) {
+            tracing::info!(peer = %conn.peer, "bad auth token");
+            return fatal(conn, rid, ErrorCode::Unauthorized, "invalid token");
+        }
+    }
+    conn.authed = true;
+    let shared = &ctx.shared;
+    Response::Welcome {
+        version: PROTOCOL_VERSION,
+        node_id: shared.node_id,
+        shards: shared.shards.len() as u16,
+        max_payload: shared.max_payload,
+    }
+    .encode(rid, 0, conn.out(&mut ctx.pool));
+    ctx.stats.frame_out(msg_type::WELCOME);
+    mark_dirty(conn, slot, &mut ctx.dirty);
+}
+
+/// A request the event loop answers itself.
+enum Answered {
+    Ping(Bytes),
+    Malformed(&'static str),
+}
+
+/// The shard operation a request asks for (HELLO is handled before).
+fn shard_op(body: Request) -> Result<Op, Answered> {
+    Ok(match body {
+        Request::Hello { .. } => unreachable!("handled before"),
+        Request::Ping(payload) => return Err(Answered::Ping(payload)),
         Request::OpenAuction(o) => Op::OpenAuction(o),
         Request::Bid(b) => Op::Bid(b),
         Request::CloseAuction { auction_id } => Op::CloseAuction(auction_id),
         Request::GetAuction { auction_id } => Op::GetAuction(auction_id),
         Request::OpenSale(s) => Op::OpenSale(s),
         Request::Buy(b) if b.quantity == 0 => {
-            encode_error(
-                conn.out(&mut ctx.pool),
-                rid,
-                ErrorCode::Malformed,
-                "quantity must be non-zero",
-            );
-            ctx.stats.error(ErrorCode::Malformed);
-            return mark_dirty(conn, slot, &mut ctx.dirty);
+            return Err(Answered::Malformed("quantity must be non-zero"))
         }
         Request::Buy(b) => Op::Buy(b),
         Request::GetSale { sku_id } => Op::GetSale(sku_id),
         Request::Subscribe { auction_id } => Op::Subscribe(auction_id),
         Request::Unsubscribe { auction_id } => Op::Unsubscribe(auction_id),
+    })
+}
+
+/// `--rate-per-bidder`: BIDs and BUYs count against their bidder/buyer.
+fn bidder_within_rate(op: &Op, ctx: &mut Ctx) -> bool {
+    let who = match op {
+        Op::Bid(b) => b.bidder_id,
+        Op::Buy(b) => b.buyer_id,
+        _ => return true,
     };
-    if let Some(bidders) = ctx.bidders.as_mut() {
-        let who = match op {
-            Op::Bid(b) => Some(b.bidder_id),
-            Op::Buy(b) => Some(b.buyer_id),
-            _ => None,
-        };
-        if let Some(id) = who {
-            if !bidders.take(id, ctx.now_ns) {
-                return rate_limited(conn, slot, rid, ctx);
-            }
-        }
+    match ctx.bidders.as_mut() {
+        Some(bidders) => bidders.take(who, ctx.now_ns),
+        None => true,
     }
+}
+
+/// Adds the command to this turn's batch for its shard.
+fn queue_for_shard(conn: &mut Connection, slot: usize, rid: u32, kind: u8, op: Op, ctx: &mut Ctx) {
     let shard = shard_of(op.routing_key(), ctx.pending.len());
     if matches!(op, Op::Subscribe(_)) {
         conn.sub_shards |= 1 << shard;

@@ -1,7 +1,8 @@
 //! Messages between event loops and shards.
 //!
 //! An event loop turns decoded requests into [`Command`]s, groups them per
-//! shard for one loop turn and sends each group as one [`ShardMsg::Batch`].
+//! shard for one loop turn and sends each group as one batch
+//! (a `ShardMsg::Batch` of the shard runner).
 //! Shards answer with [`Outgoing`] replies and pushes, again one `Vec` per
 //! event loop per shard batch. Everything here is plain data: no sockets.
 
@@ -86,17 +87,6 @@ pub struct Command {
     pub t0_us: u32,
     /// The request's message type, for per-type metrics.
     pub kind: u8,
-}
-
-#[derive(Debug)]
-pub enum ShardMsg {
-    /// The commands one event loop decoded for this shard in one turn.
-    Batch(Vec<Command>),
-    /// A connection closed: forget its subscriptions.
-    Disconnect(ConnRef),
-    /// Cross-node mode: an update published by some node, for this shard's
-    /// local subscribers.
-    Remote(Vec<Push>),
 }
 
 /// What a shard sends back for one request, or a push.

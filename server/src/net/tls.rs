@@ -1,6 +1,6 @@
 //! TLS for `--tls-cert` / `--tls-key`: rustls with the `ring` provider (no
 //! OpenSSL, no cmake). The handshake and record layer run on the event loop
-//! itself: see [`crate::connection::Connection`], which holds an optional
+//! itself: see [`super::connection::Connection`], which holds an optional
 //! `rustls::ServerConnection`.
 
 use std::path::Path;

@@ -1,0 +1,426 @@
+//! Wiring: builds every part from the [`Config`], chooses the shard backend
+//! once, starts the threads, and tears them down in order at shutdown.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use anyhow::{bail, Context};
+use crossbeam_channel::Receiver;
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+
+use crate::clock::now_ms;
+use crate::cluster::engine::RedisShard;
+use crate::cluster::{updates, RedisConfig};
+use crate::config::{AckMode, Config};
+use crate::engine::command::Outgoing;
+use crate::engine::state::ShardState;
+use crate::metrics::Metrics;
+use crate::metrics_http;
+use crate::net::auth::AuthTokens;
+use crate::net::event_loop::{EventLoop, Shared};
+use crate::net::{listener, tls};
+use crate::outbox::LoopHandle;
+use crate::shard::runner::{self, ShardContext};
+use crate::shard::ShardHandle;
+use crate::store::writer::{self, StoreGate, WriterConfig, WriterHandle};
+use crate::store::{self, recovery, Store};
+
+/// Runs the server until a signal stops it.
+pub fn run(config: Config) -> anyhow::Result<()> {
+    let auth = AuthTokens::new(
+        config.auth_token.as_deref(),
+        config.auth_token_file.as_deref(),
+    )
+    .map_err(anyhow::Error::msg)?
+    .map(Arc::new);
+    let tls_config = match (&config.tls_cert, &config.tls_key) {
+        (Some(cert), Some(key)) => Some(tls::server_config(cert, key).map_err(anyhow::Error::msg)?),
+        _ => None,
+    };
+    let (states, store) = open_store(&config)?;
+    let std_listener = listener::bind(config.listen, config.backlog)
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let local = std_listener.local_addr()?;
+    let io = IoLoops::new(config.io_threads.max(1))?;
+    let metrics = Arc::new(Metrics::new(config.shard_count()));
+    let writer = store
+        .map(|s| start_writer(s, &config, &io.handles, &metrics))
+        .transpose()?;
+    let gate = writer.as_ref().map(|(h, _)| h.gate.clone());
+    let updates_live = Arc::new(AtomicBool::new(false));
+    let writer_handle = writer.as_ref().map(|(h, _)| h.clone());
+    let (shard_handles, shard_threads) = start_shards(
+        &config,
+        states,
+        &io.handles,
+        writer_handle,
+        &metrics,
+        &updates_live,
+    )?;
+    let shutdown = Arc::new(AtomicBool::new(false));
+    if let Some((urls, _)) = config.redis_urls() {
+        updates::spawn_listener(
+            urls[0].clone(),
+            config.redis_timeout,
+            shard_handles.iter().map(|h| h.tx.clone()).collect(),
+            shutdown.clone(),
+            updates_live.clone(),
+        )?;
+    }
+    let shared = Arc::new(shared_state(
+        &config,
+        shard_handles,
+        auth.clone(),
+        tls_config,
+        &shutdown,
+        &metrics,
+    ));
+    if let Some(addr) = config.metrics_listen {
+        serve_metrics(addr, &config, &shared, gate, &metrics, &updates_live)?;
+    }
+    let IoLoops {
+        polls,
+        handles,
+        rxs,
+    } = io;
+    spawn_signal_thread(
+        handles.iter().map(|l| l.waker.clone()).collect(),
+        shutdown,
+        auth,
+    )?;
+    drop(handles);
+    let loops = start_loops(polls, rxs, &std_listener, &shared)?;
+    drop(std_listener);
+    announce(&config, local)?;
+    let failed = join_loops(loops);
+    stop(shared, shard_threads, writer);
+    if failed {
+        bail!("an event loop failed");
+    }
+    Ok(())
+}
+
+/// Opens the store and reads back its state before anything is served. In
+/// cross-node mode Redis holds the state and the store is only a log.
+/// The shards' recovered states, and the store (none with `--store memory`).
+type Opened = (Vec<ShardState>, Option<Box<dyn Store>>);
+
+fn open_store(config: &Config) -> anyhow::Result<Opened> {
+    let durable = config.ack == AckMode::Durable;
+    let shard_count = config.shard_count();
+    let window_ms = config.idempotency_window.as_millis() as u64;
+    let store = store::open(&config.store, durable, config.store_timeout)
+        .with_context(|| format!("cannot open store {}", config.store))?;
+    let mut states: Vec<ShardState> = (0..shard_count)
+        .map(|_| {
+            ShardState::new(
+                window_ms,
+                (config.idempotency_max_keys / shard_count).max(1),
+            )
+        })
+        .collect();
+    let Some(mut store) = store else {
+        return Ok((states, None));
+    };
+    if config.redis_urls().is_none() {
+        let snap = store
+            .load(now_ms().saturating_sub(window_ms))
+            .with_context(|| format!("cannot load state from {}", config.store))?;
+        recovery::restore(&mut states, &snap);
+        tracing::info!(
+            auctions = snap.auctions.len(),
+            sales = snap.sales.len(),
+            bids = snap.bids.len(),
+            orders = snap.orders.len(),
+            "state recovered from the store"
+        );
+    }
+    Ok((states, Some(store)))
+}
+
+/// The event loops' polls, outboxes and reply channels, made before the
+/// shards and the writer that deliver to them.
+struct IoLoops {
+    polls: Vec<mio::Poll>,
+    handles: Vec<LoopHandle>,
+    rxs: Vec<Receiver<Vec<Outgoing>>>,
+}
+
+impl IoLoops {
+    fn new(n: usize) -> std::io::Result<Self> {
+        let mut io = IoLoops {
+            polls: Vec::new(),
+            handles: Vec::new(),
+            rxs: Vec::new(),
+        };
+        for _ in 0..n {
+            let poll = mio::Poll::new()?;
+            let waker = Arc::new(mio::Waker::new(poll.registry(), EventLoop::waker_token())?);
+            let (tx, rx) = crossbeam_channel::unbounded();
+            io.polls.push(poll);
+            io.handles.push(LoopHandle { replies: tx, waker });
+            io.rxs.push(rx);
+        }
+        Ok(io)
+    }
+}
+
+fn start_writer(
+    store: Box<dyn Store>,
+    config: &Config,
+    loops: &[LoopHandle],
+    metrics: &Arc<Metrics>,
+) -> std::io::Result<(WriterHandle, JoinHandle<()>)> {
+    let durable = config.ack == AckMode::Durable;
+    let gate = Arc::new(StoreGate::new(
+        config.shard_count(),
+        config.writer_queue,
+        durable,
+    ));
+    let cfg = WriterConfig {
+        flush_interval: config.flush_interval,
+        batch_max: config.batch_max as usize,
+        store_timeout: config.store_timeout,
+    };
+    writer::spawn(store, gate, loops.to_vec(), cfg, metrics.clone())
+}
+
+/// Starts one thread per shard, running the local engine or, in cross-node
+/// mode, the Redis engine — chosen here, once.
+fn start_shards(
+    config: &Config,
+    states: Vec<ShardState>,
+    loops: &[LoopHandle],
+    writer: Option<WriterHandle>,
+    metrics: &Arc<Metrics>,
+    updates_live: &Arc<AtomicBool>,
+) -> std::io::Result<(Vec<ShardHandle>, Vec<JoinHandle<()>>)> {
+    let redis = config.redis_urls();
+    let (mut handles, mut threads) = (Vec::new(), Vec::new());
+    for (index, state) in states.into_iter().enumerate() {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let queued = Arc::new(AtomicUsize::new(0));
+        let ctx = ShardContext {
+            index,
+            rx,
+            queued: queued.clone(),
+            loops: loops.to_vec(),
+            sweep_interval: config.sweep_interval,
+            writer: writer.clone(),
+        };
+        let thread = match &redis {
+            Some((urls, cluster)) => {
+                let cfg = RedisConfig {
+                    urls: urls.clone(),
+                    cluster: *cluster,
+                    timeout: config.redis_timeout,
+                    idempotency_window: config.idempotency_window,
+                    outbid_filter: config.outbid_filter,
+                    updates_live: updates_live.clone(),
+                };
+                runner::spawn(ctx, RedisShard::new(cfg, metrics.clone()))?
+            }
+            None => runner::spawn(ctx, state)?,
+        };
+        threads.push(thread);
+        handles.push(ShardHandle { tx, queued });
+    }
+    Ok((handles, threads))
+}
+
+/// What every event loop shares: the shards, limits and counters.
+fn shared_state(
+    config: &Config,
+    shards: Vec<ShardHandle>,
+    auth: Option<Arc<AuthTokens>>,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    shutdown: &Arc<AtomicBool>,
+    metrics: &Arc<Metrics>,
+) -> Shared {
+    Shared {
+        shards,
+        shard_queue: config.shard_queue,
+        auth,
+        max_payload: config.max_payload,
+        max_in_flight: config.max_in_flight.max(1),
+        output_cap: config.output_cap,
+        subscriber_cap: config.subscriber_cap,
+        send_buffer: config.send_buffer,
+        max_connections: config.max_connections,
+        max_connections_per_ip: config.max_connections_per_ip,
+        per_ip: Mutex::new(HashMap::new()),
+        refused_per_ip: AtomicU64::new(0),
+        rate_per_conn: config.rate_per_conn,
+        rate_per_bidder: config.rate_per_bidder,
+        rate_max_bidders: config.rate_max_bidders,
+        tls,
+        idle_timeout: config.idle_timeout,
+        shutdown_grace: config.shutdown_grace,
+        node_id: config.node_id,
+        shutdown: shutdown.clone(),
+        open_connections: AtomicUsize::new(0),
+        metrics: metrics.clone(),
+    }
+}
+
+/// `--metrics-listen`: /metrics, /healthz and /readyz.
+fn serve_metrics(
+    addr: std::net::SocketAddr,
+    config: &Config,
+    shared: &Arc<Shared>,
+    gate: Option<Arc<StoreGate>>,
+    metrics: &Arc<Metrics>,
+    updates_live: &Arc<AtomicBool>,
+) -> anyhow::Result<()> {
+    // Weak: the shard queues' senders live in `shared`, and shards only
+    // exit once every sender is gone, so the metrics thread must not keep
+    // it alive through shutdown.
+    let live = Arc::downgrade(shared);
+    let refresh_gate = gate.clone();
+    let refresh = Box::new(move |m: &Metrics| {
+        let Some(live) = live.upgrade() else {
+            return;
+        };
+        m.open_connections
+            .set(live.open_connections.load(Ordering::Relaxed) as i64);
+        for (i, s) in live.shards.iter().enumerate() {
+            m.set_shard_queue(i, s.queued.load(Ordering::Relaxed));
+        }
+        m.sync_refused("per_ip", live.refused_per_ip.load(Ordering::Relaxed));
+        if let Some(g) = &refresh_gate {
+            m.writer_queue.set(g.queued() as i64);
+            m.store_up.set(g.is_up() as i64);
+        }
+    });
+    let redis_mode = config.redis_urls().is_some();
+    let (m, subscribed) = (metrics.clone(), updates_live.clone());
+    let ready = Box::new(move || match &gate {
+        Some(g) if !g.is_up() => Err("the store is not accepting writes".to_string()),
+        _ if redis_mode && m.redis_up.get() == 0 => {
+            Err("redis is unreachable (answering UNAVAILABLE)".to_string())
+        }
+        _ if redis_mode && !subscribed.load(Ordering::Acquire) => {
+            Err("the redis update channel is not subscribed".to_string())
+        }
+        _ => Ok(()),
+    });
+    let bound = metrics_http::spawn(addr, metrics.clone(), refresh, ready)
+        .with_context(|| format!("cannot serve metrics on {addr}"))?;
+    tracing::info!(%bound, "metrics on http://{bound}/metrics");
+    // Scripts and tests find the port here when they asked for port 0.
+    eprintln!("metrics on {bound}");
+    Ok(())
+}
+
+/// SIGINT/SIGTERM start a graceful shutdown; SIGHUP reloads auth tokens.
+/// Holds no shard queue (it outlives the loops; holding one would keep the
+/// shards from finishing).
+fn spawn_signal_thread(
+    wakers: Vec<Arc<mio::Waker>>,
+    shutdown: Arc<AtomicBool>,
+    auth: Option<Arc<AuthTokens>>,
+) -> std::io::Result<()> {
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP])?;
+    std::thread::Builder::new()
+        .name("gavel-signals".into())
+        .spawn(move || {
+            for sig in signals.forever() {
+                if sig == SIGHUP {
+                    reload_auth(auth.as_deref());
+                    continue;
+                }
+                tracing::info!(signal = sig, "signal received");
+                shutdown.store(true, Ordering::Release);
+                for w in &wakers {
+                    let _ = w.wake();
+                }
+            }
+        })?;
+    Ok(())
+}
+
+/// Rotates auth tokens; connections past HELLO are untouched.
+fn reload_auth(auth: Option<&AuthTokens>) {
+    match auth {
+        Some(auth) if auth.has_file() => match auth.reload() {
+            Ok(n) => tracing::info!(tokens = n, "SIGHUP: auth tokens reloaded"),
+            Err(e) => tracing::error!(
+                error = %e,
+                "SIGHUP: auth token reload failed; the previous tokens stay in force"
+            ),
+        },
+        _ => tracing::info!("SIGHUP: nothing to reload (no --auth-token-file)"),
+    }
+}
+
+fn start_loops(
+    polls: Vec<mio::Poll>,
+    rxs: Vec<Receiver<Vec<Outgoing>>>,
+    listener: &std::net::TcpListener,
+    shared: &Arc<Shared>,
+) -> std::io::Result<Vec<JoinHandle<std::io::Result<()>>>> {
+    let mut loops = Vec::new();
+    for (io, (poll, rx)) in polls.into_iter().zip(rxs).enumerate() {
+        let ev = EventLoop::new(io as u16, poll, listener.try_clone()?, rx, shared.clone())?;
+        loops.push(
+            std::thread::Builder::new()
+                .name(format!("gavel-io-{io}"))
+                .spawn(move || ev.run())?,
+        );
+    }
+    Ok(loops)
+}
+
+/// Logs readiness and prints the bound address on stdout (scripts and tests
+/// read it when they asked for port 0).
+fn announce(config: &Config, local: std::net::SocketAddr) -> std::io::Result<()> {
+    tracing::info!(
+        %local,
+        shards = config.shard_count(),
+        io_threads = config.io_threads.max(1),
+        store = %config.store,
+        ack = ?config.ack,
+        "gavel-server ready"
+    );
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "listening on {local}")?;
+    out.flush()
+}
+
+/// Waits for the event loops (they return at shutdown); true if one failed.
+fn join_loops(loops: Vec<JoinHandle<std::io::Result<()>>>) -> bool {
+    let mut failed = false;
+    for l in loops {
+        match l.join() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "event loop failed");
+                failed = true;
+            }
+            Err(_) => failed = true,
+        }
+    }
+    failed
+}
+
+/// Stops what is left, in dependency order: dropping the last shard queue
+/// handles lets the shards finish; the shards held the last writer handles,
+/// so the writer then commits what is left, releases the replies and exits.
+fn stop(
+    shared: Arc<Shared>,
+    shard_threads: Vec<JoinHandle<()>>,
+    writer: Option<(WriterHandle, JoinHandle<()>)>,
+) {
+    drop(shared);
+    for t in shard_threads {
+        let _ = t.join();
+    }
+    if let Some((handle, thread)) = writer {
+        drop(handle);
+        let _ = thread.join();
+    }
+    tracing::info!("gavel-server stopped");
+}

@@ -1,0 +1,39 @@
+//! Cross-node mode: shards whose auctions and sales live in Redis.
+//!
+//! Each shard round becomes one pipelined round trip of Lua scripts (see
+//! `lua/` and the `gavel-redis` crate). The shard keeps only what makes it
+//! fast and local: what it knows of each auction (high bid, end, closed; fed
+//! by replies and by the update channel) to answer `OUTBID` without asking
+//! Redis for a bid that cannot win, and the subscriptions of this node's
+//! connections, fed by Redis pub/sub so a subscriber here sees bids accepted
+//! on any node. While Redis is unreachable, requests that need it are
+//! answered `UNAVAILABLE` (never `OK` without Redis's answer) and the shard
+//! reconnects with exponential backoff and jitter.
+//!
+//! - [`decide`]: the decisions, with no socket (unit-tested by hand).
+//! - [`engine`]: [`engine::RedisShard`], the shard [`crate::shard::Backend`]:
+//!   connections, rounds in flight, reconnects.
+//! - [`pipe`]: the pipelined connection's reader thread.
+//! - [`updates`]: the listener on the update channel, feeding every shard.
+
+pub mod decide;
+pub mod engine;
+pub mod pipe;
+pub mod updates;
+
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How to reach Redis.
+#[derive(Debug, Clone)]
+pub struct RedisConfig {
+    pub urls: Vec<String>,
+    pub cluster: bool,
+    pub timeout: Duration,
+    pub idempotency_window: Duration,
+    /// Answer OUTBID locally for bids below the known high bid.
+    pub outbid_filter: bool,
+    /// Whether this node's update listener is subscribed to Redis.
+    pub updates_live: Arc<AtomicBool>,
+}

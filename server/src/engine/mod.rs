@@ -1,0 +1,20 @@
+//! The engine: what a shard decides, as plain data and pure state machines —
+//! no threads, sockets or clock (the time comes in as an argument).
+//!
+//! - [`command`]: requests in ([`command::Command`], [`command::Op`]) and
+//!   replies out ([`command::Outgoing`]), and which shard owns a key.
+//! - [`effects`]: what a round produces (replies per event loop, mutations).
+//! - [`mutation`]: one state change, as the store persists it.
+//! - [`auction`], [`sale`]: one auction's and one sale's rules.
+//! - [`idempotency`]: remembered outcomes of keyed requests.
+//! - [`subscriptions`]: who watches which auction.
+//! - [`state`]: [`state::ShardState`], the local engine tying them together.
+
+pub mod auction;
+pub mod command;
+pub mod effects;
+pub mod idempotency;
+pub mod mutation;
+pub mod sale;
+pub mod state;
+pub mod subscriptions;

@@ -1,0 +1,564 @@
+//! The local engine: all state one shard owns (auctions, sales, idempotency
+//! keys, subscriptions) and the rules that change it.
+//!
+//! [`ShardState`] is a pure state machine: commands and the time go in,
+//! replies and [`Mutation`]s come out through [`Effects`]. No threads,
+//! sockets or clock; unit-tested as is. The shard runner drives it.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+
+use gavel_protocol::{
+    BidRequest, BuyRequest, ErrorCode, OpenAuctionRequest, OpenSaleRequest, Push, ResultPayload,
+    Status,
+};
+
+use super::auction::{Auction, BidOutcome};
+use super::command::{Command, ConnRef, Op, Reply};
+use super::effects::Effects;
+use super::idempotency::{IdempotencyStore, Key, KeyKind, Seen};
+use super::mutation::Mutation;
+use super::sale::Sale;
+use super::subscriptions::Subscriptions;
+
+/// All state one shard owns.
+pub struct ShardState {
+    auctions: HashMap<u64, Auction, ahash::RandomState>,
+    sales: HashMap<u64, Sale, ahash::RandomState>,
+    idempotency: IdempotencyStore,
+    /// Scheduled ends of open auctions, earliest first.
+    deadlines: BinaryHeap<Reverse<(u64, u64)>>,
+    subscriptions: Subscriptions,
+}
+
+const NONE: ResultPayload = ResultPayload::new(Status::NotFound, 0, 0);
+const OK: ResultPayload = ResultPayload::new(Status::Ok, 0, 0);
+
+impl ShardState {
+    pub fn new(idempotency_window_ms: u64, idempotency_max_keys: usize) -> Self {
+        ShardState {
+            auctions: HashMap::default(),
+            sales: HashMap::default(),
+            idempotency: IdempotencyStore::new(idempotency_window_ms, idempotency_max_keys),
+            deadlines: BinaryHeap::new(),
+            subscriptions: Subscriptions::default(),
+        }
+    }
+
+    /// Executes one command; its replies and mutations go to `fx`.
+    pub fn execute(&mut self, cmd: &Command, now_ms: u64, fx: &mut Effects) {
+        fx.stamp(cmd);
+        match cmd.op {
+            Op::OpenAuction(o) => self.open_auction(cmd, o, now_ms, fx),
+            Op::Bid(b) => self.bid(cmd, b, now_ms, fx),
+            Op::CloseAuction(id) => self.close_auction(cmd, id, now_ms, fx),
+            Op::GetAuction(id) => self.get_auction(cmd, id, now_ms, fx),
+            Op::Subscribe(id) => self.subscribe(cmd, id, now_ms, fx),
+            Op::Unsubscribe(id) => {
+                let result = if self.auctions.contains_key(&id) {
+                    self.subscriptions.remove(id, cmd.conn);
+                    OK
+                } else {
+                    NONE
+                };
+                fx.result(cmd.conn, cmd.request_id, result, false);
+            }
+            Op::OpenSale(o) => self.open_sale(cmd, o, now_ms, fx),
+            Op::Buy(b) => self.buy(cmd, b, now_ms, fx),
+            Op::GetSale(id) => match self.sales.get(&id) {
+                None => fx.result(cmd.conn, cmd.request_id, NONE, false),
+                Some(s) => fx.send(
+                    cmd.conn,
+                    Reply::Sale {
+                        request_id: cmd.request_id,
+                        info: s.info(now_ms),
+                    },
+                ),
+            },
+        }
+    }
+
+    fn open_auction(&mut self, c: &Command, o: OpenAuctionRequest, now_ms: u64, fx: &mut Effects) {
+        let (status, replayed) = match self.auctions.get(&o.auction_id) {
+            Some(a)
+                if (a.reserve, a.min_increment, a.ends_at_ms)
+                    == (o.reserve, o.min_increment, o.ends_at_ms) =>
+            {
+                (Status::Ok, true)
+            }
+            Some(_) => (Status::AlreadyExists, false),
+            None => {
+                let a = Auction::new(o.auction_id, o.reserve, o.min_increment, o.ends_at_ms);
+                self.insert_auction(a);
+                fx.mutations.push(Mutation::AuctionOpened {
+                    req: o,
+                    at_ms: now_ms,
+                });
+                (Status::Ok, false)
+            }
+        };
+        fx.result(
+            c.conn,
+            c.request_id,
+            ResultPayload::new(status, 0, 0),
+            replayed,
+        );
+    }
+
+    fn insert_auction(&mut self, a: Auction) {
+        if !a.closed && a.ends_at_ms != 0 {
+            self.deadlines.push(Reverse((a.ends_at_ms, a.id)));
+        }
+        self.auctions.insert(a.id, a);
+    }
+
+    /// Looks a keyed request up: `true` when it is new and must execute;
+    /// otherwise it has been answered (replay or conflict).
+    fn first_time(&self, c: &Command, key: Key, fields: (u64, u64), fx: &mut Effects) -> bool {
+        match self.idempotency.check(key, fields) {
+            Seen::New => true,
+            Seen::Replay(r) => {
+                fx.result(c.conn, c.request_id, r, true);
+                false
+            }
+            Seen::Conflict => {
+                fx.error(c, ErrorCode::IdempotencyConflict);
+                false
+            }
+        }
+    }
+
+    fn bid(&mut self, c: &Command, b: BidRequest, now_ms: u64, fx: &mut Effects) {
+        if !self.auctions.contains_key(&b.auction_id) {
+            return fx.result(c.conn, c.request_id, NONE, false);
+        }
+        let key = Key {
+            kind: KeyKind::Bid,
+            scope: b.auction_id,
+            key: b.bid_id,
+        };
+        let fields = (b.bidder_id, b.amount);
+        if !self.first_time(c, key, fields, fx) {
+            return;
+        }
+        self.close_if_due(b.auction_id, now_ms, fx);
+        let a = self.auctions.get_mut(&b.auction_id).expect("checked above");
+        let outcome = a.bid(b.bidder_id, b.amount);
+        let result = match outcome {
+            BidOutcome::Accepted => a.result(Status::Ok),
+            BidOutcome::Rejected(s) => a.result(s),
+        };
+        if outcome == BidOutcome::Accepted {
+            fx.mutations.push(Mutation::BidAccepted {
+                auction_id: a.id,
+                bidder_id: b.bidder_id,
+                amount: b.amount,
+                bid_id: b.bid_id,
+                bid_count: a.bid_count,
+                at_ms: now_ms,
+            });
+            let push = Push::BidUpdate {
+                auction_id: a.id,
+                high_bid: a.high_bid,
+                high_bidder: a.high_bidder,
+                bid_count: a.bid_count,
+            };
+            for s in self.subscriptions.of(b.auction_id) {
+                fx.send(*s, Reply::Push(push));
+            }
+        }
+        self.idempotency.remember(key, fields, result, now_ms);
+        fx.result(c.conn, c.request_id, result, false);
+    }
+
+    fn close_auction(&mut self, c: &Command, id: u64, now_ms: u64, fx: &mut Effects) {
+        self.close_if_due(id, now_ms, fx);
+        let result = match self.auctions.get(&id) {
+            None => NONE,
+            Some(a) if a.closed => a.result(Status::Closed),
+            Some(_) => {
+                self.close(id, now_ms, fx);
+                self.auctions[&id].result(Status::Ok)
+            }
+        };
+        fx.result(c.conn, c.request_id, result, false);
+    }
+
+    fn get_auction(&mut self, c: &Command, id: u64, now_ms: u64, fx: &mut Effects) {
+        self.close_if_due(id, now_ms, fx);
+        match self.auctions.get(&id) {
+            None => fx.result(c.conn, c.request_id, NONE, false),
+            Some(a) => fx.send(
+                c.conn,
+                Reply::Auction {
+                    request_id: c.request_id,
+                    info: a.info(),
+                },
+            ),
+        }
+    }
+
+    fn subscribe(&mut self, c: &Command, id: u64, now_ms: u64, fx: &mut Effects) {
+        self.close_if_due(id, now_ms, fx);
+        let result = match self.auctions.get(&id) {
+            None => NONE,
+            Some(a) if a.closed => a.result(Status::Closed),
+            Some(_) => {
+                self.subscriptions.add(id, c.conn);
+                OK
+            }
+        };
+        fx.result(c.conn, c.request_id, result, false);
+    }
+
+    fn open_sale(&mut self, c: &Command, o: OpenSaleRequest, now_ms: u64, fx: &mut Effects) {
+        let (status, replayed) = match self.sales.get(&o.sku_id) {
+            Some(s)
+                if (s.stock, s.per_buyer_limit, s.starts_at_ms, s.ends_at_ms)
+                    == (o.stock, o.per_buyer_limit, o.starts_at_ms, o.ends_at_ms) =>
+            {
+                (Status::Ok, true)
+            }
+            Some(_) => (Status::AlreadyExists, false),
+            None => {
+                let s = Sale::new(
+                    o.sku_id,
+                    o.stock,
+                    o.per_buyer_limit,
+                    o.starts_at_ms,
+                    o.ends_at_ms,
+                );
+                self.sales.insert(o.sku_id, s);
+                fx.mutations.push(Mutation::SaleOpened {
+                    req: o,
+                    at_ms: now_ms,
+                });
+                (Status::Ok, false)
+            }
+        };
+        fx.result(
+            c.conn,
+            c.request_id,
+            ResultPayload::new(status, 0, 0),
+            replayed,
+        );
+    }
+
+    fn buy(&mut self, c: &Command, b: BuyRequest, now_ms: u64, fx: &mut Effects) {
+        if !self.sales.contains_key(&b.sku_id) {
+            return fx.result(c.conn, c.request_id, NONE, false);
+        }
+        let key = Key {
+            kind: KeyKind::Order,
+            scope: b.sku_id,
+            key: b.order_id,
+        };
+        let fields = (b.buyer_id, b.quantity as u64);
+        if !self.first_time(c, key, fields, fx) {
+            return;
+        }
+        let sale = self.sales.get_mut(&b.sku_id).expect("checked above");
+        let result = sale.buy(b.buyer_id, b.quantity, now_ms);
+        if result.status == Status::Ok {
+            fx.mutations.push(Mutation::Purchase {
+                sku_id: b.sku_id,
+                buyer_id: b.buyer_id,
+                quantity: b.quantity,
+                order_id: b.order_id,
+                sold_after: sale.sold,
+                held_after: result.aux,
+                at_ms: now_ms,
+            });
+        }
+        self.idempotency.remember(key, fields, result, now_ms);
+        fx.result(c.conn, c.request_id, result, false);
+    }
+
+    fn close_if_due(&mut self, id: u64, now_ms: u64, fx: &mut Effects) {
+        if self
+            .auctions
+            .get(&id)
+            .is_some_and(|a| !a.closed && a.time_is_up(now_ms))
+        {
+            self.close(id, now_ms, fx);
+        }
+    }
+
+    /// Closes an open auction: records it and tells its subscribers.
+    fn close(&mut self, id: u64, now_ms: u64, fx: &mut Effects) {
+        let Some(a) = self.auctions.get_mut(&id) else {
+            return;
+        };
+        debug_assert!(!a.closed, "an auction closes once");
+        a.closed = true;
+        fx.mutations.push(Mutation::AuctionClosed {
+            auction_id: id,
+            at_ms: now_ms,
+        });
+        let push = Push::AuctionClosed {
+            auction_id: id,
+            winning_bid: a.high_bid,
+            winner: a.high_bidder,
+        };
+        for s in self.subscriptions.take(id) {
+            fx.send(s, Reply::Push(push));
+        }
+    }
+
+    /// Closes auctions whose end time has passed and expires old idempotency keys.
+    pub fn sweep(&mut self, now_ms: u64, fx: &mut Effects) {
+        while let Some(&Reverse((at, id))) = self.deadlines.peek() {
+            if at > now_ms {
+                break;
+            }
+            self.deadlines.pop();
+            self.close_if_due(id, now_ms, fx);
+        }
+        self.idempotency.expire(now_ms);
+    }
+
+    pub fn disconnect(&mut self, conn: ConnRef) {
+        self.subscriptions.disconnect(conn);
+    }
+
+    /// Recovery: an auction as the store has it.
+    pub fn restore_auction(&mut self, a: Auction) {
+        self.insert_auction(a);
+    }
+
+    /// Recovery: a sale as the store has it (holdings included).
+    pub fn restore_sale(&mut self, s: Sale) {
+        self.sales.insert(s.id, s);
+    }
+
+    pub fn sale_mut(&mut self, sku_id: u64) -> Option<&mut Sale> {
+        self.sales.get_mut(&sku_id)
+    }
+
+    /// Recovery: an accepted request inside the idempotency window, so a
+    /// retry after a restart replays `OK` with the values first sent.
+    pub fn restore_key(&mut self, key: Key, fields: (u64, u64), result: ResultPayload, at_ms: u64) {
+        self.idempotency.remember(key, fields, result, at_ms);
+    }
+
+    pub fn auction_count(&self) -> usize {
+        self.auctions.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::command::Outgoing;
+    use gavel_protocol::FLAG_REPLAYED;
+
+    const C: ConnRef = ConnRef {
+        io: 0,
+        slot: 1,
+        gen: 1,
+    };
+    const S: ConnRef = ConnRef {
+        io: 0,
+        slot: 2,
+        gen: 2,
+    };
+
+    fn run(st: &mut ShardState, op: Op, now: u64) -> (Vec<Outgoing>, Vec<Mutation>) {
+        let mut fx = Effects::new(1);
+        st.execute(
+            &Command {
+                conn: C,
+                request_id: 9,
+                op,
+                t0_us: 0,
+                kind: 0,
+            },
+            now,
+            &mut fx,
+        );
+        (fx.replies.remove(0), fx.mutations)
+    }
+
+    fn result(out: &[Outgoing]) -> (ResultPayload, u8) {
+        match out.last().unwrap().reply {
+            Reply::Result { result, flags, .. } => (result, flags),
+            r => panic!("{r:?}"),
+        }
+    }
+
+    fn bid(auction_id: u64, bidder_id: u64, amount: u64, bid_id: u64) -> Op {
+        Op::Bid(BidRequest {
+            auction_id,
+            bidder_id,
+            amount,
+            bid_id,
+        })
+    }
+
+    #[test]
+    fn bids_replay_and_conflict() {
+        let mut st = ShardState::new(1000, 100);
+        let open = Op::OpenAuction(OpenAuctionRequest {
+            auction_id: 1,
+            reserve: 10,
+            min_increment: 5,
+            ends_at_ms: 0,
+        });
+        let (out, m) = run(&mut st, open, 0);
+        assert_eq!(result(&out), (ResultPayload::new(Status::Ok, 0, 0), 0));
+        assert_eq!(m.len(), 1);
+        let (out, m) = run(&mut st, open, 0);
+        assert_eq!(result(&out).1, FLAG_REPLAYED);
+        assert!(m.is_empty());
+
+        let (out, m) = run(&mut st, bid(1, 7, 20, 100), 0);
+        assert_eq!(result(&out), (ResultPayload::new(Status::Ok, 20, 7), 0));
+        assert_eq!(m.len(), 1);
+        let (out, m) = run(&mut st, bid(1, 7, 20, 100), 0);
+        assert_eq!(
+            result(&out),
+            (ResultPayload::new(Status::Ok, 20, 7), FLAG_REPLAYED)
+        );
+        assert!(m.is_empty());
+        let (out, _) = run(&mut st, bid(1, 7, 21, 100), 0);
+        assert!(matches!(
+            out[0].reply,
+            Reply::Error {
+                code: ErrorCode::IdempotencyConflict,
+                ..
+            }
+        ));
+        let (out, _) = run(&mut st, bid(1, 8, 24, 101), 0);
+        assert_eq!(result(&out).0, ResultPayload::new(Status::Outbid, 20, 7));
+        let (out, _) = run(&mut st, bid(2, 8, 24, 101), 0);
+        assert_eq!(result(&out).0.status, Status::NotFound);
+    }
+
+    #[test]
+    fn subscribers_get_updates_and_close_by_time() {
+        let mut st = ShardState::new(1000, 100);
+        run(
+            &mut st,
+            Op::OpenAuction(OpenAuctionRequest {
+                auction_id: 1,
+                reserve: 0,
+                min_increment: 1,
+                ends_at_ms: 100,
+            }),
+            0,
+        );
+        let mut fx = Effects::new(1);
+        st.execute(
+            &Command {
+                conn: S,
+                request_id: 1,
+                op: Op::Subscribe(1),
+                t0_us: 0,
+                kind: 0,
+            },
+            0,
+            &mut fx,
+        );
+        let (out, _) = run(&mut st, bid(1, 3, 50, 1), 10);
+        assert!(out.iter().any(|o| o.slot == S.slot
+            && o.reply
+                == Reply::Push(Push::BidUpdate {
+                    auction_id: 1,
+                    high_bid: 50,
+                    high_bidder: 3,
+                    bid_count: 1
+                })));
+        let mut fx = Effects::new(1);
+        st.sweep(100, &mut fx);
+        assert_eq!(
+            fx.replies[0][0].reply,
+            Reply::Push(Push::AuctionClosed {
+                auction_id: 1,
+                winning_bid: 50,
+                winner: 3
+            })
+        );
+        assert_eq!(fx.mutations.len(), 1);
+        let (out, _) = run(&mut st, bid(1, 4, 60, 2), 101);
+        assert_eq!(result(&out).0, ResultPayload::new(Status::Closed, 50, 3));
+        let (out, _) = run(&mut st, Op::CloseAuction(1), 101);
+        assert_eq!(result(&out).0, ResultPayload::new(Status::Closed, 50, 3));
+    }
+
+    #[test]
+    fn disconnect_forgets_subscriptions() {
+        let mut st = ShardState::new(1000, 100);
+        run(
+            &mut st,
+            Op::OpenAuction(OpenAuctionRequest {
+                auction_id: 1,
+                reserve: 0,
+                min_increment: 1,
+                ends_at_ms: 0,
+            }),
+            0,
+        );
+        let mut fx = Effects::new(1);
+        st.execute(
+            &Command {
+                conn: S,
+                request_id: 1,
+                op: Op::Subscribe(1),
+                t0_us: 0,
+                kind: 0,
+            },
+            0,
+            &mut fx,
+        );
+        st.disconnect(S);
+        let (out, _) = run(&mut st, bid(1, 3, 50, 1), 10);
+        assert_eq!(out.len(), 1, "no push to a disconnected subscriber");
+    }
+
+    #[test]
+    fn sales_and_order_replay() {
+        let mut st = ShardState::new(1000, 100);
+        run(
+            &mut st,
+            Op::OpenSale(OpenSaleRequest {
+                sku_id: 5,
+                stock: 3,
+                per_buyer_limit: 2,
+                starts_at_ms: 0,
+                ends_at_ms: 0,
+            }),
+            0,
+        );
+        let buy = |buyer, q, order| {
+            Op::Buy(BuyRequest {
+                sku_id: 5,
+                buyer_id: buyer,
+                quantity: q,
+                order_id: order,
+            })
+        };
+        let (out, m) = run(&mut st, buy(1, 2, 1), 0);
+        assert_eq!(result(&out).0, ResultPayload::new(Status::Ok, 1, 2));
+        assert_eq!(m.len(), 1);
+        let (out, _) = run(&mut st, buy(2, 2, 2), 0);
+        assert_eq!(result(&out).0, ResultPayload::new(Status::SoldOut, 1, 0));
+        let (out, m) = run(&mut st, buy(1, 2, 1), 0);
+        assert_eq!(
+            result(&out),
+            (ResultPayload::new(Status::Ok, 1, 2), FLAG_REPLAYED)
+        );
+        assert!(m.is_empty());
+        let (out, _) = run(
+            &mut st,
+            Op::OpenSale(OpenSaleRequest {
+                sku_id: 5,
+                stock: 4,
+                per_buyer_limit: 2,
+                starts_at_ms: 0,
+                ends_at_ms: 0,
+            }),
+            0,
+        );
+        assert_eq!(result(&out).0.status, Status::AlreadyExists);
+    }
+}

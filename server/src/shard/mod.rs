@@ -1,0 +1,74 @@
+//! Shards: one thread owns each shard's state, so the hot path takes no locks.
+//!
+//! The [`runner`] drains a shard's queue in batches and releases each round's
+//! replies (through the store writer when they must wait for a commit). It is
+//! generic over a [`Backend`] — the local engine ([`local`]) or the Redis
+//! engine (`cluster`) — and never asks which one it runs.
+
+pub mod local;
+pub mod runner;
+
+use std::sync::atomic::AtomicUsize;
+use std::sync::Arc;
+
+use crossbeam_channel::{Receiver, Sender};
+use gavel_protocol::Push;
+
+use crate::engine::command::{Command, ConnRef};
+use crate::engine::effects::Effects;
+
+/// What a shard's queue carries.
+#[derive(Debug)]
+pub enum ShardMsg {
+    /// The commands one event loop decoded for this shard in one turn.
+    Batch(Vec<Command>),
+    /// A connection closed: forget its subscriptions.
+    Disconnect(ConnRef),
+    /// Cross-node mode: updates published by some node, for this shard's
+    /// local subscribers.
+    Remote(Vec<Push>),
+}
+
+/// The event loops' side of a shard.
+pub struct ShardHandle {
+    pub tx: Sender<ShardMsg>,
+    /// Commands sent and not yet executed; bounds the queue.
+    pub queued: Arc<AtomicUsize>,
+}
+
+/// What a shard runs: decides commands and reports through [`Effects`].
+/// Replies for a command may be produced in a later round (the Redis engine
+/// answers when its round trip is back), but always in command order.
+pub trait Backend: Send + 'static {
+    /// Something the backend waits for besides commands (Redis replies).
+    type Event: Send + 'static;
+
+    /// The channel of those events, if the backend has any.
+    fn events(&self) -> Option<Receiver<Self::Event>> {
+        None
+    }
+
+    /// False while the backend cannot take more work (its rounds in flight
+    /// are at their cap): the runner then waits for events only.
+    fn accepts_commands(&self) -> bool {
+        true
+    }
+
+    /// Executes a batch of commands, in order.
+    fn execute(&mut self, cmds: &[Command], now_ms: u64, fx: &mut Effects);
+
+    /// One event from [`Backend::events`].
+    fn on_event(&mut self, _event: Self::Event, _fx: &mut Effects) {}
+
+    /// Updates from other nodes, for this shard's subscribers.
+    fn on_remote(&mut self, _pushes: Vec<Push>, _fx: &mut Effects) {}
+
+    /// A connection closed.
+    fn disconnect(&mut self, conn: ConnRef);
+
+    /// Called once per loop turn, after the turn's messages.
+    fn tick(&mut self, _fx: &mut Effects) {}
+
+    /// Periodic upkeep (`--sweep-interval`): closings by time, expiries.
+    fn sweep(&mut self, now_ms: u64, fx: &mut Effects);
+}

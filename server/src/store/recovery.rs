@@ -1,0 +1,85 @@
+//! Recovery: a [`Snapshot`] read from the store handed back to the shards'
+//! engines, each row to the shard that owns its key.
+
+use gavel_protocol::{ResultPayload, Status};
+
+use super::{AuctionRow, BidRow, OrderRow, SaleRow, Snapshot};
+use crate::engine::auction::Auction;
+use crate::engine::command::{shard_of, Op};
+use crate::engine::idempotency::{Key, KeyKind};
+use crate::engine::sale::Sale;
+use crate::engine::state::ShardState;
+
+/// Hands each shard the rows it owns.
+pub fn restore(states: &mut [ShardState], snap: &Snapshot) {
+    let n = states.len();
+    let auction_shard = |id: u64| shard_of(Op::GetAuction(id).routing_key(), n);
+    let sale_shard = |id: u64| shard_of(Op::GetSale(id).routing_key(), n);
+    for a in &snap.auctions {
+        states[auction_shard(a.id)].restore_auction(auction(a));
+    }
+    for s in &snap.sales {
+        states[sale_shard(s.id)].restore_sale(sale(s));
+    }
+    for &(sku, buyer, held) in &snap.holdings {
+        if let Some(s) = states[sale_shard(sku)].sale_mut(sku) {
+            s.holdings.insert(buyer, held);
+        }
+    }
+    for b in &snap.bids {
+        let (key, fields, result) = bid_key(b);
+        states[auction_shard(b.auction_id)].restore_key(key, fields, result, b.at_ms);
+    }
+    for o in &snap.orders {
+        let st = &mut states[sale_shard(o.sku_id)];
+        let Some(stock) = st.sale_mut(o.sku_id).map(|s| s.stock) else {
+            continue;
+        };
+        let (key, fields, result) = order_key(o, stock);
+        st.restore_key(key, fields, result, o.at_ms);
+    }
+}
+
+fn auction(r: &AuctionRow) -> Auction {
+    let mut a = Auction::new(r.id, r.reserve, r.min_increment, r.ends_at_ms);
+    a.high_bid = r.high_bid;
+    a.high_bidder = r.high_bidder;
+    a.bid_count = r.bid_count;
+    a.closed = r.closed;
+    a
+}
+
+fn sale(r: &SaleRow) -> Sale {
+    let mut s = Sale::new(
+        r.id,
+        r.stock,
+        r.per_buyer_limit,
+        r.starts_at_ms,
+        r.ends_at_ms,
+    );
+    s.sold = r.sold;
+    s
+}
+
+/// An accepted bid's key, fields and the RESULT first sent.
+fn bid_key(b: &BidRow) -> (Key, (u64, u64), ResultPayload) {
+    let key = Key {
+        kind: KeyKind::Bid,
+        scope: b.auction_id,
+        key: b.bid_id,
+    };
+    let result = ResultPayload::new(Status::Ok, b.amount, b.bidder_id);
+    (key, (b.bidder_id, b.amount), result)
+}
+
+/// An accepted order's key, fields and the RESULT first sent (units left
+/// after it, and the buyer's holding after it).
+fn order_key(o: &OrderRow, stock: u64) -> (Key, (u64, u64), ResultPayload) {
+    let key = Key {
+        kind: KeyKind::Order,
+        scope: o.sku_id,
+        key: o.order_id,
+    };
+    let result = ResultPayload::new(Status::Ok, stock.saturating_sub(o.sold_after), o.held_after);
+    (key, (o.buyer_id, o.quantity as u64), result)
+}
