@@ -396,13 +396,16 @@ fn until_update_channel_live(
     amount
 }
 
+/// How many EVALSHA calls Redis has executed. Panics when INFO has no
+/// count for it: a herd that no longer reaches Redis through EVALSHA would
+/// otherwise count as zero and pass "Redis was spared" without checking it.
 fn evalsha_calls(port: u16) -> u64 {
     let info = gavel_testkit::redis::raw_command(port, "INFO commandstats").expect("INFO");
     info.lines()
         .find_map(|l| l.strip_prefix("cmdstat_evalsha:calls="))
         .and_then(|l| l.split(',').next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0)
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no EVALSHA count in INFO commandstats:\n{info}"))
 }
 
 /// A herd on one hot auction: 100 bidders per node, each pipelining bids
@@ -483,6 +486,13 @@ fn herd_against_the_filter(nodes: usize) {
     assert_eq!(Some(info.high_bid), oks.iter().copied().max());
     let sent = bidders * ROUNDS * PIPELINE;
     let executed = evalsha_calls(r.port()) - calls_before;
+    // Each OK was decided by the script (one EVALSHA per bid that reaches
+    // Redis), so the count must see at least those.
+    assert!(
+        executed >= oks.len() as u64,
+        "{} bids were accepted but Redis counted {executed} EVALSHA calls",
+        oks.len()
+    );
     assert!(
         executed < sent / 2,
         "the filter should spare Redis most of a herd: {executed} of {sent} bids reached it"
