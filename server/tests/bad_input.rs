@@ -27,9 +27,15 @@ fn random_garbage_on_300_connections() {
                 let garbage: Vec<u8> = (0..n).map(|_| rng.gen()).collect();
                 let _ = t.write_all(&garbage);
                 let _ = t.shutdown(std::net::Shutdown::Write);
-                // The server answers what it can and closes; it never hangs.
+                // The server answers what it can and closes; it never hangs:
+                // reaching the read timeout fails the test.
                 let mut sink = Vec::new();
-                let _ = t.read_to_end(&mut sink);
+                match t.read_to_end(&mut sink) {
+                    Ok(_) => {}
+                    // Closed with garbage left unread.
+                    Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+                    Err(e) => panic!("connection {i}: the server did not close it: {e}"),
+                }
                 let d = Decoder::new(65535);
                 let mut buf = BytesMut::from(&sink[..]);
                 while let Ok(Some(_)) = d.decode_server(&mut buf) {}
