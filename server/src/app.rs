@@ -16,6 +16,7 @@ use crate::cluster::engine::RedisShard;
 use crate::cluster::{updates, RedisConfig};
 use crate::config::{AckMode, Config};
 use crate::engine::command::Outgoing;
+use crate::engine::idempotency::KeyBudget;
 use crate::engine::state::ShardState;
 use crate::metrics::Metrics;
 use crate::metrics_http;
@@ -114,13 +115,12 @@ fn open_store(config: &Config) -> anyhow::Result<Opened> {
     let window_ms = config.idempotency_window.as_millis() as u64;
     let store = store::open(&config.store, durable, config.store_timeout)
         .with_context(|| format!("cannot open store {}", config.store))?;
+    let keys = KeyBudget {
+        accepted: (config.idempotency_max_keys / shard_count).max(1),
+        rejected: (config.idempotency_max_rejected_keys / shard_count).max(1),
+    };
     let mut states: Vec<ShardState> = (0..shard_count)
-        .map(|_| {
-            ShardState::new(
-                window_ms,
-                (config.idempotency_max_keys / shard_count).max(1),
-            )
-        })
+        .map(|_| ShardState::new(window_ms, keys))
         .collect();
     let Some(mut store) = store else {
         return Ok((states, None));

@@ -94,10 +94,23 @@ pub struct Config {
     #[arg(long, env = "GAVEL_IDEMPOTENCY_WINDOW", default_value = "24h", value_parser = parse_duration)]
     pub idempotency_window: Duration,
 
-    /// Upper bound on remembered idempotency keys across all shards; the
-    /// oldest are evicted first when it is reached (bounds memory).
+    /// Upper bound on remembered keys of *accepted* bids and orders across
+    /// all shards (split evenly). An accepted key is never forgotten inside
+    /// the window: when a shard's share is full, new BIDs/BUYs there are
+    /// answered ERROR BUSY (not executed) until old keys expire. ~140 bytes
+    /// per key.
     #[arg(long, env = "GAVEL_IDEMPOTENCY_MAX_KEYS", default_value_t = 20_000_000)]
     pub idempotency_max_keys: usize,
+
+    /// Upper bound on remembered keys of *rejected* bids and orders (OUTBID,
+    /// SOLD_OUT, …) across all shards; the oldest are dropped first (a retry
+    /// of a dropped one is evaluated afresh, which never applies it twice).
+    #[arg(
+        long,
+        env = "GAVEL_IDEMPOTENCY_MAX_REJECTED_KEYS",
+        default_value_t = 2_000_000
+    )]
+    pub idempotency_max_rejected_keys: usize,
 
     /// When set, every connection must start with a HELLO carrying this token.
     /// Tokens are compared in constant time.

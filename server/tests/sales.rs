@@ -111,3 +111,62 @@ fn zero_quantity_is_malformed() {
     }
     assert_eq!(c.get_sale(1).unwrap().unwrap().sold, 0);
 }
+
+/// An accepted key is never forgotten inside the window: at the cap, new
+/// orders are refused with BUSY (not executed), and every accepted order's
+/// retry still replays — the sale never sells twice. (Before: the oldest
+/// keys were evicted, and retries of early orders bought again.)
+#[test]
+fn accepted_orders_are_never_forgotten_at_the_key_cap() {
+    let s = Server::start(&["--shards", "1", "--idempotency-max-keys", "64"]);
+    let mut c = s.client();
+    c.open_sale(1, 1_000_000, 0, 0, 0).unwrap();
+    let (mut accepted, mut busy) = (Vec::new(), 0);
+    for order in 1..=2_000u64 {
+        match c.buy(1, order, 1, order) {
+            Ok(o) => {
+                assert_eq!(o.result.status, Status::Ok);
+                accepted.push((order, o.result));
+            }
+            Err(ClientError::Server {
+                code: ErrorCode::Busy,
+                ..
+            }) => busy += 1,
+            Err(e) => panic!("order {order}: {e}"),
+        }
+    }
+    assert_eq!(accepted.len(), 64, "the cap holds exactly the accepted keys");
+    assert_eq!(busy, 2_000 - 64);
+    for (order, first) in &accepted {
+        let again = c.buy(1, *order, 1, *order).unwrap();
+        assert!(again.replayed, "order {order} replays");
+        assert_eq!(again.result, *first, "order {order}: original outcome");
+    }
+    let sale = c.get_sale(1).unwrap().unwrap();
+    assert_eq!(sale.sold, 64, "nothing sold twice, nothing refused sold");
+}
+
+/// Rejected outcomes have their own budget: a flood of them (here SOLD_OUT)
+/// never pushes an accepted key out.
+#[test]
+fn rejected_orders_do_not_evict_accepted_keys() {
+    let s = Server::start(&[
+        "--shards",
+        "1",
+        "--idempotency-max-keys",
+        "8",
+        "--idempotency-max-rejected-keys",
+        "16",
+    ]);
+    let mut c = s.client();
+    c.open_sale(1, 2, 0, 0, 0).unwrap();
+    let first = c.buy(1, 1, 2, 1).unwrap().result;
+    assert_eq!(first.status, Status::Ok);
+    for order in 2..500u64 {
+        let r = c.buy(1, order, 1, order).unwrap().result;
+        assert_eq!(r.status, Status::SoldOut);
+    }
+    let again = c.buy(1, 1, 2, 1).unwrap();
+    assert!(again.replayed);
+    assert_eq!(again.result, first);
+}

@@ -16,7 +16,7 @@ use gavel_protocol::{
 use super::auction::{Auction, BidOutcome};
 use super::command::{Command, ConnRef, Op, Reply};
 use super::effects::Effects;
-use super::idempotency::{IdempotencyStore, Key, KeyKind, Seen};
+use super::idempotency::{IdempotencyStore, Key, KeyBudget, KeyKind, Seen};
 use super::mutation::Mutation;
 use super::sale::Sale;
 use super::subscriptions::Subscriptions;
@@ -35,11 +35,11 @@ const NONE: ResultPayload = ResultPayload::new(Status::NotFound, 0, 0);
 const OK: ResultPayload = ResultPayload::new(Status::Ok, 0, 0);
 
 impl ShardState {
-    pub fn new(idempotency_window_ms: u64, idempotency_max_keys: usize) -> Self {
+    pub fn new(idempotency_window_ms: u64, keys: KeyBudget) -> Self {
         ShardState {
             auctions: HashMap::default(),
             sales: HashMap::default(),
-            idempotency: IdempotencyStore::new(idempotency_window_ms, idempotency_max_keys),
+            idempotency: IdempotencyStore::new(idempotency_window_ms, keys),
             deadlines: BinaryHeap::new(),
             subscriptions: Subscriptions::default(),
         }
@@ -123,6 +123,11 @@ impl ShardState {
             }
             Seen::Conflict => {
                 fx.error(c, ErrorCode::IdempotencyConflict);
+                false
+            }
+            // Accepted keys are never dropped to make room: not executed.
+            Seen::Full => {
+                fx.error(c, ErrorCode::Busy);
                 false
             }
         }
@@ -352,6 +357,11 @@ mod tests {
     use crate::engine::command::Outgoing;
     use gavel_protocol::FLAG_REPLAYED;
 
+    const KEYS: KeyBudget = KeyBudget {
+        accepted: 100,
+        rejected: 100,
+    };
+
     const C: ConnRef = ConnRef {
         io: 0,
         slot: 1,
@@ -397,7 +407,7 @@ mod tests {
 
     #[test]
     fn bids_replay_and_conflict() {
-        let mut st = ShardState::new(1000, 100);
+        let mut st = ShardState::new(1000, KEYS);
         let open = Op::OpenAuction(OpenAuctionRequest {
             auction_id: 1,
             reserve: 10,
@@ -436,7 +446,7 @@ mod tests {
 
     #[test]
     fn subscribers_get_updates_and_close_by_time() {
-        let mut st = ShardState::new(1000, 100);
+        let mut st = ShardState::new(1000, KEYS);
         run(
             &mut st,
             Op::OpenAuction(OpenAuctionRequest {
@@ -487,7 +497,7 @@ mod tests {
 
     #[test]
     fn disconnect_forgets_subscriptions() {
-        let mut st = ShardState::new(1000, 100);
+        let mut st = ShardState::new(1000, KEYS);
         run(
             &mut st,
             Op::OpenAuction(OpenAuctionRequest {
@@ -517,7 +527,7 @@ mod tests {
 
     #[test]
     fn sales_and_order_replay() {
-        let mut st = ShardState::new(1000, 100);
+        let mut st = ShardState::new(1000, KEYS);
         run(
             &mut st,
             Op::OpenSale(OpenSaleRequest {
