@@ -11,13 +11,13 @@ use std::process::{Command, Output, Stdio};
 use common::{cli_bin, run, stderr, stdout, temp_path};
 use serde_json::Value;
 
-/// PROTOCOL.md §8: BID on auction 42 by bidder 7 for 1500, bid_id 0x1001,
+/// PROTOCOL.md §12: BID on auction 42 by bidder 7 for 1500, bid_id 0x1001,
 /// request_id 0x01020304, exactly as printed there.
 const BID_HEX: &str = "11 00 00 20 01 02 03 04
 00 00 00 00 00 00 00 2a  00 00 00 00 00 00 00 07
 00 00 00 00 00 00 05 dc  00 00 00 00 00 00 10 01";
 
-/// PROTOCOL.md §8: its reply, RESULT OK value 1500 aux 7.
+/// PROTOCOL.md §12: its reply, RESULT OK value 1500 aux 7.
 const RESULT_HEX: &str = "90 00 00 11 01 02 03 04
 00
 00 00 00 00 00 00 05 dc

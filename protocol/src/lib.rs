@@ -1,7 +1,8 @@
 //! Sans-IO implementation of the Gavel wire protocol, version 1.
 //!
-//! The contract lives in `shared/spec/wire-v1.md`; `PROTOCOL.md` at the repository
-//! root restates it with worked examples. This crate owns three things:
+//! `PROTOCOL.md` at the repository root is the complete, normative description
+//! of wire v1 (byte layouts, codes, rules, worked examples). This crate owns
+//! three things:
 //!
 //! * [`frame`]: the 8-byte header and the numeric constants of the contract;
 //! * [`message`]: typed requests, responses and pushes, and their encoders;
