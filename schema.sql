@@ -91,3 +91,20 @@ CREATE OR REPLACE VIEW idempotency_keys AS
     SELECT 'order', o.sku_id, o.order_id, o.buyer_id, o.quantity,
            s.stock - o.sold_after, o.held_after, o.at_ms
       FROM orders o JOIN sales s ON s.id = o.sku_id;
+
+-- The journal: the durable commit of every writer round, one row per commit
+-- (the mutations of that commit in Gavel's compact binary record format,
+-- checksummed). Append-only under a rising sequence, no secondary index.
+-- Rows leave once the materializer has applied them to the tables above.
+CREATE TABLE IF NOT EXISTS journal (
+    seq    BIGINT PRIMARY KEY,
+    record BYTEA NOT NULL
+);
+
+-- The materializer's progress: the last journal row applied to the tables,
+-- written in the same transaction as what it applied.
+CREATE TABLE IF NOT EXISTS materializer (
+    id          INT PRIMARY KEY CHECK (id = 1),
+    applied_seq BIGINT NOT NULL
+);
+INSERT INTO materializer (id, applied_seq) VALUES (1, 0) ON CONFLICT (id) DO NOTHING;

@@ -26,8 +26,9 @@ use crate::net::{listener, tls};
 use crate::outbox::LoopHandle;
 use crate::shard::runner::{self, ShardContext};
 use crate::shard::ShardHandle;
-use crate::store::writer::{self, StoreGate, WriterConfig, WriterHandle};
-use crate::store::{self, recovery, Store};
+use crate::store::gate::StoreGate;
+use crate::store::writer::{self, WriterConfig, WriterHandle};
+use crate::store::{self, materializer, recovery, Journal};
 
 /// Runs the server until a signal stops it.
 pub fn run(config: Config) -> anyhow::Result<()> {
@@ -50,9 +51,9 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     let writer = store
         .map(|s| start_writer(s, &config, &io.handles, &metrics))
         .transpose()?;
-    let gate = writer.as_ref().map(|(h, _)| h.gate.clone());
+    let gate = writer.as_ref().map(|w| w.handle.gate.clone());
     let updates_live = Arc::new(AtomicBool::new(false));
-    let writer_handle = writer.as_ref().map(|(h, _)| h.clone());
+    let writer_handle = writer.as_ref().map(|w| w.handle.clone());
     let (shard_handles, shard_threads) = start_shards(
         &config,
         states,
@@ -106,9 +107,19 @@ pub fn run(config: Config) -> anyhow::Result<()> {
 
 /// Opens the store and reads back its state before anything is served. In
 /// cross-node mode Redis holds the state and the store is only a log.
-/// The shards' recovered states, and the store (none with `--store memory`).
-type Opened = (Vec<ShardState>, Option<Box<dyn Store>>);
+/// A durable store after recovery: where the writer continues.
+struct Recovered {
+    journal: Box<dyn Journal>,
+    tables: Box<dyn store::Tables>,
+    last_seq: u64,
+}
 
+/// The shards' recovered states, and the store (none with `--store memory`).
+type Opened = (Vec<ShardState>, Option<Recovered>);
+
+/// Opens the store and recovers before anything is served: the journal's
+/// tail goes into the tables, then the tables' state into the shards. In
+/// cross-node mode Redis holds the state and the store is only a log.
 fn open_store(config: &Config) -> anyhow::Result<Opened> {
     let durable = config.ack == AckMode::Durable;
     let shard_count = config.shard_count();
@@ -122,11 +133,17 @@ fn open_store(config: &Config) -> anyhow::Result<Opened> {
     let mut states: Vec<ShardState> = (0..shard_count)
         .map(|_| ShardState::new(window_ms, keys))
         .collect();
-    let Some(mut store) = store else {
+    let Some(store::Opened {
+        mut journal,
+        mut tables,
+    }) = store
+    else {
         return Ok((states, None));
     };
+    let last_seq = recovery::replay_journal(&mut *journal, &mut *tables)
+        .with_context(|| format!("cannot replay the journal of {}", config.store))?;
     if config.redis_urls().is_none() {
-        let snap = store
+        let snap = tables
             .load(now_ms().saturating_sub(window_ms))
             .with_context(|| format!("cannot load state from {}", config.store))?;
         recovery::restore(&mut states, &snap);
@@ -138,7 +155,12 @@ fn open_store(config: &Config) -> anyhow::Result<Opened> {
             "state recovered from the store"
         );
     }
-    Ok((states, Some(store)))
+    let recovered = Recovered {
+        journal,
+        tables,
+        last_seq,
+    };
+    Ok((states, Some(recovered)))
 }
 
 /// The event loops' polls, outboxes and reply channels, made before the
@@ -168,24 +190,48 @@ impl IoLoops {
     }
 }
 
+/// The journal writer and the materializer behind it.
+struct Writer {
+    handle: WriterHandle,
+    thread: JoinHandle<()>,
+    materializer: JoinHandle<()>,
+}
+
 fn start_writer(
-    store: Box<dyn Store>,
+    store: Recovered,
     config: &Config,
     loops: &[LoopHandle],
     metrics: &Arc<Metrics>,
-) -> std::io::Result<(WriterHandle, JoinHandle<()>)> {
+) -> std::io::Result<Writer> {
     let durable = config.ack == AckMode::Durable;
     let gate = Arc::new(StoreGate::new(
         config.shard_count(),
         config.writer_queue,
+        config.materializer_max_lag,
         durable,
     ));
+    gate.start_at(store.last_seq);
+    let (to_tables, materializer) =
+        materializer::spawn(store.tables, gate.clone(), metrics.clone())?;
     let cfg = WriterConfig {
         flush_interval: config.flush_interval,
         batch_max: config.batch_max as usize,
         store_timeout: config.store_timeout,
+        next_seq: store.last_seq + 1,
     };
-    writer::spawn(store, gate, loops.to_vec(), cfg, metrics.clone())
+    let (handle, thread) = writer::spawn(
+        store.journal,
+        gate,
+        loops.to_vec(),
+        cfg,
+        metrics.clone(),
+        to_tables,
+    )?;
+    Ok(Writer {
+        handle,
+        thread,
+        materializer,
+    })
 }
 
 /// Starts one thread per shard, running the local engine or, in cross-node
@@ -291,8 +337,9 @@ fn serve_metrics(
         }
         m.sync_refused("per_ip", live.refused_per_ip.load(Ordering::Relaxed));
         if let Some(g) = &refresh_gate {
-            m.writer_queue.set(g.queued() as i64);
-            m.store_up.set(g.is_up() as i64);
+            m.store.writer_queue.set(g.queued() as i64);
+            m.store.lag_mutations.set(g.lag() as i64);
+            m.store.store_up.set(g.is_up() as i64);
         }
     });
     let redis_mode = config.redis_urls().is_some();
@@ -408,19 +455,18 @@ fn join_loops(loops: Vec<JoinHandle<std::io::Result<()>>>) -> bool {
 
 /// Stops what is left, in dependency order: dropping the last shard queue
 /// handles lets the shards finish; the shards held the last writer handles,
-/// so the writer then commits what is left, releases the replies and exits.
-fn stop(
-    shared: Arc<Shared>,
-    shard_threads: Vec<JoinHandle<()>>,
-    writer: Option<(WriterHandle, JoinHandle<()>)>,
-) {
+/// so the writer then commits what is left, releases the replies and exits;
+/// then the materializer applies what the writer handed it.
+fn stop(shared: Arc<Shared>, shard_threads: Vec<JoinHandle<()>>, writer: Option<Writer>) {
     drop(shared);
     for t in shard_threads {
         let _ = t.join();
     }
-    if let Some((handle, thread)) = writer {
-        drop(handle);
-        let _ = thread.join();
+    if let Some(w) = writer {
+        drop(w.handle);
+        let _ = w.thread.join();
+        // The writer held the materializer's queue: it finishes what is left.
+        let _ = w.materializer.join();
     }
     tracing::info!("gavel-server stopped");
 }

@@ -70,8 +70,10 @@ pub struct Config {
     #[arg(long, env = "GAVEL_ACK", value_enum, default_value_t = AckMode::Durable)]
     pub ack: AckMode,
 
-    /// The batch writer commits at least this often (0 = as soon as anything is queued).
-    #[arg(long, env = "GAVEL_FLUSH_INTERVAL", default_value = "2ms", value_parser = parse_duration)]
+    /// Extra wait before a journal commit, to gather more per commit. 0 (the
+    /// default): commit as soon as the previous commit is done — what
+    /// arrives during a commit goes together in the next one.
+    #[arg(long, env = "GAVEL_FLUSH_INTERVAL", default_value = "0ms", value_parser = parse_duration)]
     pub flush_interval: Duration,
 
     /// The batch writer commits once this many mutations are queued, even
@@ -83,6 +85,13 @@ pub struct Config {
     /// requests are answered ERROR BUSY (bounded memory, back-pressure).
     #[arg(long, env = "GAVEL_WRITER_QUEUE", default_value_t = 262_144)]
     pub writer_queue: usize,
+
+    /// Mutations that may be journaled (committed) but not yet applied to
+    /// the queryable tables; beyond it mutating requests are answered ERROR
+    /// BUSY until the materializer catches up. Bounds its memory (~64 bytes
+    /// per mutation) and the journal tail a restart replays.
+    #[arg(long, env = "GAVEL_MATERIALIZER_MAX_LAG", default_value_t = 2_000_000)]
+    pub materializer_max_lag: usize,
 
     /// In durable mode, how long a request waits for a failing store before
     /// it is answered ERROR UNAVAILABLE. Also bounds connecting and each

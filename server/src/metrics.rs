@@ -45,7 +45,8 @@ pub const MSG_TYPES: [(u8, &str); 19] = [
 ];
 const N_TYPES: usize = MSG_TYPES.len();
 const N_STATUS: usize = 9;
-const N_ERRORS: usize = 11;
+/// Error codes 1..=11, indexed by code (0 unused).
+const N_ERRORS: usize = ErrorCode::ALL.len() + 1;
 
 /// Index of a message type in [`MSG_TYPES`] (unknown types share the last slot
 /// of the array they are counted in; callers only pass known types).
@@ -73,7 +74,9 @@ const LATENCY_BOUNDS_US: [u64; 16] = [
     1_000_000, 2_500_000, 10_000_000,
 ];
 /// Upper bounds of the batch-size buckets, in mutations.
-const BATCH_BOUNDS: [u64; 12] = [1, 4, 16, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384];
+const BATCH_BOUNDS: [u64; 14] = [
+    1, 4, 16, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 65536, 262144,
+];
 
 /// A histogram of `u64` observations with fixed bounds, updated with relaxed
 /// atomics (no lock), exposed in seconds or units by `scale`. Clones share
@@ -278,11 +281,7 @@ pub struct Metrics {
     refused: Family<Vec<(String, String)>, Counter>,
     pub open_connections: Gauge,
     shard_queue: Family<Vec<(String, String)>, Gauge>,
-    pub batch_size: AtomicHistogram,
-    pub flush_seconds: AtomicHistogram,
-    pub store_errors: Counter,
-    pub writer_queue: Gauge,
-    pub store_up: Gauge,
+    pub store: StoreMetrics,
     pub redis_round_trips: Counter,
     pub redis_seconds: AtomicHistogram,
     pub redis_errors: Counter,
@@ -356,8 +355,7 @@ impl Metrics {
             "Commands waiting in each shard's queue",
             shard_queue.clone(),
         );
-        let (batch_size, flush_seconds, store_errors, writer_queue, store_up) =
-            writer_metrics(&mut r);
+        let store = StoreMetrics::new(&mut r);
         let (redis_round_trips, redis_seconds, redis_errors, redis_up) = redis_metrics(&mut r);
         Metrics {
             registry: r,
@@ -370,11 +368,7 @@ impl Metrics {
             refused,
             open_connections,
             shard_queue,
-            batch_size,
-            flush_seconds,
-            store_errors,
-            writer_queue,
-            store_up,
+            store,
             redis_round_trips,
             redis_seconds,
             redis_errors,
@@ -460,45 +454,86 @@ impl Metrics {
     }
 }
 
-/// The store writer's metrics.
-fn writer_metrics(r: &mut Registry) -> (AtomicHistogram, AtomicHistogram, Counter, Gauge, Gauge) {
-    let batch_size = reg(
-        r,
-        "writer_batch_mutations",
-        "Mutations per committed batch",
-        AtomicHistogram::new(&BATCH_BOUNDS, 1.0),
-    );
-    let flush_seconds = reg(
-        r,
-        "writer_flush_seconds",
-        "Duration of one batch commit (successful or not)",
-        AtomicHistogram::new(&LATENCY_BOUNDS_US, 1e-6),
-    );
-    let store_errors = reg(
-        r,
-        "store_errors",
-        "Failed store commits and pings",
-        Counter::default(),
-    );
-    let writer_queue = reg(
-        r,
-        "writer_queue_mutations",
-        "Mutations waiting for the batch writer",
-        Gauge::default(),
-    );
-    let store_up = reg(
-        r,
-        "store_up",
-        "1 when the store accepts writes, 0 while the breaker is open",
-        Gauge::default(),
-    );
-    (
-        batch_size,
-        flush_seconds,
-        store_errors,
-        writer_queue,
-        store_up,
-    )
+/// The journal writer's and the materializer's metrics.
+pub struct StoreMetrics {
+    pub batch_size: AtomicHistogram,
+    pub flush_seconds: AtomicHistogram,
+    pub journal_bytes: Counter,
+    pub store_errors: Counter,
+    pub writer_queue: Gauge,
+    pub store_up: Gauge,
+    pub lag_mutations: Gauge,
+    pub lag_seconds: Gauge<f64, AtomicU64>,
+    pub apply_seconds: AtomicHistogram,
+    pub apply_batch: AtomicHistogram,
+}
+
+impl StoreMetrics {
+    fn new(r: &mut Registry) -> Self {
+        let hist = |bounds: &'static [u64], scale| AtomicHistogram::new(bounds, scale);
+        StoreMetrics {
+            batch_size: reg(
+                r,
+                "writer_batch_mutations",
+                "Mutations per journal commit",
+                hist(&BATCH_BOUNDS, 1.0),
+            ),
+            flush_seconds: reg(
+                r,
+                "writer_flush_seconds",
+                "Duration of one journal append and sync (successful or not)",
+                hist(&LATENCY_BOUNDS_US, 1e-6),
+            ),
+            journal_bytes: reg(
+                r,
+                "journal_bytes",
+                "Bytes of journal records committed",
+                Counter::default(),
+            ),
+            store_errors: reg(
+                r,
+                "store_errors",
+                "Failed journal appends, table applies and pings",
+                Counter::default(),
+            ),
+            writer_queue: reg(
+                r,
+                "writer_queue_mutations",
+                "Mutations waiting for the journal writer",
+                Gauge::default(),
+            ),
+            store_up: reg(
+                r,
+                "store_up",
+                "1 when the store accepts writes, 0 while the breaker is open",
+                Gauge::default(),
+            ),
+            lag_mutations: reg(
+                r,
+                "materializer_lag_mutations",
+                "Mutations journaled and not yet applied to the tables",
+                Gauge::default(),
+            ),
+            lag_seconds: reg(
+                r,
+                "materializer_lag_seconds",
+                "Age of the oldest journal record in the materializer's latest transaction",
+                Gauge::default(),
+            ),
+            apply_seconds: reg(
+                r,
+                "materializer_apply_seconds",
+                "Duration of one materializer transaction",
+                hist(&LATENCY_BOUNDS_US, 1e-6),
+            ),
+            apply_batch: reg(
+                r,
+                "materializer_batch_mutations",
+                "Mutations per materializer transaction",
+                hist(&BATCH_BOUNDS, 1.0),
+            ),
+        }
+    }
 }
 
 /// Cross-node mode's metrics.

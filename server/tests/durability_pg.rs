@@ -22,12 +22,17 @@ fn postgres_survives_sigkill_five_times() {
     crash_cycles(&pg.url());
 }
 
-/// PostgreSQL stopped for 5 s under load: UNAVAILABLE (never a hang, never
-/// OK), then service resumes without restarting gavel-server, and nothing
-/// acknowledged is missing afterwards.
+/// PostgreSQL stopped under load: requests refused before executing get
+/// UNAVAILABLE (their retry executes afresh, never REPLAYED); requests that
+/// were applied but whose commit was not confirmed in time get IN_DOUBT
+/// (their retry tells: REPLAYED OK once the journal commits them); nothing
+/// acknowledged is lost. Before IN_DOUBT, a share of the UNAVAILABLE bids
+/// had executed (their retry came back REPLAYED).
 #[test]
-fn postgres_outage_gives_unavailable_then_recovers() {
-    if !gavel_testkit::pg::managed_or_skip("postgres_outage_gives_unavailable_then_recovers") {
+fn postgres_outage_gives_unavailable_or_in_doubt_then_recovers() {
+    if !gavel_testkit::pg::managed_or_skip(
+        "postgres_outage_gives_unavailable_or_in_doubt_then_recovers",
+    ) {
         return;
     }
     let mut pg = Postgres::start();
@@ -44,8 +49,8 @@ fn postgres_outage_gives_unavailable_then_recovers() {
         std::thread::spawn(move || {
             let mut c = Client::connect(addr).unwrap();
             c.set_timeout(Some(Duration::from_secs(30))).unwrap();
-            let mut acked = Vec::new();
-            let (mut unavailable, mut slowest) = (0u64, Duration::ZERO);
+            let (mut acked, mut refused, mut in_doubt) = (Vec::new(), Vec::new(), Vec::new());
+            let mut slowest = Duration::ZERO;
             let mut last_ok_after_outage = None;
             let mut id = 0u64;
             while !stop.load(Ordering::Relaxed) {
@@ -63,14 +68,18 @@ fn postgres_outage_gives_unavailable_then_recovers() {
                     match f.body {
                         Response::Result(r) if r.status == Status::Ok => {
                             acked.push(id);
-                            if unavailable > 0 {
+                            if !refused.is_empty() || !in_doubt.is_empty() {
                                 last_ok_after_outage = Some(id);
                             }
                         }
                         Response::Error {
                             code: ErrorCode::Unavailable,
                             ..
-                        } => unavailable += 1,
+                        } => refused.push(id),
+                        Response::Error {
+                            code: ErrorCode::InDoubt,
+                            ..
+                        } => in_doubt.push(id),
                         // Applied just before the outage was detected, or
                         // refused while it lasts: never an OK without commit.
                         other => panic!("unexpected reply {other:?}"),
@@ -78,7 +87,7 @@ fn postgres_outage_gives_unavailable_then_recovers() {
                 }
                 slowest = slowest.max(t.elapsed());
             }
-            (acked, unavailable, slowest, last_ok_after_outage)
+            (acked, refused, in_doubt, slowest, last_ok_after_outage)
         })
     };
 
@@ -104,7 +113,7 @@ fn postgres_outage_gives_unavailable_then_recovers() {
             Ok(o) if o.result.status == Status::Ok => break,
             Ok(o) => panic!("{o:?}"),
             Err(gavel_protocol::ClientError::Server {
-                code: ErrorCode::Unavailable,
+                code: ErrorCode::Unavailable | ErrorCode::InDoubt,
                 ..
             }) => {
                 assert!(Instant::now() < deadline, "no recovery within 30 s");
@@ -114,8 +123,11 @@ fn postgres_outage_gives_unavailable_then_recovers() {
         }
     }
     stop.store(true, Ordering::Relaxed);
-    let (acked, unavailable, slowest, _) = load.join().unwrap();
-    assert!(unavailable > 0, "the outage was visible as UNAVAILABLE");
+    let (acked, refused, in_doubt, slowest, _) = load.join().unwrap();
+    assert!(
+        !refused.is_empty() || !in_doubt.is_empty(),
+        "the outage was visible"
+    );
     assert!(
         slowest < Duration::from_secs(5),
         "a batch of requests waited {slowest:?}: bounded by --store-timeout"
@@ -137,6 +149,36 @@ fn postgres_outage_gives_unavailable_then_recovers() {
             "{f:?}"
         );
     }
+    // IN_DOUBT resolves on retry: these were applied, and the journal
+    // committed them once PostgreSQL was back.
+    let mut retry = |id: u64| {
+        let rid = c.send(&bid(id, id * 10));
+        c.flush().unwrap();
+        let f = c.recv().unwrap();
+        assert_eq!(f.request_id, rid);
+        f
+    };
+    for id in &in_doubt {
+        let f = retry(*id);
+        assert!(
+            f.replayed() && matches!(f.body, Response::Result(r) if r.status == Status::Ok),
+            "in doubt {id}: {f:?}"
+        );
+    }
+    // UNAVAILABLE means not executed: a retry is evaluated afresh.
+    for id in &refused {
+        let f = retry(*id);
+        assert!(
+            !f.replayed(),
+            "bid {id} answered UNAVAILABLE had executed: {f:?}"
+        );
+    }
+    eprintln!(
+        "outage: {} acked, {} unavailable, {} in doubt",
+        acked.len(),
+        refused.len(),
+        in_doubt.len()
+    );
 }
 
 /// Many bids on one auction in one batch: one state row with the final
@@ -146,7 +188,7 @@ fn postgres_batch_coalesces_state_and_keeps_every_bid() {
     use gavel_protocol::OpenAuctionRequest;
     use gavel_server::engine::mutation::Mutation;
     use gavel_server::store::postgres::PgStore;
-    use gavel_server::store::{Store, WriteBatch};
+    use gavel_server::store::{Tables, WriteBatch};
 
     let pg = Postgres::start();
     let mut store = PgStore::connect(&pg.url(), Duration::from_secs(5)).unwrap();
@@ -170,8 +212,9 @@ fn postgres_batch_coalesces_state_and_keeps_every_bid() {
             at_ms: 2,
         });
     }
-    store.commit(&b, true).unwrap();
-    store.commit(&b, false).unwrap();
+    store.apply(&b, 1, true).unwrap();
+    store.apply(&b, 1, false).unwrap();
+    assert_eq!(store.applied_seq().unwrap(), 1);
     assert_eq!(pg.psql("SELECT count(*) FROM auctions"), "1");
     assert_eq!(pg.psql("SELECT count(*) FROM bids"), "1000");
     assert_eq!(
@@ -183,6 +226,31 @@ fn postgres_batch_coalesces_state_and_keeps_every_bid() {
     assert_eq!(snap.bids.len(), 1000);
     // A first attempt that collides (e.g. retried after an unknown outcome)
     // fails as a whole; the idempotent retry then succeeds.
-    assert!(store.commit(&b, true).is_err());
-    store.commit(&b, false).unwrap();
+    assert!(store.apply(&b, 2, true).is_err());
+    assert_eq!(store.applied_seq().unwrap(), 1, "rolled back with it");
+    store.apply(&b, 2, false).unwrap();
+    assert_eq!(store.applied_seq().unwrap(), 2);
+}
+
+/// The journal: appends are keyed by a rising sequence, read back in order,
+/// and removed once applied.
+#[test]
+fn postgres_journal_appends_reads_back_and_truncates() {
+    use gavel_server::store::postgres::PgStore;
+    use gavel_server::store::Journal;
+
+    let pg = Postgres::start();
+    let mut j = PgStore::connect(&pg.url(), Duration::from_secs(5)).unwrap();
+    for seq in 1..=4u64 {
+        j.append(seq, &[seq as u8; 5], 0, true).unwrap();
+    }
+    assert!(
+        j.append(4, &[4; 5], 0, true).is_err(),
+        "a sequence is used once"
+    );
+    j.append(4, &[4; 5], 0, false).unwrap();
+    j.append(5, &[5; 5], 3, true).unwrap();
+    let seqs: Vec<u64> = j.read_after(0).unwrap().iter().map(|r| r.0).collect();
+    assert_eq!(seqs, vec![4, 5], "applied records removed with an append");
+    assert_eq!(j.read_after(4).unwrap(), vec![(5, vec![5; 5])]);
 }

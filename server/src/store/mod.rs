@@ -1,15 +1,23 @@
-//! Persistence: what a durable store must do, and the coalesced write batch.
+//! Persistence, journal first.
 //!
-//! Shards emit [`Mutation`]s; the [`writer::BatchWriter`] folds
-//! the mutations of one flush into a [`WriteBatch`] (several updates of one
-//! auction collapse into one row, every bid and order is kept for the log)
-//! and hands it to a [`Store`], which commits it in one transaction. At start
-//! the server loads a [`Snapshot`] back.
+//! Shards emit [`Mutation`]s. The [`writer`] appends each commit's
+//! mutations as one record ([`journal`] format) to the store's [`Journal`]
+//! and releases the replies once that append is on disk: the journal *is*
+//! the commit. The [`materializer`] then folds committed records into a
+//! [`WriteBatch`] (several updates of one auction collapse into one row,
+//! every bid and order is kept for the log) and applies it to the
+//! [`Tables`] in large transactions, off the reply path, recording the last
+//! journal sequence it applied in the same transaction; applied records
+//! are then removed from the journal. At start, [`recovery`] applies the
+//! journal's tail to the tables and loads a [`Snapshot`] back.
 //!
 //! Integers are `u64` on the wire and `i64` in SQL (SQLite INTEGER,
 //! PostgreSQL BIGINT): they are stored bit-for-bit (`u64 as i64`), so values
 //! at or above 2^63 read back exactly, but appear negative to SQL.
 
+pub mod gate;
+pub mod journal;
+pub mod materializer;
 pub mod postgres;
 pub mod recovery;
 pub mod sqlite;
@@ -78,18 +86,58 @@ pub enum StoreError {
     Other(String),
 }
 
-/// A durable store. Calls are blocking; the batch writer owns the store on
-/// its own thread.
-pub trait Store: Send {
-    /// Commits one batch in one transaction; all or nothing. A batch whose
-    /// previous attempt failed (its outcome may be unknown) is sent again with
-    /// `first_attempt == false`, and must then be idempotent.
-    fn commit(&mut self, batch: &WriteBatch, first_attempt: bool) -> Result<(), StoreError>;
+/// The write-ahead journal: the durable commit of every writer round. An
+/// append-only table keyed by a rising sequence number, with no secondary
+/// index, so a commit costs one small append and the sync to disk. Calls are
+/// blocking; the writer thread owns the journal.
+pub trait Journal: Send {
+    /// Appends one record in one transaction that reaches the disk before it
+    /// returns, and removes the records at or below `applied` (already in
+    /// the tables; 0 = none). A record whose previous attempt failed (its
+    /// outcome may be unknown) is sent again with `first_attempt == false`
+    /// and the same bytes; the append must then be idempotent.
+    fn append(
+        &mut self,
+        seq: u64,
+        record: &[u8],
+        applied: u64,
+        first_attempt: bool,
+    ) -> Result<(), StoreError>;
     /// Cheap reachability check used while the circuit breaker is open.
     fn ping(&mut self) -> Result<(), StoreError>;
+    /// The records after `seq`, oldest first (recovery).
+    fn read_after(&mut self, seq: u64) -> Result<Vec<(u64, Vec<u8>)>, StoreError>;
+    /// Removes the records at or below `seq`.
+    fn truncate(&mut self, seq: u64) -> Result<(), StoreError>;
+    /// Removes the one record `seq` (a damaged tail, at recovery).
+    fn remove(&mut self, seq: u64) -> Result<(), StoreError>;
+}
+
+/// The queryable tables (auctions, sales, holdings, the bid and order logs)
+/// that operators read, brought up to date from the journal by the
+/// materializer, off the reply path.
+pub trait Tables: Send {
+    /// Applies one batch in one transaction, recording `applied_seq` (the
+    /// last journal record it holds) in the same transaction. Must be
+    /// idempotent when `first_attempt == false`.
+    fn apply(
+        &mut self,
+        batch: &WriteBatch,
+        applied_seq: u64,
+        first_attempt: bool,
+    ) -> Result<(), StoreError>;
+    /// The last journal record the tables hold (0 = none).
+    fn applied_seq(&mut self) -> Result<u64, StoreError>;
     /// Everything needed to serve again after a restart: all auctions and
     /// sales, holdings, and bids/orders accepted at or after `since_ms`.
     fn load(&mut self, since_ms: u64) -> Result<Snapshot, StoreError>;
+}
+
+/// A durable store, opened: its journal (for the writer) and its tables
+/// (for the materializer), each on a connection of its own.
+pub struct Opened {
+    pub journal: Box<dyn Journal>,
+    pub tables: Box<dyn Tables>,
 }
 
 /// An auction row as stored.
@@ -280,11 +328,17 @@ pub fn open(
     url: &StoreUrl,
     durable: bool,
     timeout: Duration,
-) -> Result<Option<Box<dyn Store>>, StoreError> {
+) -> Result<Option<Opened>, StoreError> {
     Ok(match url {
         StoreUrl::Memory => None,
-        StoreUrl::Sqlite(path) => Some(Box::new(sqlite::SqliteStore::open(path, durable)?)),
-        StoreUrl::Postgres(u) => Some(Box::new(postgres::PgStore::connect(u, timeout)?)),
+        StoreUrl::Sqlite(path) => Some(Opened {
+            journal: Box::new(sqlite::SqliteJournal::open(path, durable)?),
+            tables: Box::new(sqlite::SqliteStore::open(path, durable)?),
+        }),
+        StoreUrl::Postgres(u) => Some(Opened {
+            journal: Box::new(postgres::PgStore::connect(u, timeout)?),
+            tables: Box::new(postgres::PgStore::connect(u, timeout)?),
+        }),
     })
 }
 

@@ -20,7 +20,7 @@ use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::NoTls;
 
 use super::{
-    from_sql, to_sql, AuctionRow, BidRow, OrderRow, SaleRow, Snapshot, Store, StoreError,
+    from_sql, to_sql, AuctionRow, BidRow, Journal, OrderRow, SaleRow, Snapshot, StoreError, Tables,
     WriteBatch,
 };
 
@@ -89,8 +89,14 @@ impl PgStore {
         })
     }
 
-    /// One batch, one transaction: opens, state updates and log appends.
-    async fn write(pool: &Pool, b: &WriteBatch, first_attempt: bool) -> Result<(), StoreError> {
+    /// One batch, one transaction: opens, state updates, log appends and
+    /// the materializer's progress.
+    async fn write(
+        pool: &Pool,
+        b: &WriteBatch,
+        applied_seq: u64,
+        first_attempt: bool,
+    ) -> Result<(), StoreError> {
         let mut c = pool.get().await.map_err(pg)?;
         let tx = c.transaction().await.map_err(pg)?;
         let opened = &b.auctions_opened;
@@ -140,6 +146,8 @@ impl PgStore {
         exec_unnest(&tx, UPSERT_HOLDINGS, &cols).await?;
         let orders = order_columns(&b.orders);
         append_log(&tx, &orders, first_attempt, COPY_ORDERS, INSERT_ORDERS).await?;
+        let st = tx.prepare_cached(SET_APPLIED).await.map_err(pg)?;
+        tx.execute(&st, &[&to_sql(applied_seq)]).await.map_err(pg)?;
         tx.commit().await.map_err(pg)
     }
 
@@ -233,10 +241,45 @@ impl PgStore {
     }
 }
 
-impl Store for PgStore {
-    fn commit(&mut self, batch: &WriteBatch, first_attempt: bool) -> Result<(), StoreError> {
+impl PgStore {
+    /// Runs one statement with `params` on a pooled connection.
+    fn execute(
+        &mut self,
+        sql: &'static str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<u64, StoreError> {
         let pool = &self.pool;
-        self.run(Self::write(pool, batch, first_attempt))
+        self.run(async move {
+            let c = pool.get().await.map_err(pg)?;
+            let st = c.prepare_cached(sql).await.map_err(pg)?;
+            c.execute(&st, params).await.map_err(pg)
+        })
+    }
+}
+
+impl Journal for PgStore {
+    fn append(
+        &mut self,
+        seq: u64,
+        record: &[u8],
+        applied: u64,
+        first: bool,
+    ) -> Result<(), StoreError> {
+        let pool = &self.pool;
+        self.run(async move {
+            let mut c = pool.get().await.map_err(pg)?;
+            let tx = c.transaction().await.map_err(pg)?;
+            let sql = if first { APPEND } else { APPEND_AGAIN };
+            let st = tx.prepare_cached(sql).await.map_err(pg)?;
+            tx.execute(&st, &[&to_sql(seq), &record])
+                .await
+                .map_err(pg)?;
+            if applied > 0 {
+                let st = tx.prepare_cached(TRUNCATE).await.map_err(pg)?;
+                tx.execute(&st, &[&to_sql(applied)]).await.map_err(pg)?;
+            }
+            tx.commit().await.map_err(pg)
+        })
     }
 
     fn ping(&mut self) -> Result<(), StoreError> {
@@ -245,6 +288,49 @@ impl Store for PgStore {
             let c = pool.get().await.map_err(pg)?;
             c.simple_query("SELECT 1").await.map_err(pg)?;
             Ok(())
+        })
+    }
+
+    fn read_after(&mut self, seq: u64) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+        let pool = &self.pool;
+        let t = self.timeout.max(Duration::from_secs(60));
+        self.rt.block_on(async move {
+            let read = async {
+                let c = pool.get().await.map_err(pg)?;
+                let rows = c.query(READ_AFTER, &[&to_sql(seq)]).await.map_err(pg)?;
+                Ok(rows
+                    .iter()
+                    .map(|r| (from_sql(r.get(0)), r.get(1)))
+                    .collect())
+            };
+            tokio::time::timeout(t, read)
+                .await
+                .unwrap_or(Err(StoreError::Timeout(t)))
+        })
+    }
+
+    fn truncate(&mut self, seq: u64) -> Result<(), StoreError> {
+        self.execute(TRUNCATE, &[&to_sql(seq)]).map(drop)
+    }
+
+    fn remove(&mut self, seq: u64) -> Result<(), StoreError> {
+        self.execute("DELETE FROM journal WHERE seq = $1", &[&to_sql(seq)])
+            .map(drop)
+    }
+}
+
+impl Tables for PgStore {
+    fn apply(&mut self, batch: &WriteBatch, seq: u64, first: bool) -> Result<(), StoreError> {
+        let pool = &self.pool;
+        self.run(Self::write(pool, batch, seq, first))
+    }
+
+    fn applied_seq(&mut self) -> Result<u64, StoreError> {
+        let pool = &self.pool;
+        self.run(async move {
+            let c = pool.get().await.map_err(pg)?;
+            let row = c.query_one(GET_APPLIED, &[]).await.map_err(pg)?;
+            Ok(from_sql(row.get(0)))
         })
     }
 
@@ -261,6 +347,14 @@ impl Store for PgStore {
     }
 }
 
+const APPEND: &str = "INSERT INTO journal (seq, record) VALUES ($1, $2)";
+const APPEND_AGAIN: &str =
+    "INSERT INTO journal (seq, record) VALUES ($1, $2) ON CONFLICT (seq) DO NOTHING";
+const TRUNCATE: &str = "DELETE FROM journal WHERE seq <= $1";
+const READ_AFTER: &str = "SELECT seq, record FROM journal WHERE seq > $1 ORDER BY seq";
+const GET_APPLIED: &str = "SELECT applied_seq FROM materializer WHERE id = 1";
+const SET_APPLIED: &str =
+    "UPDATE materializer SET applied_seq = $1 WHERE id = 1 AND applied_seq < $1";
 const INSERT_AUCTIONS: &str = "INSERT INTO auctions (id, reserve, min_increment, ends_at_ms)
      SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[])
      ON CONFLICT (id) DO NOTHING";

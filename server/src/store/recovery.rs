@@ -1,14 +1,71 @@
-//! Recovery: a [`Snapshot`] read from the store handed back to the shards'
-//! engines, each row to the shard that owns its key.
+//! Recovery, in two steps: [`replay_journal`] applies the journal's records
+//! the tables do not hold yet (the tail the materializer had not reached),
+//! then [`restore`] hands the [`Snapshot`] read from the tables to the
+//! shards' engines, each row to the shard that owns its key.
 
 use gavel_protocol::{ResultPayload, Status};
 
-use super::{AuctionRow, BidRow, OrderRow, SaleRow, Snapshot};
+use super::{
+    journal, AuctionRow, BidRow, Journal, OrderRow, SaleRow, Snapshot, StoreError, Tables,
+    WriteBatch,
+};
 use crate::engine::auction::Auction;
 use crate::engine::command::{shard_of, Op};
 use crate::engine::idempotency::{Key, KeyKind};
+use crate::engine::mutation::Mutation;
 use crate::engine::sale::Sale;
 use crate::engine::state::ShardState;
+
+/// Mutations per transaction while replaying.
+const REPLAY_BATCH: usize = 200_000;
+
+/// Applies the journal records after the tables' applied sequence, then
+/// removes them from the journal. A damaged *last* record is a torn append
+/// (a crash mid-write: its commit never completed, so nothing in it was
+/// acknowledged) and is dropped; a damaged record followed by good ones is
+/// corruption, and the start fails rather than skip acknowledged data.
+/// Returns the last journal sequence used (the writer continues after it).
+pub fn replay_journal(
+    journal: &mut dyn Journal,
+    tables: &mut dyn Tables,
+) -> Result<u64, StoreError> {
+    let applied = tables.applied_seq()?;
+    let records = journal.read_after(applied)?;
+    let (mut batch, mut ms, mut last) = (WriteBatch::default(), Vec::<Mutation>::new(), applied);
+    for (i, (seq, record)) in records.iter().enumerate() {
+        ms.clear();
+        if let Err(e) = journal::decode(record, &mut ms) {
+            if i + 1 < records.len() {
+                return Err(StoreError::Other(format!(
+                    "journal record {seq} is damaged ({e}) and later records exist: refusing to start"
+                )));
+            }
+            tracing::warn!(seq, error = %e, "dropping a torn journal record at the tail");
+            journal.remove(*seq)?;
+            break;
+        }
+        for m in &ms {
+            batch.add(m);
+        }
+        last = *seq;
+        if batch.mutations >= REPLAY_BATCH {
+            tables.apply(&batch, last, false)?;
+            batch.clear();
+        }
+    }
+    if !batch.is_empty() {
+        tables.apply(&batch, last, false)?;
+    }
+    if last > applied {
+        tracing::info!(
+            from = applied + 1,
+            to = last,
+            "journal tail applied to the tables"
+        );
+    }
+    journal.truncate(last)?;
+    Ok(last)
+}
 
 /// Hands each shard the rows it owns.
 pub fn restore(states: &mut [ShardState], snap: &Snapshot) {

@@ -1,8 +1,13 @@
-//! The embedded store: one SQLite file in WAL mode.
+//! The embedded store: SQLite in WAL mode, two files.
 //!
-//! A batch is one `BEGIN IMMEDIATE … COMMIT` with cached prepared statements;
-//! in durable mode `synchronous=FULL` makes the commit reach the disk before
-//! the batch writer releases its replies.
+//! - `PATH.journal` holds the journal ([`SqliteJournal`]): one row per writer
+//!   commit, `seq INTEGER PRIMARY KEY` (the rowid: every append lands at the
+//!   B-tree's right edge) and the record as a blob. In durable mode
+//!   `synchronous=FULL` makes each append reach the disk before the writer
+//!   releases its replies.
+//! - `PATH` holds the tables ([`SqliteStore`]), written by the materializer
+//!   in large transactions. A separate file, so the materializer's long
+//!   transactions never hold the lock the journal's appends need.
 
 use std::path::Path;
 use std::time::Duration;
@@ -10,7 +15,7 @@ use std::time::Duration;
 use rusqlite::{params, Connection};
 
 use super::{
-    from_sql, to_sql, AuctionRow, BidRow, OrderRow, SaleRow, Snapshot, Store, StoreError,
+    from_sql, to_sql, AuctionRow, BidRow, Journal, OrderRow, SaleRow, Snapshot, StoreError, Tables,
     WriteBatch,
 };
 
@@ -20,25 +25,41 @@ pub struct SqliteStore {
     conn: Connection,
 }
 
+/// Opens a database file in WAL mode, creating its directory.
+fn connect(path: &str, durable: bool) -> Result<Connection, StoreError> {
+    if let Some(dir) = Path::new(path).parent() {
+        if !dir.as_os_str().is_empty() {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| StoreError::Other(format!("cannot create {}: {e}", dir.display())))?;
+        }
+    }
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(Duration::from_secs(2))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", if durable { "FULL" } else { "NORMAL" })?;
+    conn.set_prepared_statement_cache_capacity(32);
+    Ok(conn)
+}
+
+/// The journal file next to the tables' file.
+pub fn journal_path(path: &str) -> String {
+    format!("{path}.journal")
+}
+
+/// Pages kept in memory by the tables' connection (KiB, as a negative
+/// cache_size): the logs' B-trees are written at random keys, and a write
+/// that finds its page cached costs a fraction of one that reads it first.
+const TABLES_CACHE_KIB: i64 = 256 * 1024;
+
 impl SqliteStore {
     pub fn open(path: &str, durable: bool) -> Result<Self, StoreError> {
-        if let Some(dir) = Path::new(path).parent() {
-            if !dir.as_os_str().is_empty() {
-                std::fs::create_dir_all(dir).map_err(|e| {
-                    StoreError::Other(format!("cannot create {}: {e}", dir.display()))
-                })?;
-            }
-        }
-        let conn = Connection::open(path)?;
-        conn.busy_timeout(Duration::from_secs(2))?;
-        conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.pragma_update(None, "synchronous", if durable { "FULL" } else { "NORMAL" })?;
+        let conn = connect(path, durable)?;
+        conn.pragma_update(None, "cache_size", -TABLES_CACHE_KIB)?;
         conn.execute_batch(SCHEMA)?;
-        conn.set_prepared_statement_cache_capacity(32);
         Ok(SqliteStore { conn })
     }
 
-    fn write(&mut self, b: &WriteBatch) -> rusqlite::Result<()> {
+    fn write(&mut self, b: &WriteBatch, applied_seq: u64) -> rusqlite::Result<()> {
         let tx = self
             .conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
@@ -127,19 +148,23 @@ impl SqliteStore {
                     to_sql(o.at_ms)
                 ])?;
             }
+            let mut st = tx.prepare_cached(
+                "UPDATE materializer SET applied_seq = ?1 WHERE id = 1 AND applied_seq < ?1",
+            )?;
+            st.execute(params![to_sql(applied_seq)])?;
         }
         tx.commit()
     }
 }
 
-impl Store for SqliteStore {
-    fn commit(&mut self, batch: &WriteBatch, _first_attempt: bool) -> Result<(), StoreError> {
-        Ok(self.write(batch)?)
+impl Tables for SqliteStore {
+    fn apply(&mut self, batch: &WriteBatch, seq: u64, _first: bool) -> Result<(), StoreError> {
+        Ok(self.write(batch, seq)?)
     }
 
-    fn ping(&mut self) -> Result<(), StoreError> {
-        self.conn.query_row("SELECT 1", [], |_| Ok(()))?;
-        Ok(())
+    fn applied_seq(&mut self) -> Result<u64, StoreError> {
+        let q = "SELECT applied_seq FROM materializer WHERE id = 1";
+        Ok(from_sql(self.conn.query_row(q, [], |r| r.get(0))?))
     }
 
     fn load(&mut self, since_ms: u64) -> Result<Snapshot, StoreError> {
@@ -226,6 +251,76 @@ impl Store for SqliteStore {
     }
 }
 
+/// The journal file.
+pub struct SqliteJournal {
+    conn: Connection,
+}
+
+impl SqliteJournal {
+    pub fn open(path: &str, durable: bool) -> Result<Self, StoreError> {
+        let conn = connect(&journal_path(path), durable)?;
+        conn.execute_batch(
+            "CREATE TABLE IF NOT EXISTS journal (seq INTEGER PRIMARY KEY, record BLOB NOT NULL);",
+        )?;
+        Ok(SqliteJournal { conn })
+    }
+}
+
+impl Journal for SqliteJournal {
+    fn append(
+        &mut self,
+        seq: u64,
+        record: &[u8],
+        applied: u64,
+        first: bool,
+    ) -> Result<(), StoreError> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        {
+            let sql = if first {
+                "INSERT INTO journal (seq, record) VALUES (?1, ?2)"
+            } else {
+                "INSERT OR IGNORE INTO journal (seq, record) VALUES (?1, ?2)"
+            };
+            tx.prepare_cached(sql)?
+                .execute(params![to_sql(seq), record])?;
+            if applied > 0 {
+                tx.prepare_cached("DELETE FROM journal WHERE seq <= ?1")?
+                    .execute(params![to_sql(applied)])?;
+            }
+        }
+        Ok(tx.commit()?)
+    }
+
+    fn ping(&mut self) -> Result<(), StoreError> {
+        self.conn.query_row("SELECT 1", [], |_| Ok(()))?;
+        Ok(())
+    }
+
+    fn read_after(&mut self, seq: u64) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+        let mut st = self
+            .conn
+            .prepare("SELECT seq, record FROM journal WHERE seq > ?1 ORDER BY seq")?;
+        let rows = st.query_map(params![to_sql(seq)], |r| {
+            Ok((from_sql(r.get(0)?), r.get(1)?))
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn truncate(&mut self, seq: u64) -> Result<(), StoreError> {
+        self.conn
+            .execute("DELETE FROM journal WHERE seq <= ?1", params![to_sql(seq)])?;
+        Ok(())
+    }
+
+    fn remove(&mut self, seq: u64) -> Result<(), StoreError> {
+        self.conn
+            .execute("DELETE FROM journal WHERE seq = ?1", params![to_sql(seq)])?;
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -285,9 +380,10 @@ mod tests {
             held_after: 2,
             at_ms: 7,
         });
-        st.commit(&b, true).unwrap();
-        // Committing the same batch again (unknown outcome retried) changes nothing.
-        st.commit(&b, false).unwrap();
+        st.apply(&b, 3, true).unwrap();
+        // Applying the same batch again (unknown outcome retried) changes nothing.
+        st.apply(&b, 3, false).unwrap();
+        assert_eq!(st.applied_seq().unwrap(), 3);
         let rows: i64 = st
             .conn
             .query_row("SELECT count(*) FROM auctions", [], |r| r.get(0))
@@ -313,9 +409,39 @@ mod tests {
         let mut bad = WriteBatch::default();
         bad.sale_updates.insert(2, 4);
         bad.mutations = 1;
-        assert!(st.commit(&bad, true).is_err());
+        assert!(st.apply(&bad, 4, true).is_err());
         assert_eq!(st.load(0).unwrap().sales[0].sold, 2, "rolled back");
+        assert_eq!(st.applied_seq().unwrap(), 3, "with its sequence");
         drop(st);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn journal_appends_reads_back_and_truncates() {
+        let (dir, _) = temp_db();
+        let path = dir.join("g.db");
+        let mut j = SqliteJournal::open(path.to_str().unwrap(), true).unwrap();
+        for seq in 1..=5u64 {
+            j.append(seq, &[seq as u8; 3], 0, true).unwrap();
+        }
+        assert!(
+            j.append(5, &[5; 3], 0, true).is_err(),
+            "a sequence is used once"
+        );
+        j.append(5, &[5; 3], 0, false).unwrap();
+        j.append(6, &[6; 3], 2, true).unwrap();
+        let seqs: Vec<u64> = j.read_after(0).unwrap().iter().map(|r| r.0).collect();
+        assert_eq!(
+            seqs,
+            vec![3, 4, 5, 6],
+            "applied records removed with an append"
+        );
+        assert_eq!(
+            j.read_after(4).unwrap(),
+            vec![(5, vec![5; 3]), (6, vec![6; 3])]
+        );
+        j.truncate(6).unwrap();
+        assert!(j.read_after(0).unwrap().is_empty());
         let _ = std::fs::remove_dir_all(dir);
     }
 }

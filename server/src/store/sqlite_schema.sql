@@ -64,3 +64,11 @@ CREATE TABLE IF NOT EXISTS orders (
     UNIQUE (sku_id, sold_after)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS orders_at_ms ON orders (at_ms);
+
+-- The materializer's progress: the last journal record applied to the tables
+-- above, written in the same transaction as what it applied.
+CREATE TABLE IF NOT EXISTS materializer (
+    id          INTEGER PRIMARY KEY CHECK (id = 1),
+    applied_seq INTEGER NOT NULL
+);
+INSERT OR IGNORE INTO materializer (id, applied_seq) VALUES (1, 0);

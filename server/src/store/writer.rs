@@ -1,82 +1,40 @@
-//! The batch writer: group commit of the shards' mutations.
+//! The journal writer: group commit of the shards' mutations.
 //!
 //! Every shard round that made mutations is sent here as a [`Round`] (its
-//! mutations and, in durable mode, its replies). The writer folds rounds into
-//! one [`WriteBatch`] and commits it every `--flush-interval` or at
-//! `--batch-max` mutations, whichever comes first; replies are released to
-//! the event loops only after the transaction holding their mutations has
-//! committed, in the order the shards produced them.
+//! mutations and, in durable mode, its replies). The writer commits as soon
+//! as it has something and no commit is running: while one append is being
+//! synced, the rounds that arrive queue up and go together in the next one
+//! (group commit without a timer; `--flush-interval` can add a wait). Each
+//! commit is one journal record appended in one transaction; replies are
+//! released to the event loops only after the append holding their
+//! mutations is on disk, in the order the shards produced them. Committed
+//! mutations then go to the materializer, off the reply path.
 //!
-//! Store failures open a circuit breaker ([`StoreGate`]): shards then answer
-//! mutating requests ERROR UNAVAILABLE without applying them, held replies
-//! older than `--store-timeout` are answered UNAVAILABLE, and the writer
-//! retries (the pending batch, or a ping) with exponential backoff and
-//! jitter. Nothing is ever dropped: mutations applied just before the outage
-//! are committed when the store returns, before the breaker closes, so a
-//! client that retries the same idempotency key then gets the replayed
-//! outcome of a committed request.
+//! Journal failures open a circuit breaker ([`StoreGate`]): shards then
+//! answer mutating requests ERROR UNAVAILABLE without applying them (they
+//! were not executed); held replies older than `--store-timeout` are
+//! answered IN_DOUBT (applied, and committed later or never: the client's
+//! retry with the same key tells); the writer retries the pending record,
+//! or a ping, with backoff. Nothing is dropped: mutations applied before
+//! the outage are committed when the store returns, and the breaker closes
+//! only once all of them are, so a retry is never answered from a state
+//! whose commit is still pending.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use gavel_protocol::ErrorCode;
 
-use super::{Store, StoreError, WriteBatch};
+use super::gate::StoreGate;
+use super::materializer::Committed;
+use super::{journal, Journal, StoreError};
 use crate::backoff::Backoff;
 use crate::engine::command::{Outgoing, Reply};
 use crate::engine::mutation::Mutation;
 use crate::metrics::Metrics;
 use crate::outbox::LoopHandle;
-
-/// What shards consult before applying a mutating request.
-pub struct StoreGate {
-    /// False while the store is failing (breaker open).
-    up: AtomicBool,
-    /// Mutations sent to the writer and not yet committed.
-    queued: AtomicUsize,
-    queue_cap: usize,
-    /// Durable mode holds replies until commit; async releases them at once.
-    pub durable: bool,
-    /// Per shard: rounds whose replies the writer still holds. A shard whose
-    /// count is 0 may release a mutation-free round directly without
-    /// overtaking anything.
-    held: Vec<AtomicUsize>,
-}
-
-impl StoreGate {
-    pub fn new(shards: usize, queue_cap: usize, durable: bool) -> Self {
-        StoreGate {
-            up: AtomicBool::new(true),
-            queued: AtomicUsize::new(0),
-            queue_cap,
-            durable,
-            held: (0..shards).map(|_| AtomicUsize::new(0)).collect(),
-        }
-    }
-
-    /// Why a mutating request must be refused now, if it must.
-    #[inline]
-    pub fn refuse(&self) -> Option<ErrorCode> {
-        if self.durable && !self.up.load(Ordering::Relaxed) {
-            Some(ErrorCode::Unavailable)
-        } else if self.queued.load(Ordering::Relaxed) >= self.queue_cap {
-            Some(ErrorCode::Busy)
-        } else {
-            None
-        }
-    }
-
-    pub fn is_up(&self) -> bool {
-        self.up.load(Ordering::Acquire)
-    }
-
-    pub fn queued(&self) -> usize {
-        self.queued.load(Ordering::Relaxed)
-    }
-}
 
 /// One shard round handed to the writer.
 pub struct Round {
@@ -99,14 +57,12 @@ impl WriterHandle {
     /// held; otherwise the caller releases it itself (returns it back).
     pub fn submit(&self, round: Round) -> Option<Round> {
         let g = &self.gate;
-        if round.mutations.is_empty()
-            && (!g.durable || g.held[round.shard].load(Ordering::Acquire) == 0)
-        {
+        if round.mutations.is_empty() && (!g.durable || !g.holds(round.shard)) {
             return Some(round);
         }
-        g.queued.fetch_add(round.mutations.len(), Ordering::Relaxed);
+        g.enqueue(round.mutations.len());
         if g.durable {
-            g.held[round.shard].fetch_add(1, Ordering::AcqRel);
+            g.hold(round.shard);
         }
         // The writer only exits after every handle is dropped.
         let _ = self.tx.send(round);
@@ -116,9 +72,12 @@ impl WriterHandle {
 
 #[derive(Debug, Clone, Copy)]
 pub struct WriterConfig {
+    /// Extra wait before a commit (0: commit as soon as idle).
     pub flush_interval: Duration,
     pub batch_max: usize,
     pub store_timeout: Duration,
+    /// The first journal sequence to use (after recovery's last).
+    pub next_seq: u64,
 }
 
 struct Held {
@@ -130,113 +89,90 @@ struct Held {
 }
 
 pub fn spawn(
-    store: Box<dyn Store>,
+    journal: Box<dyn Journal>,
     gate: Arc<StoreGate>,
     loops: Vec<LoopHandle>,
     cfg: WriterConfig,
     metrics: Arc<Metrics>,
+    materializer: Sender<Committed>,
 ) -> std::io::Result<(WriterHandle, std::thread::JoinHandle<()>)> {
     let (tx, rx) = crossbeam_channel::unbounded();
     let handle = WriterHandle {
         tx,
         gate: gate.clone(),
     };
+    let w = BatchWriter {
+        journal,
+        gate,
+        loops,
+        cfg,
+        metrics,
+        materializer,
+        pending: VecDeque::new(),
+        record: Vec::new(),
+        record_mutations: Vec::new(),
+        record_seq: 0,
+        next_seq: cfg.next_seq.max(1),
+        truncated: 0,
+        record_failed: false,
+        held: VecDeque::new(),
+        received: 0,
+        committed: 0,
+        first_at: None,
+        retry_at: None,
+        backoff: Backoff::new(),
+    };
     let t = std::thread::Builder::new()
         .name("gavel-writer".into())
-        .spawn(move || BatchWriter::new(store, gate, loops, cfg, metrics).run(rx))?;
+        .spawn(move || w.run(rx))?;
     Ok((handle, t))
 }
 
 pub struct BatchWriter {
-    store: Box<dyn Store>,
+    journal: Box<dyn Journal>,
     gate: Arc<StoreGate>,
     loops: Vec<LoopHandle>,
     cfg: WriterConfig,
+    metrics: Arc<Metrics>,
+    materializer: Sender<Committed>,
     /// Mutations received and not yet in a commit attempt, oldest first.
     pending: VecDeque<Mutation>,
-    /// The batch being committed (kept across failed attempts).
-    batch: WriteBatch,
-    /// A commit of this batch failed; the next attempt must be idempotent.
-    batch_failed: bool,
+    /// The record being committed (kept, same bytes, across failed attempts).
+    record: Vec<u8>,
+    record_mutations: Vec<Mutation>,
+    record_seq: u64,
+    next_seq: u64,
+    /// Journal records at or below this were removed.
+    truncated: u64,
+    /// An append of this record failed; the next attempt must be idempotent.
+    record_failed: bool,
     held: VecDeque<Held>,
     received: u64,
     committed: u64,
     /// When the oldest uncommitted mutation arrived.
     first_at: Option<Instant>,
-    /// Breaker state: next attempt and current backoff while failing.
+    /// Breaker state: next attempt while failing.
     retry_at: Option<Instant>,
     backoff: Backoff,
-    metrics: Arc<Metrics>,
 }
 
 impl BatchWriter {
-    fn new(
-        store: Box<dyn Store>,
-        gate: Arc<StoreGate>,
-        loops: Vec<LoopHandle>,
-        cfg: WriterConfig,
-        metrics: Arc<Metrics>,
-    ) -> Self {
-        BatchWriter {
-            store,
-            gate,
-            loops,
-            cfg,
-            pending: VecDeque::new(),
-            batch: WriteBatch::default(),
-            batch_failed: false,
-            held: VecDeque::new(),
-            received: 0,
-            committed: 0,
-            first_at: None,
-            retry_at: None,
-            backoff: Backoff::new(),
-            metrics,
-        }
-    }
-
     fn uncommitted(&self) -> usize {
-        self.pending.len() + self.batch.mutations
+        self.pending.len() + self.record_mutations.len()
     }
 
     fn run(mut self, rx: Receiver<Round>) {
         let mut open = true;
         while open || self.uncommitted() > 0 {
-            let now = Instant::now();
-            let deadline = self.next_deadline(now);
             if open {
-                let wait = deadline.map(|d| d.saturating_duration_since(now));
-                let first = match wait {
-                    Some(w) => rx.recv_timeout(w),
-                    None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
-                };
-                match first {
-                    Ok(r) => {
-                        self.accept(r);
-                        while self.uncommitted() < self.cfg.batch_max {
-                            match rx.try_recv() {
-                                Ok(r) => self.accept(r),
-                                Err(_) => break,
-                            }
-                        }
-                    }
-                    Err(RecvTimeoutError::Timeout) => {}
-                    Err(RecvTimeoutError::Disconnected) => open = false,
-                }
-            } else if let Some(d) = deadline {
-                std::thread::sleep(d.saturating_duration_since(now).min(Backoff::MAX));
+                open = self.receive(&rx);
+            } else if let Some(d) = self.next_deadline(Instant::now()) {
+                std::thread::sleep(
+                    d.saturating_duration_since(Instant::now())
+                        .min(Backoff::MAX),
+                );
             }
-            let now = Instant::now();
-            let due = match (self.retry_at, self.first_at) {
-                (Some(r), _) => now >= r,
-                (None, Some(f)) => {
-                    !open
-                        || self.uncommitted() >= self.cfg.batch_max
-                        || now >= f + self.cfg.flush_interval
-                }
-                (None, None) => false,
-            };
-            if due {
+            if self.due(open, Instant::now()) {
                 self.flush();
             }
             self.expire_held(Instant::now());
@@ -244,9 +180,40 @@ impl BatchWriter {
                 break;
             }
         }
-        // Replies held for mutations never committed were answered UNAVAILABLE
-        // by expire_held, or are dropped with their connections at exit.
-        self.release_all_as_unavailable();
+        // Replies held for mutations never committed were answered IN_DOUBT
+        // by expire_held, or are answered so now.
+        self.release_all_in_doubt();
+    }
+
+    /// Waits for rounds (until the next deadline) and takes all that are
+    /// queued; false once every handle is gone.
+    fn receive(&mut self, rx: &Receiver<Round>) -> bool {
+        let first = match self.next_deadline(Instant::now()) {
+            Some(d) => rx.recv_timeout(d.saturating_duration_since(Instant::now())),
+            None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
+        };
+        match first {
+            Ok(r) => self.accept(r),
+            Err(RecvTimeoutError::Timeout) => return true,
+            Err(RecvTimeoutError::Disconnected) => return false,
+        }
+        while let Ok(r) = rx.try_recv() {
+            self.accept(r);
+        }
+        true
+    }
+
+    /// Whether to commit (or probe the store) now.
+    fn due(&self, open: bool, now: Instant) -> bool {
+        match (self.retry_at, self.first_at) {
+            (Some(r), _) => now >= r,
+            (None, Some(f)) => {
+                !open
+                    || self.uncommitted() >= self.cfg.batch_max
+                    || now >= f + self.cfg.flush_interval
+            }
+            (None, None) => false,
+        }
     }
 
     /// When the loop must wake without new input.
@@ -283,63 +250,88 @@ impl BatchWriter {
     /// Releases, in order, every held round whose mutations are all committed.
     fn release_committed(&mut self) {
         while self.held.front().is_some_and(|h| h.upto <= self.committed) {
-            let h = self.held.pop_front().unwrap();
+            let h = self.held.pop_front().expect("checked");
             self.release(h, false);
         }
     }
 
-    /// Commits everything pending, `--batch-max` mutations per transaction.
-    /// Stops at the first failure; the failed batch is retried as is.
+    /// Commits everything pending, `--batch-max` mutations per record.
+    /// Stops at the first failure; the failed record is retried as is.
     fn flush(&mut self) {
         if self.uncommitted() == 0 {
             // Breaker open with nothing to write: probe the store.
-            match self.store.ping() {
+            match self.journal.ping() {
                 Ok(()) => self.recovered(),
                 Err(e) => self.failed(e),
             }
             return;
         }
-        loop {
-            if self.batch.is_empty() {
-                let n = self.pending.len().min(self.cfg.batch_max);
-                if n == 0 {
-                    break;
-                }
-                for m in self.pending.drain(..n) {
-                    self.batch.add(&m);
-                }
-            }
+        while self.next_record() {
+            let applied = self.gate.applied_seq();
+            let truncate = if applied > self.truncated { applied } else { 0 };
             let t = Instant::now();
-            let result = self.store.commit(&self.batch, !self.batch_failed);
-            self.metrics
-                .flush_seconds
-                .observe(t.elapsed().as_micros() as u64);
-            match result {
-                Ok(()) => {
-                    let n = self.batch.mutations;
-                    self.metrics.batch_size.observe(n as u64);
-                    self.batch.clear();
-                    self.batch_failed = false;
-                    self.committed += n as u64;
-                    debug_assert!(
-                        self.committed <= self.received,
-                        "committed more than received"
-                    );
-                    let before = self.gate.queued.fetch_sub(n, Ordering::AcqRel);
-                    debug_assert!(before >= n, "writer queue count went below zero");
-                    self.release_committed();
-                    if self.retry_at.is_some() {
-                        self.recovered();
-                    }
-                }
-                Err(e) => {
-                    self.batch_failed = true;
-                    self.failed(e);
-                    return;
-                }
+            let first = !self.record_failed;
+            let result = self
+                .journal
+                .append(self.record_seq, &self.record, truncate, first);
+            let took = t.elapsed().as_micros() as u64;
+            self.metrics.store.flush_seconds.observe(took);
+            if let Err(e) = result {
+                self.record_failed = true;
+                return self.failed(e);
             }
+            self.truncated = self.truncated.max(truncate);
+            self.committed_record();
         }
         self.first_at = None;
+        // Writes resume only now: nothing applied before the outage is
+        // still waiting for its commit.
+        if self.retry_at.is_some() {
+            self.recovered();
+        }
+    }
+
+    /// Makes sure a record is ready to append; false when nothing is pending.
+    fn next_record(&mut self) -> bool {
+        if !self.record_mutations.is_empty() {
+            return true;
+        }
+        let n = self.pending.len().min(self.cfg.batch_max);
+        if n == 0 {
+            return false;
+        }
+        self.record_mutations.extend(self.pending.drain(..n));
+        journal::encode(&self.record_mutations, &mut self.record);
+        self.record_seq = self.next_seq;
+        self.next_seq += 1;
+        self.record_failed = false;
+        true
+    }
+
+    /// The record is on disk: release what waited for it, hand its
+    /// mutations to the materializer.
+    fn committed_record(&mut self) {
+        let n = self.record_mutations.len();
+        self.metrics.store.batch_size.observe(n as u64);
+        self.metrics
+            .store
+            .journal_bytes
+            .inc_by(self.record.len() as u64);
+        self.committed += n as u64;
+        debug_assert!(
+            self.committed <= self.received,
+            "committed more than received"
+        );
+        self.gate.journaled(n);
+        let c = Committed {
+            seq: self.record_seq,
+            mutations: std::mem::take(&mut self.record_mutations),
+            at: Instant::now(),
+        };
+        // The materializer exits after the writer; if it failed, the
+        // journal keeps the record for the next start.
+        let _ = self.materializer.send(c);
+        self.release_committed();
     }
 
     fn recovered(&mut self) {
@@ -348,69 +340,69 @@ impl BatchWriter {
         }
         self.retry_at = None;
         self.backoff.reset();
-        self.gate.up.store(true, Ordering::Release);
+        self.gate.set_up(true);
     }
 
     fn failed(&mut self, e: StoreError) {
-        self.metrics.store_errors.inc();
+        self.metrics.store.store_errors.inc();
         if self.retry_at.is_none() {
-            tracing::error!(error = %e, pending = self.uncommitted(), "store commit failed; refusing writes until it recovers");
+            tracing::error!(error = %e, pending = self.uncommitted(), "journal append failed; refusing writes until it recovers");
         } else {
             tracing::debug!(error = %e, "store still unavailable");
         }
-        self.gate.up.store(false, Ordering::Release);
+        self.gate.set_up(false);
         self.retry_at = Some(self.backoff.next_attempt());
     }
 
-    /// Answers UNAVAILABLE for held rounds that waited past the store timeout.
+    /// Answers IN_DOUBT for held rounds that waited past the store timeout.
     fn expire_held(&mut self, now: Instant) {
         while self
             .held
             .front()
             .is_some_and(|h| now >= h.since + self.cfg.store_timeout)
         {
-            let h = self.held.pop_front().unwrap();
+            let h = self.held.pop_front().expect("checked");
             self.release(h, true);
         }
     }
 
     fn give_up_on_exit(&mut self) -> bool {
         // At shutdown, keep retrying within two store timeouts, then stop:
-        // nothing uncommitted was acknowledged.
+        // what is uncommitted was answered IN_DOUBT.
         self.held.is_empty()
             && self
                 .first_at
                 .is_some_and(|f| f.elapsed() > self.cfg.store_timeout * 2)
     }
 
-    fn release_all_as_unavailable(&mut self) {
+    fn release_all_in_doubt(&mut self) {
         while let Some(h) = self.held.pop_front() {
             self.release(h, true);
         }
     }
 
-    fn release(&mut self, h: Held, unavailable: bool) {
+    fn release(&mut self, h: Held, in_doubt: bool) {
         for (io, mut replies) in h.replies.into_iter().enumerate() {
-            if replies.is_empty() {
-                continue;
-            }
-            if unavailable {
-                replies.retain_mut(|o| {
-                    o.reply = match o.reply {
-                        // A RESULT claims execution, which cannot be confirmed.
-                        Reply::Result { request_id, .. } => Reply::Error {
-                            request_id,
-                            code: ErrorCode::Unavailable,
-                        },
-                        Reply::Push(_) => return false,
-                        other => other,
-                    };
-                    true
-                });
+            if in_doubt {
+                replies.retain_mut(mark_in_doubt);
             }
             self.loops[io].deliver(replies);
         }
-        let before = self.gate.held[h.shard].fetch_sub(1, Ordering::AcqRel);
-        debug_assert!(before > 0, "released a round that was not held");
+        self.gate.unhold(h.shard);
     }
+}
+
+/// A held reply whose commit was not confirmed: a RESULT claims an outcome
+/// that may never be committed, so it becomes ERROR IN_DOUBT (the request
+/// was applied; a retry with the same key tells). Pushes are dropped.
+fn mark_in_doubt(o: &mut Outgoing) -> bool {
+    o.reply = match o.reply {
+        Reply::Result { request_id, .. } => Reply::Error {
+            request_id,
+            code: ErrorCode::InDoubt,
+        },
+        Reply::Push(_) => return false,
+        other => other,
+    };
+    true
 }
