@@ -211,8 +211,12 @@ fn start_writer(
         durable,
     ));
     gate.start_at(store.last_seq);
-    let (to_tables, materializer) =
-        materializer::spawn(store.tables, gate.clone(), metrics.clone())?;
+    let (to_tables, materializer) = materializer::spawn(
+        store.tables,
+        gate.clone(),
+        metrics.clone(),
+        config.materializer_pause,
+    )?;
     let cfg = WriterConfig {
         flush_interval: config.flush_interval,
         batch_max: config.batch_max as usize,

@@ -93,6 +93,11 @@ pub struct Config {
     #[arg(long, env = "GAVEL_MATERIALIZER_MAX_LAG", default_value_t = 2_000_000)]
     pub materializer_max_lag: usize,
 
+    /// Fault drills and tests: the materializer waits this long before each
+    /// transaction, so the journal's tail grows (restart-while-lagging).
+    #[arg(long, env = "GAVEL_MATERIALIZER_PAUSE", default_value = "0ms", value_parser = parse_duration, hide = true)]
+    pub materializer_pause: Duration,
+
     /// In durable mode, how long a request waits for a failing store before
     /// it is answered ERROR UNAVAILABLE. Also bounds connecting and each
     /// statement.

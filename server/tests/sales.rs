@@ -135,7 +135,11 @@ fn accepted_orders_are_never_forgotten_at_the_key_cap() {
             Err(e) => panic!("order {order}: {e}"),
         }
     }
-    assert_eq!(accepted.len(), 64, "the cap holds exactly the accepted keys");
+    assert_eq!(
+        accepted.len(),
+        64,
+        "the cap holds exactly the accepted keys"
+    );
     assert_eq!(busy, 2_000 - 64);
     for (order, first) in &accepted {
         let again = c.buy(1, *order, 1, *order).unwrap();

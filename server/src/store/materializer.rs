@@ -11,7 +11,7 @@
 //! still holds the records, and the next start applies them.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 
@@ -38,6 +38,7 @@ pub fn spawn(
     tables: Box<dyn Tables>,
     gate: Arc<StoreGate>,
     metrics: Arc<Metrics>,
+    pause: Duration,
 ) -> std::io::Result<(Sender<Committed>, std::thread::JoinHandle<()>)> {
     let (tx, rx) = crossbeam_channel::unbounded();
     let m = Materializer {
@@ -49,6 +50,7 @@ pub fn spawn(
         oldest: None,
         first_attempt: true,
         backoff: Backoff::new(),
+        pause,
     };
     let t = std::thread::Builder::new()
         .name("gavel-materializer".into())
@@ -66,6 +68,8 @@ struct Materializer {
     oldest: Option<Instant>,
     first_attempt: bool,
     backoff: Backoff,
+    /// `--materializer-pause` (fault drills): wait before each transaction.
+    pause: Duration,
 }
 
 impl Materializer {
@@ -78,6 +82,10 @@ impl Materializer {
                     return;
                 }
                 continue;
+            }
+            if !self.pause.is_zero() && open {
+                std::thread::sleep(self.pause);
+                self.gather(&rx);
             }
             if self.apply() {
                 continue;

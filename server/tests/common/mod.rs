@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod crash;
+pub mod spread;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
