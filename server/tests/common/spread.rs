@@ -64,7 +64,7 @@ impl Ledger {
     fn next(&mut self) -> (Request, Sent) {
         self.next_id += 1;
         let id = self.next_id;
-        if id % 3 == 0 {
+        if id.is_multiple_of(3) {
             let (sku, qty) = (1 + id % SKUS, 1 + (id % 3) as u32);
             *self.sent_units.entry(sku).or_default() += qty as u64;
             let sent = Sent::Buy {
