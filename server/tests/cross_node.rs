@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::Server;
-use gavel_protocol::{Client, ClientError, ErrorCode, Push, Status};
+use gavel_protocol::{Client, ClientError, ErrorCode, Push, Response, Status};
 use gavel_testkit::redis::{RedisCluster, RedisServer};
 
 fn nodes(redis_args: &[String]) -> Vec<Server> {
@@ -182,10 +182,12 @@ fn three_nodes_redis_cluster_fan_out() {
     fan_out_across_nodes(&cluster(&c));
 }
 
-/// Redis down for 3 s under load: UNAVAILABLE (never OK, never a hang),
-/// then service resumes by itself; nothing acknowledged is missing.
+/// Redis down for 3 s under load: UNAVAILABLE for bids never sent (their
+/// retry is evaluated afresh), IN_DOUBT for bids sent whose answer was lost
+/// (their retry tells), never OK without Redis, never a hang; then service
+/// resumes by itself; nothing acknowledged is missing.
 #[test]
-fn redis_outage_gives_unavailable_then_recovers() {
+fn redis_outage_gives_unavailable_or_in_doubt_then_recovers() {
     // AOF with fsync on every write: what Redis acknowledged survives SIGKILL.
     let mut r = RedisServer::start_with(&["--appendonly", "yes", "--appendfsync", "always"]);
     let s = Server::start(&[
@@ -205,7 +207,8 @@ fn redis_outage_gives_unavailable_then_recovers() {
         std::thread::spawn(move || {
             let mut c = Client::connect(addr).unwrap();
             c.set_timeout(Some(Duration::from_secs(10))).unwrap();
-            let (mut acked, mut unavailable, mut slowest) = (Vec::new(), 0u64, Duration::ZERO);
+            let (mut acked, mut refused, mut in_doubt) = (Vec::new(), Vec::new(), Vec::new());
+            let mut slowest = Duration::ZERO;
             let mut id = 0u64;
             while !stop.load(Ordering::Relaxed) {
                 id += 1;
@@ -218,12 +221,17 @@ fn redis_outage_gives_unavailable_then_recovers() {
                     Err(ClientError::Server {
                         code: ErrorCode::Unavailable,
                         ..
-                    }) => unavailable += 1,
+                    }) => refused.push(id),
+                    // Sent to Redis, answer lost: the script may have run.
+                    Err(ClientError::Server {
+                        code: ErrorCode::InDoubt,
+                        ..
+                    }) => in_doubt.push(id),
                     Err(e) => panic!("{e}"),
                 }
                 slowest = slowest.max(t.elapsed());
             }
-            (acked, unavailable, slowest)
+            (acked, refused, in_doubt, slowest)
         })
     };
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -258,8 +266,8 @@ fn redis_outage_gives_unavailable_then_recovers() {
         }
     }
     stop.store(true, Ordering::Relaxed);
-    let (acked, unavailable, slowest) = load.join().unwrap();
-    assert!(unavailable > 0, "the outage was visible as UNAVAILABLE");
+    let (acked, refused, in_doubt, slowest) = load.join().unwrap();
+    assert!(!refused.is_empty(), "the outage was visible as UNAVAILABLE");
     assert!(
         slowest < Duration::from_secs(5),
         "a request waited {slowest:?}"
@@ -274,6 +282,43 @@ fn redis_outage_gives_unavailable_then_recovers() {
             "bid {id}: {o:?}"
         );
     }
+    // UNAVAILABLE means not executed: the retry is evaluated afresh.
+    for (id, f) in retry_bids(&mut c, &refused) {
+        assert!(
+            !f.replayed(),
+            "bid {id} answered UNAVAILABLE had run: {f:?}"
+        );
+    }
+    // IN_DOUBT resolves on retry: a RESULT (replayed OK if it had run).
+    for (id, f) in retry_bids(&mut c, &in_doubt) {
+        let Response::Result(r) = f.body else {
+            panic!("bid {id} in doubt: {f:?}")
+        };
+        assert!(!f.replayed() || r.status == Status::Ok, "bid {id}: {f:?}");
+    }
+}
+
+/// Resends bids `1, 7, id * 10, id` on auction 1, pipelined; their replies.
+fn retry_bids(c: &mut Client, ids: &[u64]) -> Vec<(u64, gavel_protocol::Frame<Response>)> {
+    let mut out = Vec::new();
+    for chunk in ids.chunks(1000) {
+        let mut sent = std::collections::HashMap::new();
+        for &id in chunk {
+            let req = gavel_protocol::Request::Bid(gavel_protocol::BidRequest {
+                auction_id: 1,
+                bidder_id: 7,
+                amount: id * 10,
+                bid_id: id,
+            });
+            sent.insert(c.send(&req), id);
+        }
+        c.flush().unwrap();
+        for _ in 0..chunk.len() {
+            let f = c.recv().unwrap();
+            out.push((sent[&f.request_id], f));
+        }
+    }
+    out
 }
 
 /// A node on `r` with the OUTBID filter on.

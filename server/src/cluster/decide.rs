@@ -99,6 +99,18 @@ impl KnownAuction {
     }
 }
 
+/// What became of a round's ops.
+#[derive(Debug)]
+pub enum RoundOutcome {
+    /// Redis answered each op (in order).
+    Answered(Vec<OpResult>),
+    /// Never sent (Redis unreachable): nothing executed.
+    NotSent,
+    /// Sent, and the answer never came (connection lost, timeout): each op
+    /// may or may not have run.
+    Lost,
+}
+
 /// One round's plan: the ops for Redis, and every command's place in line.
 #[derive(Debug, Default)]
 pub struct Round {
@@ -209,30 +221,42 @@ impl Decisions {
         }
     }
 
-    /// Answers every request of a round, in order; `results` are the
-    /// pipeline's (one per op), `None` when Redis could not be asked.
+    /// Answers every request of a round, in order.
     pub fn finish_round(
         &mut self,
         pending: &[Pending],
-        results: Option<Vec<OpResult>>,
+        outcome: RoundOutcome,
         now_ms: u64,
         fx: &mut Effects,
     ) {
-        let mut results = results.map(Vec::into_iter);
+        let lost = matches!(outcome, RoundOutcome::Lost);
+        let mut results = match outcome {
+            RoundOutcome::Answered(r) => Some(r.into_iter()),
+            RoundOutcome::NotSent | RoundOutcome::Lost => None,
+        };
         for p in pending {
             let r = if p.in_pipeline() {
                 results.as_mut().and_then(Iterator::next)
             } else {
                 None
             };
-            self.answer_one(p, r, now_ms, fx);
+            self.answer_one(p, r, lost, now_ms, fx);
         }
     }
 
     /// Answers one request: locally decided ones as decided, the others with
-    /// Redis's result, or UNAVAILABLE when there is none (Redis unreachable,
-    /// or it refused the op).
-    pub fn answer_one(&mut self, p: &Pending, r: Option<OpResult>, now_ms: u64, fx: &mut Effects) {
+    /// Redis's result. Without one: IN_DOUBT for a mutating request that was
+    /// sent and whose answer was `lost` (it may have run), UNAVAILABLE
+    /// otherwise (Redis unreachable before sending, or it refused the op:
+    /// not executed).
+    pub fn answer_one(
+        &mut self,
+        p: &Pending,
+        r: Option<OpResult>,
+        lost: bool,
+        now_ms: u64,
+        fx: &mut Effects,
+    ) {
         match (p, r) {
             (Pending::Touch(id, ends), r) => self.touched(*id, *ends, r, fx),
             (Pending::Local(c, r), _) => {
@@ -256,6 +280,9 @@ impl Decisions {
             (Pending::Subscribe(c), Some(r)) => {
                 fx.stamp(c);
                 self.answer_subscribe(c, r, fx)
+            }
+            (Pending::Op(c, _), None) if lost && c.op.is_mutating() => {
+                refuse(fx, c, ErrorCode::InDoubt)
             }
             (Pending::Op(c, _) | Pending::Subscribe(c), None) => {
                 refuse(fx, c, ErrorCode::Unavailable)
@@ -512,7 +539,7 @@ impl Decisions {
     }
 }
 
-/// Answers `c` with an ERROR: it was not executed.
+/// Answers `c` with an ERROR.
 fn refuse(fx: &mut Effects, c: &Command, code: ErrorCode) {
     fx.stamp(c);
     fx.error(c, code);
@@ -568,12 +595,12 @@ mod tests {
 
     /// Plans `cmds` as one round, answers its ops with `results` (in order)
     /// and returns the replies.
-    fn round(d: &mut Decisions, cmds: &[Command], results: Option<Vec<OpResult>>) -> Vec<Outgoing> {
+    fn round(d: &mut Decisions, cmds: &[Command], results: RoundOutcome) -> Vec<Outgoing> {
         let mut r = Round::default();
         for c in cmds {
             d.plan(c, 1_000, true, &mut r);
         }
-        if let Some(res) = &results {
+        if let RoundOutcome::Answered(res) = &results {
             assert_eq!(res.len(), r.ops.len(), "one result per op sent");
         }
         let mut fx = Effects::new(1);
@@ -595,16 +622,24 @@ mod tests {
     fn filter_answers_bids_below_the_known_high_without_redis() {
         let mut d = Decisions::new(true);
         let accepted = outcome(Status::Ok, 100, 100, false);
-        round(&mut d, &[bid(1, 100, 1)], Some(vec![accepted]));
+        round(
+            &mut d,
+            &[bid(1, 100, 1)],
+            RoundOutcome::Answered(vec![accepted]),
+        );
         let mut r = Round::default();
         d.plan(&bid(2, 99, 2), 1_000, true, &mut r);
         assert!(r.ops.is_empty(), "a losing bid is not sent to Redis");
-        let out = round(&mut d, &[bid(2, 99, 2)], Some(vec![]));
+        let out = round(&mut d, &[bid(2, 99, 2)], RoundOutcome::Answered(vec![]));
         let lost = ResultPayload::new(Status::Outbid, 100, 100);
         assert_eq!(answer(&out[0]), (2, Ok(lost)));
         // Equal to the high bid: may be that bid's own retry, so Redis decides.
         let replay = outcome(Status::Ok, 100, 100, true);
-        let out = round(&mut d, &[bid(3, 100, 1)], Some(vec![replay]));
+        let out = round(
+            &mut d,
+            &[bid(3, 100, 1)],
+            RoundOutcome::Answered(vec![replay]),
+        );
         assert_eq!(answer(&out[0]).0, 3);
     }
 
@@ -614,7 +649,7 @@ mod tests {
         round(
             &mut d,
             &[bid(1, 100, 1)],
-            Some(vec![outcome(Status::Ok, 100, 100, false)]),
+            RoundOutcome::Answered(vec![outcome(Status::Ok, 100, 100, false)]),
         );
         let mut r = Round::default();
         d.plan(&bid(2, 5, 2), 1_000, true, &mut r);
@@ -627,20 +662,39 @@ mod tests {
         round(
             &mut d,
             &[bid(1, 100, 1)],
-            Some(vec![outcome(Status::Ok, 100, 100, false)]),
+            RoundOutcome::Answered(vec![outcome(Status::Ok, 100, 100, false)]),
         );
         // 200 goes to Redis; 150 waits behind it in the same round.
         let both = [bid(2, 200, 2), bid(3, 150, 3)];
         let won = outcome(Status::Ok, 200, 200, false);
-        let out = round(&mut d, &both, Some(vec![won]));
+        let out = round(&mut d, &both, RoundOutcome::Answered(vec![won]));
         assert_eq!(out.len(), 2, "answered in order");
         let lost = ResultPayload::new(Status::Outbid, 200, 200);
         assert_eq!(answer(&out[1]), (3, Ok(lost)));
         // Redis unreachable: the leader is not executed, so neither is the one behind it.
         let both = [bid(4, 300, 4), bid(5, 250, 5)];
-        let out = round(&mut d, &both, None);
+        let out = round(&mut d, &both, RoundOutcome::NotSent);
         assert_eq!(answer(&out[0]), (4, Err(ErrorCode::Unavailable)));
         assert_eq!(answer(&out[1]), (5, Err(ErrorCode::Unavailable)));
+    }
+
+    #[test]
+    fn a_lost_answer_is_in_doubt_for_writes_and_unavailable_for_reads() {
+        let mut d = Decisions::new(false);
+        let cmds = [bid(1, 100, 1), cmd(2, Op::GetAuction(7))];
+        let out = round(&mut d, &cmds, RoundOutcome::Lost);
+        assert_eq!(
+            answer(&out[0]),
+            (1, Err(ErrorCode::InDoubt)),
+            "may have run"
+        );
+        assert_eq!(answer(&out[1]), (2, Err(ErrorCode::Unavailable)));
+        let out = round(&mut d, &cmds, RoundOutcome::NotSent);
+        assert_eq!(
+            answer(&out[0]),
+            (1, Err(ErrorCode::Unavailable)),
+            "never sent"
+        );
     }
 
     #[test]
@@ -656,7 +710,7 @@ mod tests {
             outcome(Status::Ok, 100, 100, true),
             OpResult::Busy,
         ];
-        d.finish_round(&r.pending, Some(results), 1_000, &mut fx);
+        d.finish_round(&r.pending, RoundOutcome::Answered(results), 1_000, &mut fx);
         assert_eq!(fx.mutations.len(), 1, "a replay is not logged again");
         assert_eq!(answer(&fx.replies[0][2]), (3, Err(ErrorCode::Busy)));
     }
@@ -671,7 +725,7 @@ mod tests {
         let mut r = Round::default();
         d.plan(&sub, 1_000, false, &mut r);
         let mut fx = Effects::new(1);
-        d.finish_round(&r.pending, Some(vec![]), 1_000, &mut fx);
+        d.finish_round(&r.pending, RoundOutcome::Answered(vec![]), 1_000, &mut fx);
         assert_eq!(answer(&fx.replies[0][0]), (1, Err(ErrorCode::Unavailable)));
 
         let open = AuctionInfo {
@@ -688,7 +742,12 @@ mod tests {
         d.plan(&sub, 1_000, true, &mut r);
         let mut fx = Effects::new(1);
         let read = OpResult::Auction(Some(open));
-        d.finish_round(&r.pending, Some(vec![read]), 1_000, &mut fx);
+        d.finish_round(
+            &r.pending,
+            RoundOutcome::Answered(vec![read]),
+            1_000,
+            &mut fx,
+        );
         assert_eq!(answer(&fx.replies[0][0]), (1, Ok(OK)));
 
         let mut fx = Effects::new(1);

@@ -13,7 +13,7 @@ use gavel_protocol::Push;
 use gavel_redis::{Op as ROp, OpResult, RedisError, RedisGavel};
 use redis::Value;
 
-use super::decide::{Decisions, Pending, Round};
+use super::decide::{Decisions, Pending, Round, RoundOutcome};
 use super::pipe::{plain_addr, read_replies, RedisReply};
 use super::RedisConfig;
 use crate::backoff::Backoff;
@@ -134,26 +134,30 @@ impl RedisShard {
         if self.pipelined() {
             return self.send_round(ops, pending, now_ms, fx);
         }
-        let results = if ops.is_empty() {
-            None
+        let outcome = if ops.is_empty() {
+            RoundOutcome::NotSent
         } else {
             self.round_trip(&ops, now_ms)
         };
-        self.decide.finish_round(&pending, results, now_ms, fx);
+        self.decide.finish_round(&pending, outcome, now_ms, fx);
         // Keep the buffers for the next round.
         self.round = Round { ops, pending };
         self.round.ops.clear();
         self.round.pending.clear();
     }
 
-    /// One synchronous round trip; `None` when Redis could not be asked.
-    fn round_trip(&mut self, ops: &[ROp], now_ms: u64) -> Option<Vec<OpResult>> {
+    /// One synchronous round trip.
+    fn round_trip(&mut self, ops: &[ROp], now_ms: u64) -> RoundOutcome {
         let t = Instant::now();
-        let results = match self.connection()?.execute(ops, now_ms) {
-            Ok(r) => Some(r),
+        let Some(conn) = self.connection() else {
+            return RoundOutcome::NotSent;
+        };
+        let results = match conn.execute(ops, now_ms) {
+            Ok(r) => RoundOutcome::Answered(r),
             Err(e) => {
                 self.fail(&e);
-                None
+                // The pipeline may have been sent, and run, in part.
+                RoundOutcome::Lost
             }
         };
         self.metrics.redis_round_trips.inc();
@@ -181,7 +185,9 @@ impl RedisShard {
         };
         if round.ops.is_empty() && self.in_flight.is_empty() {
             // Decided locally, nothing ahead of it: answer now.
-            return self.decide.finish_round(&round.pending, None, now_ms, fx);
+            return self
+                .decide
+                .finish_round(&round.pending, RoundOutcome::NotSent, now_ms, fx);
         }
         if round.ops.is_empty() {
             // Waits for the rounds ahead of it, to keep order.
@@ -189,7 +195,9 @@ impl RedisShard {
         }
         if self.pipe.is_none() && !self.open_pipe() {
             // Down: nothing is in flight (a failure answers all of it).
-            return self.decide.finish_round(&round.pending, None, now_ms, fx);
+            return self
+                .decide
+                .finish_round(&round.pending, RoundOutcome::NotSent, now_ms, fx);
         }
         let window = self.cfg.idempotency_window.as_millis() as u64;
         self.out.clear();
@@ -303,13 +311,14 @@ impl RedisShard {
                     res
                 }
             };
-            self.decide.answer_one(p, res, r.now_ms, fx);
+            self.decide.answer_one(p, res, false, r.now_ms, fx);
         }
         lost_scripts
     }
 
     /// Gives the pipelined connection up: every round in flight is answered
-    /// (UNAVAILABLE for what needed Redis), and the shard backs off.
+    /// (IN_DOUBT for writes that were sent, UNAVAILABLE for what else needed
+    /// Redis), and the shard backs off.
     fn fail_pipe(&mut self, why: &str, fx: &mut Effects) {
         if let Some(s) = self.pipe.take() {
             let _ = s.shutdown(std::net::Shutdown::Both);
@@ -317,7 +326,13 @@ impl RedisShard {
         self.epoch += 1;
         self.fail(&RedisError::Script(why.to_string()));
         while let Some(r) = self.in_flight.pop_front() {
-            self.decide.finish_round(&r.pending, None, r.now_ms, fx);
+            // A round holding only local answers was never sent.
+            let outcome = if r.ops.is_empty() {
+                RoundOutcome::NotSent
+            } else {
+                RoundOutcome::Lost
+            };
+            self.decide.finish_round(&r.pending, outcome, r.now_ms, fx);
         }
     }
 }
