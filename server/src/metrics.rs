@@ -145,19 +145,23 @@ impl EncodeMetric for AtomicHistogram {
 }
 
 impl AtomicHistogram {
+    /// Per-bucket counts, not cumulative: prometheus-client's encoder
+    /// accumulates them itself (passing running totals counted every
+    /// observation once per bucket above it).
     fn encode_into(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
-        let mut cumulative = 0u64;
+        let mut total = 0u64;
         let mut buckets = Vec::with_capacity(self.counts.len());
         for (i, c) in self.counts.iter().enumerate() {
-            cumulative += c.load(Ordering::Relaxed);
+            let n = c.load(Ordering::Relaxed);
+            total += n;
             let upper = self
                 .bounds
                 .get(i)
                 .map_or(f64::MAX, |&b| b as f64 * self.scale);
-            buckets.push((upper, cumulative));
+            buckets.push((upper, n));
         }
         let sum = self.sum.load(Ordering::Relaxed) as f64 * self.scale;
-        encoder.encode_histogram::<()>(sum, cumulative, &buckets, None)
+        encoder.encode_histogram::<()>(sum, total, &buckets, None)
     }
 }
 
@@ -655,5 +659,15 @@ mod tests {
                     .contains("gavel_request_latency_seconds_bucket{type=\"bid\",le=\"0.0005\"} 7"),
             "{text}"
         );
+        // Buckets are cumulative once: the last one equals the count.
+        let inf = text
+            .lines()
+            .find(|l| {
+                l.starts_with("gavel_request_latency_seconds_bucket")
+                    && l.contains("type=\"bid\"")
+                    && l.contains("le=\"+Inf\"")
+            })
+            .expect("+Inf bucket");
+        assert!(inf.ends_with(" 7"), "{inf}");
     }
 }
