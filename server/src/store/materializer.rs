@@ -54,8 +54,25 @@ pub fn spawn(
     };
     let t = std::thread::Builder::new()
         .name("gavel-materializer".into())
-        .spawn(move || m.run(rx))?;
+        .spawn(move || {
+            lower_priority();
+            m.run(rx)
+        })?;
     Ok((tx, t))
+}
+
+/// The materializer works off the reply path: on a busy machine the event
+/// loops, shards and the journal writer get the CPU first (nice +10), and
+/// the lag bound turns a starved materializer into BUSY back-pressure.
+fn lower_priority() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: setpriority on this thread's own id; no memory is touched.
+    unsafe {
+        let tid = libc::gettid();
+        if libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, 10) != 0 {
+            tracing::debug!("could not lower the materializer's priority");
+        }
+    }
 }
 
 struct Materializer {
@@ -141,6 +158,7 @@ impl Materializer {
                 .set(t.elapsed().as_secs_f64());
         }
         let t = Instant::now();
+        self.batch.sort_logs();
         let r = self
             .tables
             .apply(&self.batch, self.last_seq, self.first_attempt);

@@ -49,11 +49,13 @@ pub fn replay_journal(
         }
         last = *seq;
         if batch.mutations >= REPLAY_BATCH {
+            batch.sort_logs();
             tables.apply(&batch, last, false)?;
             batch.clear();
         }
     }
     if !batch.is_empty() {
+        batch.sort_logs();
         tables.apply(&batch, last, false)?;
     }
     if last > applied {

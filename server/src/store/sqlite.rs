@@ -94,7 +94,10 @@ impl SqliteStore {
                 "UPDATE auctions SET high_bid = ?2, high_bidder = ?3, bid_count = ?4
                  WHERE id = ?1 AND bid_count < ?4",
             )?;
-            for u in b.auction_updates.values() {
+            // In key order, like the logs (see WriteBatch::sort_logs).
+            let mut updates: Vec<_> = b.auction_updates.values().collect();
+            updates.sort_unstable_by_key(|u| u.id);
+            for u in updates {
                 st.execute(params![
                     to_sql(u.id),
                     to_sql(u.high_bid),
@@ -130,7 +133,9 @@ impl SqliteStore {
                  ON CONFLICT (sku_id, buyer_id) DO UPDATE SET held = excluded.held
                  WHERE holdings.held < excluded.held",
             )?;
-            for ((sku, buyer), held) in &b.holdings {
+            let mut holdings: Vec<_> = b.holdings.iter().collect();
+            holdings.sort_unstable();
+            for ((sku, buyer), held) in holdings {
                 st.execute(params![to_sql(*sku), to_sql(*buyer), to_sql(*held)])?;
             }
             let mut st = tx.prepare_cached(
