@@ -470,6 +470,7 @@ pub struct StoreMetrics {
     pub lag_seconds: Gauge<f64, AtomicU64>,
     pub apply_seconds: AtomicHistogram,
     pub apply_batch: AtomicHistogram,
+    pub quarantined: Counter,
 }
 
 impl StoreMetrics {
@@ -529,6 +530,12 @@ impl StoreMetrics {
                 "materializer_apply_seconds",
                 "Duration of one materializer transaction",
                 hist(&LATENCY_BOUNDS_US, 1e-6),
+            ),
+            quarantined: reg(
+                r,
+                "materializer_quarantined_records",
+                "Journal records the tables refused, set aside in table quarantine",
+                Counter::default(),
             ),
             apply_batch: reg(
                 r,

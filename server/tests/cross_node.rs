@@ -603,7 +603,8 @@ fn watched_auction_closes_at_its_end_without_a_bid() {
     let args = ["--redis", &r.url(), "--store", "memory"];
     let (a, b) = (Server::start(&args), Server::start(&args));
     let mut cb = b.client();
-    let ends = wall_ms() + 3_000;
+    // Room for the update channel to come up on a loaded machine first.
+    let ends = wall_ms() + 6_000;
     cb.open_auction(1, 0, 1, ends).unwrap();
     let mut sub = a.client();
     assert_eq!(sub.subscribe(1).unwrap().result.status, Status::Ok);

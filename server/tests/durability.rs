@@ -126,3 +126,63 @@ fn send_sigterm(s: &Server) {
         .status()
         .unwrap();
 }
+
+/// A journal append that does not return (here: another process holds the
+/// journal file's write lock, and SQLite waits for it) must not hold the
+/// replies waiting for it past `--store-timeout`: they are answered
+/// IN_DOUBT while the append is still pending (no store error counted yet),
+/// and the retry replays once the store moves again. Before the journal
+/// calls ran on their own thread, the writer sat inside the append and
+/// answered only after it failed.
+#[test]
+fn a_stalled_journal_append_does_not_hold_replies_past_the_store_timeout() {
+    let dir = temp_dir("sqlite-stall");
+    let db = dir.join("gavel.db");
+    let store = format!("sqlite:{}", db.display());
+    let s = Server::start(&[
+        "--store",
+        &store,
+        "--store-timeout",
+        "300ms",
+        "--metrics-listen",
+        "127.0.0.1:0",
+    ]);
+    let mut c = s.client();
+    c.open_auction(1, 0, 1, 0).unwrap();
+    let lock = rusqlite::Connection::open(format!("{}.journal", db.display())).unwrap();
+    lock.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    let err = c.bid(1, 7, 100, 1).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            gavel_protocol::ClientError::Server {
+                code: gavel_protocol::ErrorCode::InDoubt,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    let (_, metrics) = s.http_get("/metrics");
+    assert!(
+        metrics.contains("gavel_store_errors_total 0"),
+        "answered before the append gave up"
+    );
+    lock.execute_batch("ROLLBACK").unwrap();
+    drop(lock);
+    // The writer retries the same record; the retry then replays.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        match c.bid(1, 7, 100, 1) {
+            Ok(o) => {
+                assert!(o.replayed && o.result.status == Status::Ok, "{o:?}");
+                break;
+            }
+            Err(e) => {
+                assert!(std::time::Instant::now() < deadline, "no recovery: {e}");
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+        }
+    }
+    drop(s);
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender};
 
 use super::gate::StoreGate;
-use super::{Tables, WriteBatch};
+use super::{journal, StoreError, Tables, WriteBatch};
 use crate::backoff::Backoff;
 use crate::engine::mutation::Mutation;
 use crate::metrics::Metrics;
@@ -46,6 +46,7 @@ pub fn spawn(
         gate,
         metrics,
         batch: WriteBatch::default(),
+        records: Vec::new(),
         last_seq: 0,
         oldest: None,
         first_attempt: true,
@@ -80,6 +81,8 @@ struct Materializer {
     gate: Arc<StoreGate>,
     metrics: Arc<Metrics>,
     batch: WriteBatch,
+    /// The records folded into `batch`, kept to isolate a bad one.
+    records: Vec<Committed>,
     last_seq: u64,
     /// When the oldest record in `batch` was committed.
     oldest: Option<Instant>,
@@ -147,6 +150,16 @@ impl Materializer {
         }
         self.last_seq = c.seq;
         self.oldest.get_or_insert(c.at);
+        self.records.push(c);
+    }
+
+    /// Empties the batch (its records are applied).
+    fn reset(&mut self) {
+        self.batch.clear();
+        self.records.clear();
+        self.oldest = None;
+        self.first_attempt = true;
+        self.backoff.reset();
     }
 
     /// One transaction; true if it committed.
@@ -164,21 +177,172 @@ impl Materializer {
             .apply(&self.batch, self.last_seq, self.first_attempt);
         let took = t.elapsed().as_micros() as u64;
         self.metrics.store.apply_seconds.observe(took);
-        if let Err(e) = r {
-            self.metrics.store.store_errors.inc();
-            if self.first_attempt {
-                tracing::error!(error = %e, "materializing the journal failed; retrying");
+        match r {
+            Ok(()) => {
+                let n = self.batch.mutations;
+                self.metrics.store.apply_batch.observe(n as u64);
+                self.gate.applied(n, self.last_seq);
+                self.reset();
+                true
             }
-            self.first_attempt = false;
-            return false;
+            Err(e) if e.is_permanent() => {
+                self.metrics.store.store_errors.inc();
+                tracing::error!(error = %e, "the tables refuse a batch; applying it record by record");
+                self.isolate()
+            }
+            Err(e) => {
+                self.metrics.store.store_errors.inc();
+                if self.first_attempt {
+                    tracing::error!(error = %e, "materializing the journal failed; retrying");
+                }
+                self.first_attempt = false;
+                false
+            }
         }
-        let n = self.batch.mutations;
-        self.metrics.store.apply_batch.observe(n as u64);
-        self.gate.applied(n, self.last_seq);
+    }
+
+    /// After a permanent error: applies the batch's records one by one and
+    /// quarantines each one the tables refuse, so one bad record does not
+    /// stop the tables (and, through the lag bound, every write). True when
+    /// all are applied or set aside; on a transient error the rest stay
+    /// for the next attempt.
+    fn isolate(&mut self) -> bool {
+        let records = std::mem::take(&mut self.records);
+        let mut left = records.into_iter();
+        while let Some(c) = left.next() {
+            if let Err(e) = self.apply_or_quarantine(&c) {
+                tracing::error!(error = %e, seq = c.seq, "materializing the journal failed; retrying");
+                self.refold(std::iter::once(c).chain(left));
+                self.first_attempt = false;
+                return false;
+            }
+        }
+        self.reset();
+        true
+    }
+
+    fn apply_or_quarantine(&mut self, c: &Committed) -> Result<(), StoreError> {
+        let mut one = WriteBatch::default();
+        for m in &c.mutations {
+            one.add(m);
+        }
+        one.sort_logs();
+        match self.tables.apply(&one, c.seq, false) {
+            Err(e) if e.is_permanent() => {
+                let mut record = Vec::new();
+                journal::encode(&c.mutations, &mut record);
+                self.tables.quarantine(c.seq, &record, &e.to_string())?;
+                self.metrics.store.quarantined.inc();
+                tracing::error!(seq = c.seq, mutations = c.mutations.len(), error = %e,
+                    "journal record quarantined: the tables refuse it (see table quarantine)");
+            }
+            r => r?,
+        }
+        self.gate.applied(c.mutations.len(), c.seq);
+        Ok(())
+    }
+
+    /// Rebuilds the batch from records still to apply.
+    fn refold(&mut self, records: impl Iterator<Item = Committed>) {
         self.batch.clear();
         self.oldest = None;
-        self.first_attempt = true;
-        self.backoff.reset();
-        true
+        self.last_seq = 0;
+        for c in records {
+            self.fold(c);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::sqlite::SqliteStore;
+    use gavel_protocol::{OpenAuctionRequest, OpenSaleRequest};
+
+    fn purchase(order_id: u64, sold_after: u64) -> Mutation {
+        Mutation::Purchase {
+            sku_id: 1,
+            buyer_id: 9,
+            quantity: 1,
+            order_id,
+            sold_after,
+            held_after: sold_after,
+            at_ms: 1,
+        }
+    }
+
+    /// A record the tables refuse (here an oversell the CHECK constraint
+    /// catches; the engine never makes one) is quarantined; the records
+    /// around it are applied, and the lag drains.
+    #[test]
+    fn a_refused_record_is_quarantined_and_the_rest_applied() {
+        let dir = std::env::temp_dir().join(format!("gavel-mat-{}", rand::random::<u64>()));
+        let path = dir.join("g.db");
+        let path = path.to_str().unwrap();
+        let tables = SqliteStore::open(path, true).unwrap();
+        let gate = Arc::new(StoreGate::new(1, 1000, 1000, true));
+        let (tx, thread) = spawn(
+            Box::new(tables),
+            gate.clone(),
+            Arc::new(Metrics::new(1)),
+            Duration::ZERO,
+        )
+        .unwrap();
+        let sale = Mutation::SaleOpened {
+            req: OpenSaleRequest {
+                sku_id: 1,
+                stock: 1,
+                per_buyer_limit: 0,
+                starts_at_ms: 0,
+                ends_at_ms: 0,
+            },
+            at_ms: 1,
+        };
+        let auction = Mutation::AuctionOpened {
+            req: OpenAuctionRequest {
+                auction_id: 3,
+                reserve: 0,
+                min_increment: 1,
+                ends_at_ms: 0,
+            },
+            at_ms: 1,
+        };
+        let records = [
+            vec![sale, purchase(1, 1)],
+            vec![purchase(2, 2)],
+            vec![auction],
+        ];
+        for (i, mutations) in records.into_iter().enumerate() {
+            gate.enqueue(mutations.len());
+            gate.journaled(mutations.len());
+            tx.send(Committed {
+                seq: i as u64 + 1,
+                mutations,
+                at: Instant::now(),
+            })
+            .unwrap();
+        }
+        drop(tx);
+        thread.join().unwrap();
+        assert_eq!(gate.applied_seq(), 3);
+        assert_eq!(
+            gate.lag(),
+            0,
+            "the lag drained, quarantined record included"
+        );
+        let mut t = SqliteStore::open(path, true).unwrap();
+        assert_eq!(t.applied_seq().unwrap(), 3);
+        let snap = t.load(0).unwrap();
+        assert_eq!(snap.sales[0].sold, 1, "the oversell was not applied");
+        assert_eq!(snap.auctions.len(), 1, "the record after it was");
+        let c = rusqlite::Connection::open(path).unwrap();
+        let q: (i64, String) = c
+            .query_row("SELECT seq, error FROM quarantine", [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .unwrap();
+        assert_eq!(q.0, 2);
+        assert!(q.1.contains("CHECK"), "{}", q.1);
+        let _ = std::fs::remove_dir_all(dir);
     }
 }

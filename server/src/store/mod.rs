@@ -78,12 +78,37 @@ impl std::fmt::Display for StoreUrl {
 pub enum StoreError {
     #[error("sqlite: {0}")]
     Sqlite(#[from] rusqlite::Error),
-    #[error("postgres: {0}")]
-    Postgres(String),
+    #[error("postgres: {message}")]
+    Postgres {
+        message: String,
+        sqlstate: Option<String>,
+    },
     #[error("store did not answer within {0:?}")]
     Timeout(Duration),
     #[error("{0}")]
     Other(String),
+}
+
+impl StoreError {
+    /// Whether trying the same thing again cannot help: the store refused
+    /// the data itself (a constraint, a type), as opposed to being
+    /// unreachable, busy, slow or out of space.
+    pub fn is_permanent(&self) -> bool {
+        match self {
+            StoreError::Sqlite(rusqlite::Error::SqliteFailure(f, _)) => matches!(
+                f.code,
+                rusqlite::ErrorCode::ConstraintViolation
+                    | rusqlite::ErrorCode::TypeMismatch
+                    | rusqlite::ErrorCode::TooBig
+            ),
+            // Class 22: data exception; 23: integrity constraint violation;
+            // 42: syntax error or access rule violation.
+            StoreError::Postgres {
+                sqlstate: Some(s), ..
+            } => ["22", "23", "42"].iter().any(|c| s.starts_with(c)),
+            _ => false,
+        }
+    }
 }
 
 /// The write-ahead journal: the durable commit of every writer round. An
@@ -126,6 +151,10 @@ pub trait Tables: Send {
         applied_seq: u64,
         first_attempt: bool,
     ) -> Result<(), StoreError>;
+    /// Sets a journal record the tables refuse (a permanent error) aside in
+    /// the `quarantine` table, with the error, and counts it as applied —
+    /// one transaction. Kept for an operator; never silently dropped.
+    fn quarantine(&mut self, seq: u64, record: &[u8], error: &str) -> Result<(), StoreError>;
     /// The last journal record the tables hold (0 = none).
     fn applied_seq(&mut self) -> Result<u64, StoreError>;
     /// Everything needed to serve again after a restart: all auctions and

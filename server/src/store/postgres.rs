@@ -34,8 +34,26 @@ pub struct PgStore {
     timeout: Duration,
 }
 
-fn pg(e: impl std::fmt::Display) -> StoreError {
-    StoreError::Postgres(e.to_string())
+/// A PostgreSQL error, with its SQLSTATE when the server sent one (it
+/// tells a constraint violation from a lost connection).
+fn pg<E: std::error::Error + 'static>(e: E) -> StoreError {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+    while let Some(err) = source {
+        if let Some(db) = err
+            .downcast_ref::<tokio_postgres::Error>()
+            .and_then(|p| p.as_db_error())
+        {
+            return StoreError::Postgres {
+                message: format!("{}: {}", db.code().code(), db.message()),
+                sqlstate: Some(db.code().code().to_string()),
+            };
+        }
+        source = err.source();
+    }
+    StoreError::Postgres {
+        message: e.to_string(),
+        sqlstate: None,
+    }
 }
 
 impl PgStore {
@@ -325,6 +343,19 @@ impl Tables for PgStore {
         self.run(Self::write(pool, batch, seq, first))
     }
 
+    fn quarantine(&mut self, seq: u64, record: &[u8], error: &str) -> Result<(), StoreError> {
+        let pool = &self.pool;
+        self.run(async move {
+            let mut c = pool.get().await.map_err(pg)?;
+            let tx = c.transaction().await.map_err(pg)?;
+            tx.execute(QUARANTINE, &[&to_sql(seq), &record, &error])
+                .await
+                .map_err(pg)?;
+            tx.execute(SET_APPLIED, &[&to_sql(seq)]).await.map_err(pg)?;
+            tx.commit().await.map_err(pg)
+        })
+    }
+
     fn applied_seq(&mut self) -> Result<u64, StoreError> {
         let pool = &self.pool;
         self.run(async move {
@@ -352,6 +383,8 @@ const APPEND_AGAIN: &str =
     "INSERT INTO journal (seq, record) VALUES ($1, $2) ON CONFLICT (seq) DO NOTHING";
 const TRUNCATE: &str = "DELETE FROM journal WHERE seq <= $1";
 const READ_AFTER: &str = "SELECT seq, record FROM journal WHERE seq > $1 ORDER BY seq";
+const QUARANTINE: &str = "INSERT INTO quarantine (seq, record, error) VALUES ($1, $2, $3)
+     ON CONFLICT (seq) DO UPDATE SET record = EXCLUDED.record, error = EXCLUDED.error";
 const GET_APPLIED: &str = "SELECT applied_seq FROM materializer WHERE id = 1";
 const SET_APPLIED: &str =
     "UPDATE materializer SET applied_seq = $1 WHERE id = 1 AND applied_seq < $1";

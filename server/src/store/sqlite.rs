@@ -167,6 +167,19 @@ impl Tables for SqliteStore {
         Ok(self.write(batch, seq)?)
     }
 
+    fn quarantine(&mut self, seq: u64, record: &[u8], error: &str) -> Result<(), StoreError> {
+        let tx = self.conn.transaction()?;
+        tx.execute(
+            "INSERT OR REPLACE INTO quarantine (seq, record, error) VALUES (?1, ?2, ?3)",
+            params![to_sql(seq), record, error],
+        )?;
+        tx.execute(
+            "UPDATE materializer SET applied_seq = ?1 WHERE id = 1 AND applied_seq < ?1",
+            params![to_sql(seq)],
+        )?;
+        Ok(tx.commit()?)
+    }
+
     fn applied_seq(&mut self) -> Result<u64, StoreError> {
         let q = "SELECT applied_seq FROM materializer WHERE id = 1";
         Ok(from_sql(self.conn.query_row(q, [], |r| r.get(0))?))

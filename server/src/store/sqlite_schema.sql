@@ -72,3 +72,11 @@ CREATE TABLE IF NOT EXISTS materializer (
     applied_seq INTEGER NOT NULL
 );
 INSERT OR IGNORE INTO materializer (id, applied_seq) VALUES (1, 0);
+
+-- Journal records the tables refused (a constraint: a bug, never expected),
+-- set aside by the materializer with the error, for an operator.
+CREATE TABLE IF NOT EXISTS quarantine (
+    seq    INTEGER PRIMARY KEY,
+    record BLOB NOT NULL,
+    error  TEXT NOT NULL
+);

@@ -10,6 +10,11 @@
 //! mutations is on disk, in the order the shards produced them. Committed
 //! mutations then go to the materializer, off the reply path.
 //!
+//! The store calls run on a thread of their own (`gavel-journal`), one
+//! append in flight at a time: the writer's loop never blocks on the store,
+//! so a stalled disk or server cannot keep it from answering held replies
+//! when their `--store-timeout` passes.
+//!
 //! Journal failures open a circuit breaker ([`StoreGate`]): shards then
 //! answer mutating requests ERROR UNAVAILABLE without applying them (they
 //! were not executed); held replies older than `--store-timeout` are
@@ -24,7 +29,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use crossbeam_channel::{Receiver, Sender};
 use gavel_protocol::ErrorCode;
 
 use super::gate::StoreGate;
@@ -101,20 +106,22 @@ pub fn spawn(
         tx,
         gate: gate.clone(),
     };
+    let (jobs, done) = spawn_syncer(journal)?;
     let w = BatchWriter {
-        journal,
         gate,
         loops,
         cfg,
         metrics,
         materializer,
+        jobs,
         pending: VecDeque::new(),
-        record: Vec::new(),
+        record: Some(Vec::new()),
         record_mutations: Vec::new(),
         record_seq: 0,
         next_seq: cfg.next_seq.max(1),
         truncated: 0,
         record_failed: false,
+        in_flight: None,
         held: VecDeque::new(),
         received: 0,
         committed: 0,
@@ -124,21 +131,77 @@ pub fn spawn(
     };
     let t = std::thread::Builder::new()
         .name("gavel-writer".into())
-        .spawn(move || w.run(rx))?;
+        .spawn(move || w.run(rx, done))?;
     Ok((handle, t))
 }
 
+/// What the writer asks of the journal's thread.
+enum Job {
+    Append {
+        seq: u64,
+        record: Vec<u8>,
+        truncate: u64,
+        first: bool,
+    },
+    Ping,
+}
+
+/// The journal thread's answer: the result, and the record's buffer back.
+struct Done {
+    result: Result<(), StoreError>,
+    record: Option<Vec<u8>>,
+}
+
+/// Starts the thread that owns the journal and runs its blocking calls.
+fn spawn_syncer(mut journal: Box<dyn Journal>) -> std::io::Result<(Sender<Job>, Receiver<Done>)> {
+    let (jobs, job_rx) = crossbeam_channel::bounded::<Job>(1);
+    let (done_tx, done) = crossbeam_channel::bounded(1);
+    std::thread::Builder::new()
+        .name("gavel-journal".into())
+        .spawn(move || {
+            for job in job_rx {
+                let d = match job {
+                    Job::Append {
+                        seq,
+                        record,
+                        truncate,
+                        first,
+                    } => Done {
+                        result: journal.append(seq, &record, truncate, first),
+                        record: Some(record),
+                    },
+                    Job::Ping => Done {
+                        result: journal.ping(),
+                        record: None,
+                    },
+                };
+                if done_tx.send(d).is_err() {
+                    return;
+                }
+            }
+        })?;
+    Ok((jobs, done))
+}
+
+/// The store call in flight.
+struct InFlight {
+    /// An append (not a ping), with the truncation it carried.
+    append: Option<u64>,
+    since: Instant,
+}
+
 pub struct BatchWriter {
-    journal: Box<dyn Journal>,
     gate: Arc<StoreGate>,
     loops: Vec<LoopHandle>,
     cfg: WriterConfig,
     metrics: Arc<Metrics>,
     materializer: Sender<Committed>,
+    jobs: Sender<Job>,
     /// Mutations received and not yet in a commit attempt, oldest first.
     pending: VecDeque<Mutation>,
-    /// The record being committed (kept, same bytes, across failed attempts).
-    record: Vec<u8>,
+    /// The record being committed (kept, same bytes, across failed
+    /// attempts); `None` while the journal thread has it.
+    record: Option<Vec<u8>>,
     record_mutations: Vec<Mutation>,
     record_seq: u64,
     next_seq: u64,
@@ -146,6 +209,7 @@ pub struct BatchWriter {
     truncated: u64,
     /// An append of this record failed; the next attempt must be idempotent.
     record_failed: bool,
+    in_flight: Option<InFlight>,
     held: VecDeque<Held>,
     received: u64,
     committed: u64,
@@ -161,46 +225,43 @@ impl BatchWriter {
         self.pending.len() + self.record_mutations.len()
     }
 
-    fn run(mut self, rx: Receiver<Round>) {
+    fn run(mut self, rx: Receiver<Round>, done: Receiver<Done>) {
         let mut open = true;
-        while open || self.uncommitted() > 0 {
-            if open {
-                open = self.receive(&rx);
-            } else if let Some(d) = self.next_deadline(Instant::now()) {
-                std::thread::sleep(
+        let closed = crossbeam_channel::never();
+        while open || self.uncommitted() > 0 || self.in_flight.is_some() {
+            let timeout = self
+                .next_deadline(Instant::now())
+                .map_or(Backoff::MAX, |d| {
                     d.saturating_duration_since(Instant::now())
-                        .min(Backoff::MAX),
-                );
+                });
+            let rounds = if open { &rx } else { &closed };
+            crossbeam_channel::select! {
+                recv(rounds) -> r => match r {
+                    Ok(r) => {
+                        self.accept(r);
+                        while let Ok(r) = rx.try_recv() {
+                            self.accept(r);
+                        }
+                    }
+                    Err(_) => open = false,
+                },
+                recv(done) -> d => match d {
+                    Ok(d) => self.finished(d),
+                    Err(_) => return self.release_all_in_doubt(),
+                },
+                default(timeout) => {}
             }
-            if self.due(open, Instant::now()) {
-                self.flush();
+            if self.in_flight.is_none() && self.due(open, Instant::now()) {
+                self.start();
             }
             self.expire_held(Instant::now());
-            if !open && self.retry_at.is_some() && self.give_up_on_exit() {
+            if !open && self.give_up_on_exit() {
                 break;
             }
         }
         // Replies held for mutations never committed were answered IN_DOUBT
         // by expire_held, or are answered so now.
         self.release_all_in_doubt();
-    }
-
-    /// Waits for rounds (until the next deadline) and takes all that are
-    /// queued; false once every handle is gone.
-    fn receive(&mut self, rx: &Receiver<Round>) -> bool {
-        let first = match self.next_deadline(Instant::now()) {
-            Some(d) => rx.recv_timeout(d.saturating_duration_since(Instant::now())),
-            None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
-        };
-        match first {
-            Ok(r) => self.accept(r),
-            Err(RecvTimeoutError::Timeout) => return true,
-            Err(RecvTimeoutError::Disconnected) => return false,
-        }
-        while let Ok(r) = rx.try_recv() {
-            self.accept(r);
-        }
-        true
     }
 
     /// Whether to commit (or probe the store) now.
@@ -218,10 +279,11 @@ impl BatchWriter {
 
     /// When the loop must wake without new input.
     fn next_deadline(&self, now: Instant) -> Option<Instant> {
-        let mut d = match (self.retry_at, self.first_at) {
-            (Some(r), _) => Some(r),
-            (None, Some(f)) => Some(f + self.cfg.flush_interval),
-            (None, None) => None,
+        let mut d = match (self.retry_at, self.first_at, &self.in_flight) {
+            (_, _, Some(_)) => None,
+            (Some(r), _, None) => Some(r),
+            (None, Some(f), None) => Some(f + self.cfg.flush_interval),
+            (None, None, None) => None,
         };
         if let Some(h) = self.held.front() {
             let t = h.since + self.cfg.store_timeout;
@@ -255,39 +317,69 @@ impl BatchWriter {
         }
     }
 
-    /// Commits everything pending, `--batch-max` mutations per record.
-    /// Stops at the first failure; the failed record is retried as is.
-    fn flush(&mut self) {
-        if self.uncommitted() == 0 {
-            // Breaker open with nothing to write: probe the store.
-            match self.journal.ping() {
-                Ok(()) => self.recovered(),
-                Err(e) => self.failed(e),
-            }
-            return;
-        }
-        while self.next_record() {
+    /// Hands the next record (or, with nothing to write while the breaker
+    /// is open, a ping) to the journal thread.
+    fn start(&mut self) {
+        debug_assert!(self.in_flight.is_none(), "one store call at a time");
+        let job = if self.next_record() {
             let applied = self.gate.applied_seq();
             let truncate = if applied > self.truncated { applied } else { 0 };
-            let t = Instant::now();
-            let first = !self.record_failed;
-            let result = self
-                .journal
-                .append(self.record_seq, &self.record, truncate, first);
-            let took = t.elapsed().as_micros() as u64;
-            self.metrics.store.flush_seconds.observe(took);
-            if let Err(e) = result {
-                self.record_failed = true;
-                return self.failed(e);
+            let record = self.record.take().expect("the record is home");
+            self.in_flight = Some(InFlight {
+                append: Some(truncate),
+                since: Instant::now(),
+            });
+            Job::Append {
+                seq: self.record_seq,
+                record,
+                truncate,
+                first: !self.record_failed,
             }
-            self.truncated = self.truncated.max(truncate);
-            self.committed_record();
+        } else {
+            self.in_flight = Some(InFlight {
+                append: None,
+                since: Instant::now(),
+            });
+            Job::Ping
+        };
+        // The journal thread only exits when this sender is dropped.
+        let _ = self.jobs.send(job);
+    }
+
+    /// A store call came back.
+    fn finished(&mut self, d: Done) {
+        let f = self.in_flight.take().expect("a call was in flight");
+        if let Some(record) = d.record {
+            self.record = Some(record);
         }
-        self.first_at = None;
-        // Writes resume only now: nothing applied before the outage is
-        // still waiting for its commit.
-        if self.retry_at.is_some() {
-            self.recovered();
+        let took = f.since.elapsed().as_micros() as u64;
+        match (d.result, f.append) {
+            (Ok(()), Some(truncate)) => {
+                self.metrics.store.flush_seconds.observe(took);
+                self.truncated = self.truncated.max(truncate);
+                self.committed_record();
+                if self.uncommitted() == 0 {
+                    self.first_at = None;
+                    // Writes resume only now: nothing applied before the
+                    // outage is still waiting for its commit.
+                    self.recovered();
+                } else if self.retry_at.is_some() {
+                    // Recovering: commit the rest at once.
+                    self.retry_at = Some(Instant::now());
+                }
+            }
+            (Ok(()), None) => self.recovered(),
+            (Err(e), append) => {
+                if append.is_some() {
+                    self.metrics.store.flush_seconds.observe(took);
+                    // A transient failure may have committed: the next
+                    // attempt must be idempotent. A refusal (say, the
+                    // sequence already taken) did not, and an idempotent
+                    // retry would wrongly take the existing row for ours.
+                    self.record_failed |= !e.is_permanent();
+                }
+                self.failed(e);
+            }
         }
     }
 
@@ -301,7 +393,8 @@ impl BatchWriter {
             return false;
         }
         self.record_mutations.extend(self.pending.drain(..n));
-        journal::encode(&self.record_mutations, &mut self.record);
+        let record = self.record.as_mut().expect("the record is home");
+        journal::encode(&self.record_mutations, record);
         self.record_seq = self.next_seq;
         self.next_seq += 1;
         self.record_failed = false;
@@ -312,11 +405,9 @@ impl BatchWriter {
     /// mutations to the materializer.
     fn committed_record(&mut self) {
         let n = self.record_mutations.len();
+        let bytes = self.record.as_ref().map_or(0, Vec::len);
         self.metrics.store.batch_size.observe(n as u64);
-        self.metrics
-            .store
-            .journal_bytes
-            .inc_by(self.record.len() as u64);
+        self.metrics.store.journal_bytes.inc_by(bytes as u64);
         self.committed += n as u64;
         debug_assert!(
             self.committed <= self.received,
@@ -345,7 +436,10 @@ impl BatchWriter {
 
     fn failed(&mut self, e: StoreError) {
         self.metrics.store.store_errors.inc();
-        if self.retry_at.is_none() {
+        if e.is_permanent() {
+            // Retrying cannot help; nothing may be dropped either.
+            tracing::error!(error = %e, pending = self.uncommitted(), "the journal refuses the append: writes stay refused until an operator fixes the store");
+        } else if self.retry_at.is_none() {
             tracing::error!(error = %e, pending = self.uncommitted(), "journal append failed; refusing writes until it recovers");
         } else {
             tracing::debug!(error = %e, "store still unavailable");
@@ -355,6 +449,7 @@ impl BatchWriter {
     }
 
     /// Answers IN_DOUBT for held rounds that waited past the store timeout.
+    /// Runs whatever the store does: its calls are on another thread.
     fn expire_held(&mut self, now: Instant) {
         while self
             .held
@@ -366,13 +461,13 @@ impl BatchWriter {
         }
     }
 
-    fn give_up_on_exit(&mut self) -> bool {
-        // At shutdown, keep retrying within two store timeouts, then stop:
-        // what is uncommitted was answered IN_DOUBT.
+    /// At shutdown, keep trying for two store timeouts, then stop (also
+    /// with a call stuck in the store): what is uncommitted was answered
+    /// IN_DOUBT, and stays in memory only.
+    fn give_up_on_exit(&self) -> bool {
+        let waiting_since = self.first_at.or(self.in_flight.as_ref().map(|f| f.since));
         self.held.is_empty()
-            && self
-                .first_at
-                .is_some_and(|f| f.elapsed() > self.cfg.store_timeout * 2)
+            && waiting_since.is_some_and(|t| t.elapsed() > self.cfg.store_timeout * 2)
     }
 
     fn release_all_in_doubt(&mut self) {
