@@ -25,7 +25,7 @@ use crate::net::event_loop::{EventLoop, Shared};
 use crate::net::{listener, tls};
 use crate::outbox::LoopHandle;
 use crate::shard::runner::{self, ShardContext};
-use crate::shard::ShardHandle;
+use crate::shard::{ShardHandle, SizeGauges, Sizes};
 use crate::store::gate::StoreGate;
 use crate::store::writer::{self, WriterConfig, WriterHandle};
 use crate::store::{self, materializer, recovery, Journal};
@@ -253,10 +253,12 @@ fn start_shards(
     for (index, state) in states.into_iter().enumerate() {
         let (tx, rx) = crossbeam_channel::unbounded();
         let queued = Arc::new(AtomicUsize::new(0));
+        let sizes = Arc::new(SizeGauges::default());
         let ctx = ShardContext {
             index,
             rx,
             queued: queued.clone(),
+            sizes: sizes.clone(),
             loops: loops.to_vec(),
             sweep_interval: config.sweep_interval,
             writer: writer.clone(),
@@ -276,7 +278,7 @@ fn start_shards(
             None => runner::spawn(ctx, state)?,
         };
         threads.push(thread);
-        handles.push(ShardHandle { tx, queued });
+        handles.push(ShardHandle { tx, queued, sizes });
     }
     Ok((handles, threads))
 }
@@ -336,9 +338,17 @@ fn serve_metrics(
         };
         m.open_connections
             .set(live.open_connections.load(Ordering::Relaxed) as i64);
+        let mut held = Sizes::default();
         for (i, s) in live.shards.iter().enumerate() {
             m.set_shard_queue(i, s.queued.load(Ordering::Relaxed));
+            let z = s.sizes.load();
+            held.auctions += z.auctions;
+            held.sales += z.sales;
+            held.subscriptions += z.subscriptions;
         }
+        m.auctions.set(held.auctions as i64);
+        m.sales.set(held.sales as i64);
+        m.subscriptions.set(held.subscriptions as i64);
         m.sync_refused("per_ip", live.refused_per_ip.load(Ordering::Relaxed));
         if let Some(g) = &refresh_gate {
             m.store.writer_queue.set(g.queued() as i64);

@@ -285,6 +285,9 @@ pub struct Metrics {
     refused: Family<Vec<(String, String)>, Counter>,
     pub open_connections: Gauge,
     shard_queue: Family<Vec<(String, String)>, Gauge>,
+    pub auctions: Gauge,
+    pub sales: Gauge,
+    pub subscriptions: Gauge,
     pub store: StoreMetrics,
     pub redis_round_trips: Counter,
     pub redis_seconds: AtomicHistogram,
@@ -359,6 +362,24 @@ impl Metrics {
             "Commands waiting in each shard's queue",
             shard_queue.clone(),
         );
+        let auctions = reg(
+            &mut r,
+            "auctions",
+            "Auctions held in memory, open and closed (local engine; --max-auctions)",
+            Gauge::default(),
+        );
+        let sales = reg(
+            &mut r,
+            "sales",
+            "Sales held in memory (local engine; --max-sales)",
+            Gauge::default(),
+        );
+        let subscriptions = reg(
+            &mut r,
+            "subscriptions",
+            "Subscriptions held by the shards (one per connection and auction)",
+            Gauge::default(),
+        );
         let store = StoreMetrics::new(&mut r);
         let (redis_round_trips, redis_seconds, redis_errors, redis_up) = redis_metrics(&mut r);
         Metrics {
@@ -372,6 +393,9 @@ impl Metrics {
             refused,
             open_connections,
             shard_queue,
+            auctions,
+            sales,
+            subscriptions,
             store,
             redis_round_trips,
             redis_seconds,

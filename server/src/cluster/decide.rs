@@ -533,6 +533,11 @@ impl Decisions {
         self.subscriptions.disconnect(conn);
     }
 
+    /// Subscriptions this shard holds, for the gauge.
+    pub fn subscription_count(&self) -> usize {
+        self.subscriptions.len()
+    }
+
     /// What the filter knows of an auction (for tests and metrics).
     pub fn known(&self, auction_id: u64) -> Option<&KnownAuction> {
         self.known.get(&auction_id)

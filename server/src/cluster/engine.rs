@@ -20,7 +20,7 @@ use crate::backoff::Backoff;
 use crate::engine::command::{Command, ConnRef};
 use crate::engine::effects::Effects;
 use crate::metrics::Metrics;
-use crate::shard::Backend;
+use crate::shard::{Backend, Sizes};
 
 /// Most rounds one shard keeps in flight before it waits for replies.
 pub const MAX_IN_FLIGHT: usize = 8;
@@ -53,6 +53,10 @@ struct InFlight {
     values: Vec<Value>,
     sent: Instant,
     now_ms: u64,
+    /// Connections that closed while this round was the last in flight:
+    /// forgotten once it is answered (a SUBSCRIBE in it subscribes when
+    /// its read comes back, so forgetting them before would leak it).
+    disconnects: Vec<ConnRef>,
 }
 
 impl InFlight {
@@ -182,6 +186,7 @@ impl RedisShard {
             values: Vec::new(),
             sent: Instant::now(),
             now_ms,
+            disconnects: Vec::new(),
         };
         if round.ops.is_empty() && self.in_flight.is_empty() {
             // Decided locally, nothing ahead of it: answer now.
@@ -273,11 +278,16 @@ impl RedisShard {
     /// Answers completed rounds at the front, in order.
     fn finish_ready(&mut self, fx: &mut Effects) {
         while self.in_flight.front().is_some_and(InFlight::complete) {
-            let r = self.in_flight.pop_front().expect("checked");
+            let mut r = self.in_flight.pop_front().expect("checked");
             self.metrics
                 .redis_seconds
                 .observe(r.sent.elapsed().as_micros() as u64);
-            if self.answer_round(r, fx) {
+            let gone = std::mem::take(&mut r.disconnects);
+            let lost_scripts = self.answer_round(r, fx);
+            for c in gone {
+                self.decide.disconnect(c);
+            }
+            if lost_scripts {
                 // Scripts were flushed: reload them by reconnecting both clients.
                 self.conn = None;
                 self.fail_pipe("NOSCRIPT", fx);
@@ -333,6 +343,9 @@ impl RedisShard {
                 RoundOutcome::Lost
             };
             self.decide.finish_round(&r.pending, outcome, r.now_ms, fx);
+            for c in r.disconnects {
+                self.decide.disconnect(c);
+            }
         }
     }
 }
@@ -381,7 +394,17 @@ impl Backend for RedisShard {
     }
 
     fn disconnect(&mut self, conn: ConnRef) {
-        self.decide.disconnect(conn);
+        match self.in_flight.back_mut() {
+            Some(last) => last.disconnects.push(conn),
+            None => self.decide.disconnect(conn),
+        }
+    }
+
+    fn sizes(&self) -> Sizes {
+        Sizes {
+            subscriptions: self.decide.subscription_count(),
+            ..Sizes::default()
+        }
     }
 
     /// Drains replies that arrived meanwhile; a round waiting longer than

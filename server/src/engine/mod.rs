@@ -8,12 +8,14 @@
 //! - [`auction`], [`sale`]: one auction's and one sale's rules.
 //! - [`idempotency`]: remembered outcomes of keyed requests.
 //! - [`subscriptions`]: who watches which auction.
+//! - [`limits`]: the caps on what a shard holds, and what it holds.
 //! - [`state`]: [`state::ShardState`], the local engine tying them together.
 
 pub mod auction;
 pub mod command;
 pub mod effects;
 pub mod idempotency;
+pub mod limits;
 pub mod mutation;
 pub mod sale;
 pub mod state;

@@ -17,6 +17,7 @@ use super::auction::{Auction, BidOutcome};
 use super::command::{Command, ConnRef, Op, Reply};
 use super::effects::Effects;
 use super::idempotency::{IdempotencyStore, Key, KeyBudget, KeyKind, Seen};
+use super::limits::Sizes;
 use super::mutation::Mutation;
 use super::sale::Sale;
 use super::subscriptions::Subscriptions;
@@ -348,6 +349,15 @@ impl ShardState {
 
     pub fn auction_count(&self) -> usize {
         self.auctions.len()
+    }
+
+    /// What this shard holds, for the gauges.
+    pub fn sizes(&self) -> Sizes {
+        Sizes {
+            auctions: self.auctions.len(),
+            sales: self.sales.len(),
+            subscriptions: self.subscriptions.len(),
+        }
     }
 }
 

@@ -10,6 +10,8 @@ use super::command::ConnRef;
 pub struct Subscriptions {
     by_auction: HashMap<u64, Vec<ConnRef>, ahash::RandomState>,
     by_conn: HashMap<ConnRef, Vec<u64>, ahash::RandomState>,
+    /// Subscriptions held (pairs of connection and auction).
+    total: usize,
 }
 
 impl Subscriptions {
@@ -21,7 +23,17 @@ impl Subscriptions {
         }
         subs.push(conn);
         self.by_conn.entry(conn).or_default().push(auction);
+        self.total += 1;
         true
+    }
+
+    /// Subscriptions held (pairs of connection and auction).
+    pub fn len(&self) -> usize {
+        self.total
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.total == 0
     }
 
     pub fn remove(&mut self, auction: u64, conn: ConnRef) {
@@ -54,7 +66,9 @@ impl Subscriptions {
 
     /// A connection went away: forget all it watched.
     pub fn disconnect(&mut self, conn: ConnRef) {
-        for id in self.by_conn.remove(&conn).unwrap_or_default() {
+        let ids = self.by_conn.remove(&conn).unwrap_or_default();
+        self.total -= ids.len();
+        for id in ids {
             if let Some(v) = self.by_auction.get_mut(&id) {
                 v.retain(|s| *s != conn);
                 if v.is_empty() {
@@ -66,7 +80,9 @@ impl Subscriptions {
 
     fn forget_on_conn(&mut self, conn: ConnRef, auction: u64) {
         if let Some(v) = self.by_conn.get_mut(&conn) {
+            let before = v.len();
             v.retain(|x| *x != auction);
+            self.total -= before - v.len();
             if v.is_empty() {
                 self.by_conn.remove(&conn);
             }

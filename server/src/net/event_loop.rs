@@ -81,6 +81,10 @@ struct Ctx {
     pool: BufferPool,
     /// Commands decoded this turn, per shard.
     pending: Vec<Vec<Command>>,
+    /// Connections closed this turn that subscribed on a shard: the notice
+    /// goes out after the shard's batch, which may hold their last
+    /// SUBSCRIBE (sent first, it would leave that subscription for good).
+    disconnects: Vec<(usize, ConnRef)>,
     /// Connections with new output this turn.
     dirty: Vec<usize>,
     shutting_down: bool,
@@ -135,6 +139,7 @@ impl EventLoop {
                 shared,
                 pool: BufferPool::new(16 * 1024, 4096),
                 pending: (0..shards).map(|_| Vec::new()).collect(),
+                disconnects: Vec::new(),
                 dirty: Vec::new(),
                 shutting_down: false,
                 stats: LoopStats::default(),
@@ -199,6 +204,7 @@ impl EventLoop {
             }
             if let Some(deadline) = shutdown_deadline {
                 self.close_finished();
+                self.dispatch();
                 if self.conns.is_empty() || Instant::now() >= deadline {
                     if !self.conns.is_empty() {
                         tracing::warn!(
@@ -217,6 +223,8 @@ impl EventLoop {
                     b.sweep(now_ns);
                 }
             }
+            // Disconnect notices of connections closed since the last dispatch.
+            self.dispatch();
         }
     }
 
@@ -407,7 +415,9 @@ impl EventLoop {
         }
     }
 
-    /// Sends each shard the commands decoded for it this turn.
+    /// Sends each shard the commands decoded for it this turn, then the
+    /// disconnect notices of connections closed meanwhile (in that order: a
+    /// closed connection's last commands may be in the batch).
     fn dispatch(&mut self) {
         for shard in 0..self.ctx.pending.len() {
             if self.ctx.pending[shard].is_empty() {
@@ -432,6 +442,11 @@ impl EventLoop {
                 handle.queued.fetch_sub(n, Ordering::AcqRel);
                 tracing::error!(shard, "shard thread is gone");
             }
+        }
+        for (shard, conn) in self.ctx.disconnects.drain(..) {
+            let _ = self.ctx.shared.shards[shard]
+                .tx
+                .send(ShardMsg::Disconnect(conn));
         }
     }
 
@@ -518,11 +533,13 @@ impl EventLoop {
         while bits != 0 {
             let shard = bits.trailing_zeros() as usize;
             bits &= bits - 1;
-            let _ = shared.shards[shard].tx.send(ShardMsg::Disconnect(ConnRef {
+            // Sent by the next dispatch, after this turn's batches.
+            let gone = ConnRef {
                 io: self.ctx.io,
                 slot: slot as u32,
                 gen: conn.gen,
-            }));
+            };
+            self.ctx.disconnects.push((shard, gone));
         }
     }
 

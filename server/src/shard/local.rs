@@ -2,7 +2,7 @@
 
 use std::convert::Infallible;
 
-use super::Backend;
+use super::{Backend, Sizes};
 use crate::engine::command::{Command, ConnRef};
 use crate::engine::effects::Effects;
 use crate::engine::state::ShardState;
@@ -23,5 +23,9 @@ impl Backend for ShardState {
     fn sweep(&mut self, now_ms: u64, fx: &mut Effects) {
         fx.unstamp();
         ShardState::sweep(self, now_ms, fx);
+    }
+
+    fn sizes(&self) -> Sizes {
+        ShardState::sizes(self)
     }
 }

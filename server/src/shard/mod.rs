@@ -8,7 +8,7 @@
 pub mod local;
 pub mod runner;
 
-use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use crossbeam_channel::{Receiver, Sender};
@@ -16,6 +16,7 @@ use gavel_protocol::Push;
 
 use crate::engine::command::{Command, ConnRef};
 use crate::engine::effects::Effects;
+pub use crate::engine::limits::Sizes;
 
 /// What a shard's queue carries.
 #[derive(Debug)]
@@ -34,6 +35,32 @@ pub struct ShardHandle {
     pub tx: Sender<ShardMsg>,
     /// Commands sent and not yet executed; bounds the queue.
     pub queued: Arc<AtomicUsize>,
+    /// What the shard holds, as of its last round (for the gauges).
+    pub sizes: Arc<SizeGauges>,
+}
+
+/// A shard's [`Sizes`], published once per round, read when scraped.
+#[derive(Debug, Default)]
+pub struct SizeGauges {
+    auctions: AtomicUsize,
+    sales: AtomicUsize,
+    subscriptions: AtomicUsize,
+}
+
+impl SizeGauges {
+    pub fn store(&self, s: Sizes) {
+        self.auctions.store(s.auctions, Ordering::Relaxed);
+        self.sales.store(s.sales, Ordering::Relaxed);
+        self.subscriptions.store(s.subscriptions, Ordering::Relaxed);
+    }
+
+    pub fn load(&self) -> Sizes {
+        Sizes {
+            auctions: self.auctions.load(Ordering::Relaxed),
+            sales: self.sales.load(Ordering::Relaxed),
+            subscriptions: self.subscriptions.load(Ordering::Relaxed),
+        }
+    }
 }
 
 /// What a shard runs: decides commands and reports through [`Effects`].
@@ -71,4 +98,10 @@ pub trait Backend: Send + 'static {
 
     /// Periodic upkeep (`--sweep-interval`): closings by time, expiries.
     fn sweep(&mut self, now_ms: u64, fx: &mut Effects);
+
+    /// What this backend holds in memory (auctions and sales: the local
+    /// engine only).
+    fn sizes(&self) -> Sizes {
+        Sizes::default()
+    }
 }

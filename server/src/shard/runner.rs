@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::Receiver;
 use gavel_protocol::ErrorCode;
 
-use super::{Backend, ShardMsg};
+use super::{Backend, ShardMsg, SizeGauges};
 use crate::clock::now_ms;
 use crate::engine::command::Command;
 use crate::engine::effects::Effects;
@@ -32,6 +32,8 @@ pub struct ShardContext {
     pub sweep_interval: Duration,
     /// The store writer; `None` with `--store memory`.
     pub writer: Option<WriterHandle>,
+    /// Where the shard publishes its [`super::Sizes`] after each round.
+    pub sizes: Arc<SizeGauges>,
 }
 
 /// Starts the shard thread. It exits when every sender of the queue is dropped.
@@ -84,6 +86,7 @@ impl<B: Backend> Runner<B> {
                 self.next_sweep = Instant::now() + self.ctx.sweep_interval;
             }
             self.release();
+            self.ctx.sizes.store(self.backend.sizes());
             if executed > 0 {
                 let before = self.ctx.queued.fetch_sub(executed, Ordering::AcqRel);
                 debug_assert!(before >= executed, "queue count went below zero");

@@ -1,0 +1,84 @@
+//! Bounded under abuse (issue 17): every structure capped, silent and
+//! unauthenticated clients shut out — against the real binary.
+
+mod common;
+
+use std::io::Write;
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use common::{raw_frame, Server};
+use gavel_protocol::frame::msg_type;
+
+/// Value of one sample line of `/metrics`, e.g. `gavel_subscriptions`.
+fn sample(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+        .and_then(|l| l[name.len()..].trim().parse().ok())
+}
+
+fn metric(s: &Server, name: &str) -> f64 {
+    let (code, body) = s.http_get("/metrics");
+    assert_eq!(code, 200);
+    sample(&body, name).unwrap_or_else(|| panic!("no {name} in\n{body}"))
+}
+
+/// Waits until `metric` reads `want`; panics with the last value after 10 s.
+fn wait_for_metric(s: &Server, name: &str, want: f64) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let v = metric(s, name);
+        if v == want {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{name} is {v}, expected {want}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Closes with a reset (SO_LINGER 0) instead of a FIN.
+fn reset(s: TcpStream) {
+    socket2::SockRef::from(&s)
+        .set_linger(Some(Duration::ZERO))
+        .unwrap();
+    drop(s);
+}
+
+/// SUBSCRIBE then a reset, 3,000 times: no subscription may outlive its
+/// connection.
+fn subscribe_then_reset(extra: &[&str]) {
+    let mut args = vec!["--metrics-listen", "127.0.0.1:0", "--shards", "1"];
+    args.extend(extra);
+    let s = Server::start(&args);
+    let mut setup = s.client();
+    setup.open_auction(1, 0, 1, 0).unwrap();
+    let sub = raw_frame(msg_type::SUBSCRIBE, 1, &1u64.to_be_bytes());
+    for i in 0..3000 {
+        let mut c = TcpStream::connect(s.addr).unwrap();
+        c.write_all(&sub).unwrap();
+        if i % 2 == 1 {
+            // Give the server a moment to read the frame with the reset.
+            std::thread::sleep(Duration::from_micros(50));
+        }
+        reset(c);
+    }
+    wait_for_metric(&s, "gavel_connections_open", 1.0);
+    // The shard has handled every disconnect notice once a request sent
+    // after them is answered (one shard, one queue).
+    setup.get_auction(1).unwrap();
+    wait_for_metric(&s, "gavel_subscriptions", 0.0);
+}
+
+#[test]
+fn subscribe_then_reset_leaves_no_subscription_behind() {
+    // The SUBSCRIBE is decoded in the same loop turn as the read that sees
+    // the reset: the disconnect notice must reach the shard after it.
+    subscribe_then_reset(&[]);
+}
+
+#[test]
+fn subscribe_then_reset_leaves_no_subscription_behind_cross_node() {
+    // Cross-node: the notice must also wait for the SUBSCRIBE's Redis read.
+    let r = gavel_testkit::redis::RedisServer::start();
+    subscribe_then_reset(&["--redis", &r.url()]);
+}
