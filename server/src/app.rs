@@ -130,8 +130,13 @@ fn open_store(config: &Config) -> anyhow::Result<Opened> {
         accepted: (config.idempotency_max_keys / shard_count).max(1),
         rejected: (config.idempotency_max_rejected_keys / shard_count).max(1),
     };
+    let cap = config.shard_capacity();
     let mut states: Vec<ShardState> = (0..shard_count)
-        .map(|_| ShardState::new(window_ms, keys))
+        .map(|_| {
+            let mut s = ShardState::new(window_ms, keys);
+            s.set_capacity(cap);
+            s
+        })
         .collect();
     let Some(store::Opened {
         mut journal,
@@ -272,6 +277,7 @@ fn start_shards(
                     idempotency_window: config.idempotency_window,
                     outbid_filter: config.outbid_filter,
                     updates_live: updates_live.clone(),
+                    max_subscriptions: config.shard_capacity().subscriptions,
                 };
                 runner::spawn(ctx, RedisShard::new(cfg, metrics.clone()))?
             }
@@ -300,6 +306,7 @@ fn shared_state(
         max_in_flight: config.max_in_flight.max(1),
         output_cap: config.output_cap,
         subscriber_cap: config.subscriber_cap,
+        max_subscriptions_per_conn: config.max_subscriptions_per_conn,
         send_buffer: config.send_buffer,
         max_connections: config.max_connections,
         max_connections_per_ip: config.max_connections_per_ip,

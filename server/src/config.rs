@@ -202,6 +202,19 @@ pub struct Config {
     #[arg(long, env = "GAVEL_SUBSCRIBER_CAP", default_value_t = 1024 * 1024)]
     pub subscriber_cap: usize,
 
+    /// Most auctions one connection may be subscribed to at once. A
+    /// SUBSCRIBE beyond it gets ERROR BUSY "too many subscriptions on this
+    /// connection" (not executed; SUBSCRIBEs still in flight count, and an
+    /// auction's closing or an UNSUBSCRIBE frees a place).
+    #[arg(long, env = "GAVEL_MAX_SUBSCRIPTIONS_PER_CONN", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_subscriptions_per_conn: u32,
+
+    /// Most subscriptions (one per connection and auction) the server holds,
+    /// split evenly over shards; a SUBSCRIBE on a full shard gets ERROR BUSY
+    /// "subscription limit reached". ~100 bytes each.
+    #[arg(long, env = "GAVEL_MAX_SUBSCRIPTIONS", default_value_t = 1_000_000)]
+    pub max_subscriptions: usize,
+
     /// SO_SNDBUF of accepted sockets in bytes; 0 leaves the kernel's
     /// autotuning in charge (the default). A small value makes a
     /// non-reading subscriber hit --subscriber-cap sooner.
@@ -270,6 +283,15 @@ impl Config {
         } else {
             None
         }
+    }
+
+    /// Each shard's share of the caps on what the shards hold.
+    pub fn shard_capacity(&self) -> crate::engine::limits::Capacity {
+        use crate::engine::limits::Capacity;
+        let total = Capacity {
+            subscriptions: self.max_subscriptions,
+        };
+        Capacity::share(total, self.shard_count())
     }
 
     pub fn shard_count(&self) -> usize {

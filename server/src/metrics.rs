@@ -14,6 +14,8 @@ use std::sync::Arc;
 
 use gavel_protocol::frame::msg_type;
 use gavel_protocol::{ErrorCode, Status};
+
+use crate::engine::limits::Cap;
 use prometheus_client::encoding::{EncodeMetric, MetricEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -219,6 +221,8 @@ pub struct LoopStats {
     pub results: [u64; N_STATUS],
     pub errors: [u64; N_ERRORS],
     pub latency: Vec<LocalHistogram>,
+    /// Requests refused at each [`Cap`], indexed by `Cap as usize`.
+    pub limits: [u64; Cap::ALL.len()],
     pub accepted: u64,
     pub refused_capacity: u64,
     pub dirty: bool,
@@ -232,6 +236,7 @@ impl Default for LoopStats {
             results: [0; N_STATUS],
             errors: [0; N_ERRORS],
             latency: vec![LocalHistogram::default(); N_TYPES],
+            limits: [0; Cap::ALL.len()],
             accepted: 0,
             refused_capacity: 0,
             dirty: false,
@@ -266,6 +271,13 @@ impl LoopStats {
         self.dirty = true;
     }
 
+    /// A request refused at `limit` (its ERROR is counted apart).
+    #[inline]
+    pub fn limit(&mut self, limit: Cap) {
+        self.limits[limit as usize] += 1;
+        self.dirty = true;
+    }
+
     /// Latency of a request of type `t` answered now.
     #[inline]
     pub fn latency_us(&mut self, t: u8, us: u64) {
@@ -281,6 +293,7 @@ pub struct Metrics {
     results: Vec<Counter>,
     errors: Vec<Counter>,
     latency: Vec<AtomicHistogram>,
+    limits: Vec<Counter>,
     pub accepted: Counter,
     refused: Family<Vec<(String, String)>, Counter>,
     pub open_connections: Gauge,
@@ -335,6 +348,13 @@ impl Metrics {
             ErrorCode::ALL.iter().map(|c| c.name()),
         ));
         let latency = latency_by_type(&mut r);
+        let limits = counters_by(
+            &mut r,
+            "limit_refusals",
+            "Requests refused (ERROR BUSY) at a configured cap, by cap",
+            "limit",
+            Cap::ALL.iter().map(|l| l.label()),
+        );
         let accepted = reg(
             &mut r,
             "connections_accepted",
@@ -389,6 +409,7 @@ impl Metrics {
             results,
             errors,
             latency,
+            limits,
             accepted,
             refused,
             open_connections,
@@ -437,6 +458,12 @@ impl Metrics {
             if h.n != 0 {
                 self.latency[i].add_local(h);
                 *h = LocalHistogram::default();
+            }
+        }
+        for (i, n) in s.limits.iter_mut().enumerate() {
+            if *n != 0 {
+                self.limits[i].inc_by(*n);
+                *n = 0;
             }
         }
         if s.accepted != 0 {

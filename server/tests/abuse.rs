@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use common::{raw_frame, Server};
 use gavel_protocol::frame::msg_type;
+use gavel_protocol::{ClientError, ErrorCode, Push, Request, Response, Status};
 
 /// Value of one sample line of `/metrics`, e.g. `gavel_subscriptions`.
 fn sample(text: &str, name: &str) -> Option<f64> {
@@ -81,4 +82,105 @@ fn subscribe_then_reset_leaves_no_subscription_behind_cross_node() {
     // Cross-node: the notice must also wait for the SUBSCRIBE's Redis read.
     let r = gavel_testkit::redis::RedisServer::start();
     subscribe_then_reset(&["--redis", &r.url()]);
+}
+
+/// The ERROR a call was answered with: (code, message).
+fn refused<T: std::fmt::Debug>(r: Result<T, ClientError>) -> (ErrorCode, String) {
+    match r {
+        Err(ClientError::Server { code, message }) => (code, message),
+        other => panic!("expected an ERROR, got {other:?}"),
+    }
+}
+
+#[test]
+fn subscriptions_per_connection_are_capped() {
+    let s = Server::start(&[
+        "--metrics-listen",
+        "127.0.0.1:0",
+        "--max-subscriptions-per-conn",
+        "3",
+    ]);
+    let mut setup = s.client();
+    for a in 1..=6 {
+        setup.open_auction(a, 0, 1, 0).unwrap();
+    }
+    let mut c = s.client();
+    for a in 1..=3 {
+        assert_eq!(c.subscribe(a).unwrap().result.status, Status::Ok);
+    }
+    let (code, message) = refused(c.subscribe(4));
+    assert_eq!(code, ErrorCode::Busy);
+    assert!(message.contains("too many subscriptions"), "{message}");
+    // NOT_FOUND and UNSUBSCRIBE of what is not watched change nothing.
+    c.unsubscribe(5).unwrap();
+    assert_eq!(refused(c.subscribe(4)).0, ErrorCode::Busy);
+    // An UNSUBSCRIBE frees a place, and so does an auction's closing.
+    c.unsubscribe(2).unwrap();
+    assert_eq!(c.subscribe(4).unwrap().result.status, Status::Ok);
+    assert_eq!(refused(c.subscribe(5)).0, ErrorCode::Busy);
+    setup.close_auction(3).unwrap();
+    assert!(matches!(
+        c.next_push().unwrap(),
+        Push::AuctionClosed { auction_id: 3, .. }
+    ));
+    assert_eq!(c.subscribe(5).unwrap().result.status, Status::Ok);
+    // Pipelined, SUBSCRIBEs in flight count: a fresh connection sending six
+    // at once gets three subscriptions, whatever the shards' timing.
+    let mut p = s.client();
+    let ids: Vec<u32> = (1..=6)
+        .map(|a| p.send(&Request::Subscribe { auction_id: a }))
+        .collect();
+    p.flush().unwrap();
+    let mut ok = 0;
+    for id in ids {
+        match p.recv_for(id).unwrap().body {
+            Response::Result(r) if r.status == Status::Ok => ok += 1,
+            Response::Result(r) if r.status == Status::Closed => {}
+            Response::Error { code, .. } => assert_eq!(code, ErrorCode::Busy),
+            other => panic!("{other:?}"),
+        }
+    }
+    assert!(ok <= 3, "{ok} subscriptions");
+    assert!(
+        metric(
+            &s,
+            "gavel_limit_refusals_total{limit=\"max_subscriptions_per_conn\"}"
+        ) >= 4.0
+    );
+}
+
+#[test]
+fn subscriptions_are_capped_per_server() {
+    let s = Server::start(&[
+        "--metrics-listen",
+        "127.0.0.1:0",
+        "--shards",
+        "1",
+        "--max-subscriptions",
+        "4",
+    ]);
+    let mut setup = s.client();
+    for a in 1..=3 {
+        setup.open_auction(a, 0, 1, 0).unwrap();
+    }
+    let mut a = s.client();
+    let mut b = s.client();
+    for id in 1..=3 {
+        a.subscribe(id).unwrap();
+    }
+    assert_eq!(b.subscribe(1).unwrap().result.status, Status::Ok);
+    let (code, message) = refused(b.subscribe(2));
+    assert_eq!(code, ErrorCode::Busy);
+    assert!(message.contains("subscription limit"), "{message}");
+    assert_eq!(metric(&s, "gavel_subscriptions"), 4.0);
+    drop(a);
+    wait_for_metric(&s, "gavel_subscriptions", 1.0);
+    assert_eq!(b.subscribe(2).unwrap().result.status, Status::Ok);
+    assert_eq!(
+        metric(
+            &s,
+            "gavel_limit_refusals_total{limit=\"max_subscriptions\"}"
+        ),
+        1.0
+    );
 }

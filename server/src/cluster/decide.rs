@@ -12,8 +12,9 @@ use gavel_redis::{Op as ROp, OpResult};
 
 use crate::engine::command::{Command, ConnRef, Op, Reply};
 use crate::engine::effects::Effects;
+use crate::engine::limits::Cap;
 use crate::engine::mutation::Mutation;
-use crate::engine::subscriptions::Subscriptions;
+use crate::engine::subscriptions::{Added, Subscriptions};
 
 /// Closed auctions are forgotten this long after their closing was learned
 /// (a bid held back behind another is answered within --redis-timeout; a
@@ -266,9 +267,9 @@ impl Decisions {
             (Pending::Refused(c), _) => refuse(fx, c, ErrorCode::Unavailable),
             (Pending::Dominated(c, b), _) => self.answer_dominated(c, b, fx),
             (Pending::Unsubscribe(c, id), _) => {
-                self.subscriptions.remove(*id, c.conn);
+                let gone = self.subscriptions.remove(*id, c.conn);
                 fx.stamp(c);
-                fx.result(c.conn, c.request_id, OK, false);
+                fx.subscription_result(c.conn, c.request_id, OK, -(gone as i8));
             }
             (Pending::Op(c, _) | Pending::Subscribe(c), Some(OpResult::Busy)) => {
                 refuse(fx, c, ErrorCode::Busy)
@@ -334,10 +335,16 @@ impl Decisions {
                 ResultPayload::new(Status::Closed, a.high_bid, a.high_bidder)
             }
             OpResult::Auction(Some(a)) => {
+                let added = self.subscriptions.add(id, c.conn);
+                if added == Added::Full {
+                    return fx.refuse(c, Cap::Subscriptions);
+                }
                 if a.ends_at_ms != 0 {
                     self.watched_ends.insert(id, a.ends_at_ms);
                 }
-                self.subscriptions.add(id, c.conn);
+                if added == Added::New {
+                    return fx.subscription_result(c.conn, c.request_id, OK, 1);
+                }
                 OK
             }
             _ => NONE,
@@ -531,6 +538,11 @@ impl Decisions {
 
     pub fn disconnect(&mut self, conn: ConnRef) {
         self.subscriptions.disconnect(conn);
+    }
+
+    /// Caps the subscriptions this shard holds.
+    pub fn set_subscription_cap(&mut self, cap: usize) {
+        self.subscriptions.set_cap(cap);
     }
 
     /// Subscriptions this shard holds, for the gauge.

@@ -73,8 +73,10 @@ impl RedisShard {
         let first_url = cfg.urls.first().cloned().unwrap_or_default();
         let pipelined = !cfg.cluster && plain_addr(&first_url).is_some();
         metrics.redis_up.set(1);
+        let mut decide = Decisions::new(cfg.outbid_filter);
+        decide.set_subscription_cap(cfg.max_subscriptions);
         RedisShard {
-            decide: Decisions::new(cfg.outbid_filter),
+            decide,
             cfg,
             conn: None,
             retry_at: None,

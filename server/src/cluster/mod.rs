@@ -36,4 +36,6 @@ pub struct RedisConfig {
     pub outbid_filter: bool,
     /// Whether this node's update listener is subscribed to Redis.
     pub updates_live: Arc<AtomicBool>,
+    /// This shard's share of `--max-subscriptions`.
+    pub max_subscriptions: usize,
 }

@@ -11,6 +11,8 @@ use gavel_protocol::{
     ResultPayload, SaleInfo,
 };
 
+use super::limits::Cap;
+
 /// Identifies a connection across threads: its event loop, slab slot and the
 /// generation of that slot (so a reply never reaches a reused slot).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -109,6 +111,12 @@ pub enum Reply {
         request_id: u32,
         code: ErrorCode,
     },
+    /// Refused at a configured cap: an ERROR (`limit.code()`) carrying the
+    /// cap's message; not executed.
+    Refused {
+        request_id: u32,
+        limit: Cap,
+    },
     /// Server-initiated; does not answer a request.
     Push(Push),
 }
@@ -120,6 +128,11 @@ pub struct Outgoing {
     /// Copied from the [`Command`] answered (0 for pushes).
     pub t0_us: u32,
     pub kind: u8,
+    /// How this reply changed the connection's subscriptions: +1 for a
+    /// SUBSCRIBE that subscribed, -1 for an UNSUBSCRIBE that unsubscribed, 0
+    /// otherwise (an AUCTION_CLOSED push ends one implicitly). The event
+    /// loop keeps each connection's count from these.
+    pub subs: i8,
     pub reply: Reply,
 }
 

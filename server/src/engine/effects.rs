@@ -7,6 +7,7 @@
 use gavel_protocol::{ErrorCode, ResultPayload, FLAG_REPLAYED};
 
 use super::command::{Command, ConnRef, Outgoing, Reply};
+use super::limits::Cap;
 use super::mutation::Mutation;
 
 /// Output of one shard round.
@@ -38,6 +39,7 @@ impl Effects {
             gen: to.gen,
             t0_us,
             kind,
+            subs: 0,
             reply,
         });
     }
@@ -61,6 +63,32 @@ impl Effects {
                 request_id,
                 flags,
                 result,
+            },
+        );
+    }
+
+    /// A SUBSCRIBE's or UNSUBSCRIBE's RESULT, with how it changed the
+    /// connection's subscriptions (see [`Outgoing::subs`]).
+    pub fn subscription_result(
+        &mut self,
+        to: ConnRef,
+        request_id: u32,
+        result: ResultPayload,
+        subs: i8,
+    ) {
+        self.result(to, request_id, result, false);
+        if let Some(last) = self.replies[to.io as usize].last_mut() {
+            last.subs = subs;
+        }
+    }
+
+    /// Answers `c`: refused at a configured cap, not executed.
+    pub fn refuse(&mut self, c: &Command, limit: Cap) {
+        self.send(
+            c.conn,
+            Reply::Refused {
+                request_id: c.request_id,
+                limit,
             },
         );
     }

@@ -1,10 +1,72 @@
 //! What bounds a shard's memory: the configured caps, the requests refused
 //! at one of them, and how much a shard holds (for the gauges).
 
+use gavel_protocol::ErrorCode;
+
 /// How much a shard holds: auctions, sales, subscriptions.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Sizes {
     pub auctions: usize,
     pub sales: usize,
     pub subscriptions: usize,
+}
+
+/// A cap a request was refused at: answered ERROR `BUSY` with the cap's
+/// message, not executed. BUSY is the contract's code for "a bound is
+/// reached, retry later": these clear when auctions close, subscriptions
+/// end or an operator raises the cap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cap {
+    /// `--max-subscriptions`: this shard's share is taken.
+    Subscriptions,
+    /// `--max-subscriptions-per-conn` (checked by the event loop).
+    SubscriptionsPerConn,
+}
+
+impl Cap {
+    pub const ALL: [Cap; 2] = [Cap::Subscriptions, Cap::SubscriptionsPerConn];
+
+    /// The ERROR code the client gets.
+    pub fn code(self) -> ErrorCode {
+        ErrorCode::Busy
+    }
+
+    /// The ERROR's message.
+    pub fn message(self) -> &'static str {
+        match self {
+            Cap::Subscriptions => "subscription limit reached (--max-subscriptions)",
+            Cap::SubscriptionsPerConn => {
+                "too many subscriptions on this connection (--max-subscriptions-per-conn)"
+            }
+        }
+    }
+
+    /// The metric label (`gavel_limit_refusals_total{limit=…}`).
+    pub fn label(self) -> &'static str {
+        match self {
+            Cap::Subscriptions => "max_subscriptions",
+            Cap::SubscriptionsPerConn => "max_subscriptions_per_conn",
+        }
+    }
+}
+
+/// The caps of one shard: its share of the server's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Capacity {
+    pub subscriptions: usize,
+}
+
+impl Capacity {
+    /// No caps (tests, benchmarks).
+    pub const UNLIMITED: Capacity = Capacity {
+        subscriptions: usize::MAX,
+    };
+
+    /// Each of `shards` shards gets an even share (at least 1) of `total`.
+    pub fn share(total: Capacity, shards: usize) -> Capacity {
+        let part = |n: usize| (n / shards.max(1)).max(1);
+        Capacity {
+            subscriptions: part(total.subscriptions),
+        }
+    }
 }

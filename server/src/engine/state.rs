@@ -17,10 +17,10 @@ use super::auction::{Auction, BidOutcome};
 use super::command::{Command, ConnRef, Op, Reply};
 use super::effects::Effects;
 use super::idempotency::{IdempotencyStore, Key, KeyBudget, KeyKind, Seen};
-use super::limits::Sizes;
+use super::limits::{Cap, Capacity, Sizes};
 use super::mutation::Mutation;
 use super::sale::Sale;
-use super::subscriptions::Subscriptions;
+use super::subscriptions::{Added, Subscriptions};
 
 /// All state one shard owns.
 pub struct ShardState {
@@ -56,13 +56,12 @@ impl ShardState {
             Op::GetAuction(id) => self.get_auction(cmd, id, now_ms, fx),
             Op::Subscribe(id) => self.subscribe(cmd, id, now_ms, fx),
             Op::Unsubscribe(id) => {
-                let result = if self.auctions.contains_key(&id) {
-                    self.subscriptions.remove(id, cmd.conn);
-                    OK
+                let (result, gone) = if self.auctions.contains_key(&id) {
+                    (OK, self.subscriptions.remove(id, cmd.conn))
                 } else {
-                    NONE
+                    (NONE, false)
                 };
-                fx.result(cmd.conn, cmd.request_id, result, false);
+                fx.subscription_result(cmd.conn, cmd.request_id, result, -(gone as i8));
             }
             Op::OpenSale(o) => self.open_sale(cmd, o, now_ms, fx),
             Op::Buy(b) => self.buy(cmd, b, now_ms, fx),
@@ -209,10 +208,11 @@ impl ShardState {
         let result = match self.auctions.get(&id) {
             None => NONE,
             Some(a) if a.closed => a.result(Status::Closed),
-            Some(_) => {
-                self.subscriptions.add(id, c.conn);
-                OK
-            }
+            Some(_) => match self.subscriptions.add(id, c.conn) {
+                Added::New => return fx.subscription_result(c.conn, c.request_id, OK, 1),
+                Added::Already => OK,
+                Added::Full => return fx.refuse(c, Cap::Subscriptions),
+            },
         };
         fx.result(c.conn, c.request_id, result, false);
     }
@@ -349,6 +349,11 @@ impl ShardState {
 
     pub fn auction_count(&self) -> usize {
         self.auctions.len()
+    }
+
+    /// Caps what this shard holds (its share of the server's caps).
+    pub fn set_capacity(&mut self, cap: Capacity) {
+        self.subscriptions.set_cap(cap.subscriptions);
     }
 
     /// What this shard holds, for the gauges.

@@ -35,6 +35,11 @@ pub struct Connection {
     pub in_flight: u32,
     /// Bit i set: this connection subscribed to something on shard i.
     pub sub_shards: u64,
+    /// Subscriptions the shards hold for this connection (kept from the
+    /// replies: `Outgoing::subs`, AUCTION_CLOSED pushes).
+    pub subs: u32,
+    /// SUBSCRIBEs sent to shards and not answered yet.
+    pub subs_pending: u32,
     /// Since when the read buffer has held an incomplete frame.
     pub partial_since: Option<Instant>,
     /// Reading stopped because of the in-flight or output cap.
@@ -79,6 +84,8 @@ impl Connection {
             authed,
             in_flight: 0,
             sub_shards: 0,
+            subs: 0,
+            subs_pending: 0,
             // A TLS peer must finish its handshake within --idle-timeout,
             // whether it sends nothing or trickles records (slowloris).
             partial_since: tls.as_ref().map(|_| Instant::now()),

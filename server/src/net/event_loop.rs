@@ -33,6 +33,7 @@ use super::buffer_pool::BufferPool;
 use super::connection::{Connection, ReadResult};
 use super::rate_limit::{Bucket, KeyedBuckets, Limit, RateSpec};
 use crate::engine::command::{shard_of, Command, ConnRef, Op, Outgoing, Reply};
+use crate::engine::limits::Cap;
 use crate::metrics::{LoopStats, Metrics};
 use crate::shard::{ShardHandle, ShardMsg};
 
@@ -50,6 +51,8 @@ pub struct Shared {
     pub max_in_flight: u32,
     pub output_cap: usize,
     pub subscriber_cap: usize,
+    /// `--max-subscriptions-per-conn`.
+    pub max_subscriptions_per_conn: u32,
     pub send_buffer: usize,
     pub max_connections: usize,
     /// `--max-connections-per-ip` (0 = no limit).
@@ -366,6 +369,7 @@ impl EventLoop {
                 if conn.gen != out.gen {
                     continue;
                 }
+                count_subscriptions(conn, &out);
                 let ctx = &mut self.ctx;
                 if let Reply::Push(p) = out.reply {
                     if conn.unsent() > ctx.shared.subscriber_cap {
@@ -389,6 +393,10 @@ impl EventLoop {
                     match out.reply {
                         Reply::Result { result, .. } => ctx.stats.result(result.status),
                         Reply::Error { code, .. } => ctx.stats.error(code),
+                        Reply::Refused { limit, .. } => {
+                            ctx.stats.error(limit.code());
+                            ctx.stats.limit(limit);
+                        }
                         Reply::Auction { .. } => ctx.stats.frame_out(msg_type::AUCTION),
                         Reply::Sale { .. } => ctx.stats.frame_out(msg_type::SALE),
                         Reply::Push(_) => {}
@@ -430,7 +438,7 @@ impl EventLoop {
             let room = shared.shard_queue.saturating_sub(queued);
             if batch.len() > room {
                 for cmd in batch.drain(room..) {
-                    self.answer_locally(cmd.conn, cmd.request_id, ErrorCode::Busy);
+                    self.answer_locally(&cmd, ErrorCode::Busy);
                 }
             }
             if batch.is_empty() {
@@ -450,13 +458,16 @@ impl EventLoop {
         }
     }
 
-    fn answer_locally(&mut self, conn: ConnRef, request_id: u32, code: ErrorCode) {
-        let slot = conn.slot as usize;
+    fn answer_locally(&mut self, cmd: &Command, code: ErrorCode) {
+        let slot = cmd.conn.slot as usize;
         if let Some(c) = self.conns.get_mut(slot) {
-            if c.gen == conn.gen {
-                encode_error(c.out(&mut self.ctx.pool), request_id, code, code.name());
+            if c.gen == cmd.conn.gen {
+                encode_error(c.out(&mut self.ctx.pool), cmd.request_id, code, code.name());
                 self.ctx.stats.error(code);
                 c.in_flight -= 1;
+                if cmd.kind == msg_type::SUBSCRIBE {
+                    c.subs_pending -= 1;
+                }
                 mark_dirty(c, slot, &mut self.ctx.dirty);
             }
         }
@@ -714,7 +725,36 @@ fn handle_request(conn: &mut Connection, slot: usize, frame: Frame<Request>, ctx
     if !bidder_within_rate(&op, ctx) {
         return rate_limited(conn, slot, rid, ctx);
     }
+    if matches!(op, Op::Subscribe(_))
+        && conn.subs + conn.subs_pending >= ctx.shared.max_subscriptions_per_conn
+    {
+        return refuse(conn, slot, rid, Cap::SubscriptionsPerConn, ctx);
+    }
     queue_for_shard(conn, slot, rid, kind, op, ctx);
+}
+
+/// Answers a request refused at a cap the event loop checks: not executed,
+/// the connection stays open.
+fn refuse(conn: &mut Connection, slot: usize, rid: u32, limit: Cap, ctx: &mut Ctx) {
+    encode_error(conn.out(&mut ctx.pool), rid, limit.code(), limit.message());
+    ctx.stats.error(limit.code());
+    ctx.stats.limit(limit);
+    mark_dirty(conn, slot, &mut ctx.dirty);
+}
+
+/// Keeps the connection's subscription count from a reply: a SUBSCRIBE's
+/// answer settles one in flight, `subs` says what changed, and an
+/// AUCTION_CLOSED push ends one.
+fn count_subscriptions(conn: &mut Connection, out: &Outgoing) {
+    match out.reply {
+        Reply::Push(Push::AuctionClosed { .. }) => conn.subs = conn.subs.saturating_sub(1),
+        Reply::Push(_) => {}
+        _ if out.kind == msg_type::SUBSCRIBE => {
+            conn.subs_pending = conn.subs_pending.saturating_sub(1);
+            conn.subs = conn.subs.saturating_add_signed(out.subs as i32);
+        }
+        _ => conn.subs = conn.subs.saturating_add_signed(out.subs as i32),
+    }
 }
 
 /// Answers with a connection-closing ERROR; nothing more is read.
@@ -798,6 +838,7 @@ fn queue_for_shard(conn: &mut Connection, slot: usize, rid: u32, kind: u8, op: O
     let shard = shard_of(op.routing_key(), ctx.pending.len());
     if matches!(op, Op::Subscribe(_)) {
         conn.sub_shards |= 1 << shard;
+        conn.subs_pending += 1;
     }
     conn.in_flight += 1;
     ctx.pending[shard].push(Command {
@@ -823,6 +864,9 @@ fn encode_reply(buf: &mut BytesMut, reply: &Reply) {
         Reply::Auction { request_id, info } => encode_auction(buf, *request_id, info),
         Reply::Sale { request_id, info } => encode_sale(buf, *request_id, info),
         Reply::Error { request_id, code } => encode_error(buf, *request_id, *code, code.name()),
+        Reply::Refused { request_id, limit } => {
+            encode_error(buf, *request_id, limit.code(), limit.message())
+        }
         Reply::Push(p) => p.encode(buf),
     }
 }
