@@ -23,7 +23,7 @@ use crate::metrics_http;
 use crate::net::auth::AuthTokens;
 use crate::net::event_loop::{EventLoop, Shared};
 use crate::net::{listener, tls};
-use crate::outbox::LoopHandle;
+use crate::outbox::{self, LoopHandle};
 use crate::shard::runner::{self, ShardContext};
 use crate::shard::{ShardHandle, SizeGauges, Sizes};
 use crate::store::gate::StoreGate;
@@ -46,8 +46,8 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     let std_listener = listener::bind(config.listen, config.backlog)
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let local = std_listener.local_addr()?;
-    let io = IoLoops::new(config.io_threads.max(1))?;
     let metrics = Arc::new(Metrics::new(config.shard_count()));
+    let io = IoLoops::new(config.io_threads.max(1), config.reply_queue, &metrics)?;
     let writer = store
         .map(|s| start_writer(s, &config, &io.handles, &metrics))
         .transpose()?;
@@ -177,7 +177,7 @@ struct IoLoops {
 }
 
 impl IoLoops {
-    fn new(n: usize) -> std::io::Result<Self> {
+    fn new(n: usize, reply_queue: usize, metrics: &Metrics) -> std::io::Result<Self> {
         let mut io = IoLoops {
             polls: Vec::new(),
             handles: Vec::new(),
@@ -186,9 +186,11 @@ impl IoLoops {
         for _ in 0..n {
             let poll = mio::Poll::new()?;
             let waker = Arc::new(mio::Waker::new(poll.registry(), EventLoop::waker_token())?);
-            let (tx, rx) = crossbeam_channel::unbounded();
+            // Bounded: see crate::outbox for why a full one cannot deadlock.
+            let (handle, rx) =
+                outbox::channel(reply_queue, waker, metrics.reply_queue_full.clone());
             io.polls.push(poll);
-            io.handles.push(LoopHandle { replies: tx, waker });
+            io.handles.push(handle);
             io.rxs.push(rx);
         }
         Ok(io)

@@ -202,6 +202,13 @@ pub struct Config {
     #[arg(long, env = "GAVEL_SUBSCRIBER_CAP", default_value_t = 1024 * 1024)]
     pub subscriber_cap: usize,
 
+    /// Reply batches that may wait for one event loop (each at most 1,024
+    /// replies or pushes, ~88 bytes each): a shard or the writer that finds
+    /// the queue full waits, its own queue fills, and new requests for it
+    /// are answered ERROR BUSY. Bounds that memory to ~23 MB per event loop.
+    #[arg(long, env = "GAVEL_REPLY_QUEUE", default_value_t = 256, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    pub reply_queue: usize,
+
     /// Most auctions one connection may be subscribed to at once. A
     /// SUBSCRIBE beyond it gets ERROR BUSY "too many subscriptions on this
     /// connection" (not executed; SUBSCRIBEs still in flight count, and an

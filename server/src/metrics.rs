@@ -301,6 +301,7 @@ pub struct Metrics {
     pub auctions: Gauge,
     pub sales: Gauge,
     pub subscriptions: Gauge,
+    pub reply_queue_full: Counter,
     pub store: StoreMetrics,
     pub redis_round_trips: Counter,
     pub redis_seconds: AtomicHistogram,
@@ -400,6 +401,12 @@ impl Metrics {
             "Subscriptions held by the shards (one per connection and auction)",
             Gauge::default(),
         );
+        let reply_queue_full = reg(
+            &mut r,
+            "reply_queue_full",
+            "Times a shard or the writer found an event loop's reply queue full (--reply-queue) and waited",
+            Counter::default(),
+        );
         let store = StoreMetrics::new(&mut r);
         let (redis_round_trips, redis_seconds, redis_errors, redis_up) = redis_metrics(&mut r);
         Metrics {
@@ -417,6 +424,7 @@ impl Metrics {
             auctions,
             sales,
             subscriptions,
+            reply_queue_full,
             store,
             redis_round_trips,
             redis_seconds,

@@ -360,7 +360,12 @@ impl EventLoop {
     /// Encodes the replies shards sent back.
     fn take_replies(&mut self, now: Instant) {
         let now_us = Instant::now().duration_since(self.ctx.epoch).as_micros() as u32;
-        while let Ok(batch) = self.replies.try_recv() {
+        // What was queued when the turn began: senders refilling the
+        // channel meanwhile must not keep the loop from its sockets.
+        for _ in 0..self.replies.len() {
+            let Ok(batch) = self.replies.try_recv() else {
+                break;
+            };
             for out in batch {
                 let slot = out.slot as usize;
                 let Some(conn) = self.conns.get_mut(slot) else {

@@ -101,6 +101,15 @@ pub fn spawn(
     metrics: Arc<Metrics>,
     materializer: Sender<Committed>,
 ) -> std::io::Result<(WriterHandle, std::thread::JoinHandle<()>)> {
+    // Unbounded in type, bounded in effect: a round carrying mutations is
+    // only sent after StoreGate admitted them (shards refuse mutating
+    // requests BUSY once --writer-queue mutations wait, checked per batch,
+    // so at most one batch per shard over it); a round without mutations
+    // (durable mode, while its shard has rounds held) is one per shard
+    // round, and held rounds are released, IN_DOUBT at worst, after
+    // --store-timeout. This loop never blocks on the store, only on a full
+    // event-loop reply queue, which always drains (crate::outbox), so it
+    // keeps emptying the channel.
     let (tx, rx) = crossbeam_channel::unbounded();
     let handle = WriterHandle {
         tx,
