@@ -19,8 +19,11 @@
 //! * [`progress`]: the live progress line on a terminal;
 //! * [`timer`]: sub-millisecond wakeups of the poll loop;
 //! * [`transport`]: the driver's non-blocking stream, plain TCP or TLS;
-//! * [`cli`]: `gavel-cli`, one request per invocation.
+//! * [`cli`]: `gavel-cli`, one request per invocation;
+//! * [`chaos`]: `client-bench chaos`, the fault harness (nemesis, history,
+//!   checker) that `scripts/chaos.sh` runs.
 
+pub mod chaos;
 pub mod cli;
 pub mod config;
 pub mod driver;

@@ -1,4 +1,5 @@
 //! `client-bench`: the load generator. See `client-bench --help`.
+//! `client-bench chaos …` is the fault harness (`client-bench chaos --help`).
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -14,6 +15,9 @@ use client_bench::stats::Live;
 use client_bench::{progress, verify};
 
 fn main() -> ExitCode {
+    if std::env::args_os().nth(1).is_some_and(|a| a == "chaos") {
+        return client_bench::chaos::main(std::env::args_os().collect());
+    }
     let config = match BenchConfig::try_parse() {
         Ok(c) => c,
         Err(e) => {

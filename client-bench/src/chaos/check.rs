@@ -1,0 +1,855 @@
+//! The checker: the recorded history against the final state.
+//!
+//! Pure (no I/O), so it can be fed a synthetic history in tests. What it
+//! verifies, per key, per auction and per sale, is listed on [`check`].
+//! A *violation* breaks a guarantee of PROTOCOL.md; an *anomaly* is
+//! allowed by the protocol but worth a look (a rejection that was based on
+//! state that did not survive).
+
+use std::collections::{BTreeMap, HashMap};
+
+use gavel_protocol::{ErrorCode, Status};
+
+use super::history::{misuse, Answer, Op, OpKind, Reply};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AuctionSpec {
+    pub id: u64,
+    pub reserve: u64,
+    pub min_increment: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SaleSpec {
+    pub sku: u64,
+    pub stock: u64,
+    pub per_buyer_limit: u32,
+}
+
+/// What was opened before the load.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Setup {
+    pub auctions: Vec<AuctionSpec>,
+    pub sales: Vec<SaleSpec>,
+}
+
+/// An auction as GET_AUCTION showed it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AuctionSnap {
+    pub high_bid: u64,
+    pub high_bidder: u64,
+    pub bid_count: u64,
+}
+
+/// A sale as GET_SALE showed it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SaleSnap {
+    pub stock: u64,
+    pub sold: u64,
+}
+
+/// The server's state, read after the clean restart; `None` = NOT_FOUND.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    pub auctions: BTreeMap<u64, Option<AuctionSnap>>,
+    pub sales: BTreeMap<u64, Option<SaleSnap>>,
+}
+
+/// The final state before the replays and, when read, after them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FinalState {
+    pub before: Snapshot,
+    pub after_replays: Option<Snapshot>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Findings {
+    pub violations: Vec<String>,
+    pub anomalies: Vec<String>,
+}
+
+impl Findings {
+    fn violation(&mut self, what: String) {
+        self.violations.push(what);
+    }
+
+    fn anomaly(&mut self, what: String) {
+        self.anomalies.push(what);
+    }
+}
+
+/// Checks `ops` (every request sent, with every answer) against `state`.
+///
+/// Per key:
+/// * no ERROR a well-behaved client must never see (IDEMPOTENCY_CONFLICT,
+///   MALFORMED, …);
+/// * once answered OK, every later RESULT (final replays included) is the
+///   same outcome with REPLAYED set;
+/// * a RESULT flagged REPLAYED only when an earlier attempt may have
+///   executed (not after "not executed" errors only: that would mean an
+///   UNAVAILABLE/BUSY/SHUTTING_DOWN request had executed);
+/// * a REPLAYED rejection repeats an earlier answer (unless an ambiguous
+///   attempt came in between);
+/// * every request answered IN_DOUBT ends with a RESULT;
+/// * each RESULT agrees with the request (OK bid: value = amount, aux =
+///   bidder; OUTBID: amount below value + increment; SOLD_OUT: value <
+///   quantity; …) and no status that cannot occur (CLOSED, NOT_FOUND, …).
+///
+/// Per auction: high bid ≥ every OK amount, and equal to the amount of a
+/// bid that was OK or whose outcome is unknown (never of a rejected bid or
+/// of one answered "not executed"), with its bidder as high bidder;
+/// OK count ≤ bid_count ≤ OK count + unknown count; every OUTBID shows a
+/// high bid some client sent.
+///
+/// Per sale: Σ OK ≤ sold ≤ Σ OK + Σ unknown, sold ≤ stock, per buyer Σ OK ≤
+/// limit, the "sold after" of OK orders distinct and ≤ the final sold.
+///
+/// Replays after the restart change nothing (the state read after them is
+/// the state read before).
+pub fn check(setup: &Setup, ops: &[Op], state: &FinalState) -> Findings {
+    let mut f = Findings::default();
+    let auctions: HashMap<u64, AuctionSpec> = setup.auctions.iter().map(|a| (a.id, *a)).collect();
+    let sales: HashMap<u64, SaleSpec> = setup.sales.iter().map(|s| (s.sku, *s)).collect();
+    let mut rejected_then_accepted_in_replay = false;
+
+    let mut bids: BTreeMap<u64, Vec<&Op>> = BTreeMap::new();
+    let mut buys: BTreeMap<u64, Vec<&Op>> = BTreeMap::new();
+    for op in ops {
+        match op.kind {
+            OpKind::Bid { auction, .. } => bids.entry(auction).or_default().push(op),
+            OpKind::Buy { sku, .. } => buys.entry(sku).or_default().push(op),
+        }
+        if check_key(op, &mut f) {
+            rejected_then_accepted_in_replay = true;
+        }
+        check_semantics(op, &auctions, &sales, &mut f);
+    }
+
+    for spec in &setup.auctions {
+        let ops = bids.get(&spec.id).map(Vec::as_slice).unwrap_or(&[]);
+        check_auction(spec, ops, state.before.auctions.get(&spec.id), &mut f);
+    }
+    for spec in &setup.sales {
+        let ops = buys.get(&spec.sku).map(Vec::as_slice).unwrap_or(&[]);
+        check_sale(spec, ops, state.before.sales.get(&spec.sku), &mut f);
+    }
+    for id in bids.keys().filter(|id| !auctions.contains_key(id)) {
+        f.violation(format!(
+            "auction {id}: bids recorded for an auction never opened (harness bug)"
+        ));
+    }
+    for id in buys.keys().filter(|id| !sales.contains_key(id)) {
+        f.violation(format!(
+            "sale {id}: orders recorded for a sale never opened (harness bug)"
+        ));
+    }
+
+    if let Some(after) = &state.after_replays {
+        if *after != state.before && !rejected_then_accepted_in_replay {
+            for (id, b) in &state.before.auctions {
+                let a = after.auctions.get(id).copied().flatten();
+                if a != *b {
+                    f.violation(format!(
+                        "auction {id}: the final replays changed it: {b:?} before, {a:?} after"
+                    ));
+                }
+            }
+            for (id, b) in &state.before.sales {
+                let a = after.sales.get(id).copied().flatten();
+                if a != *b {
+                    f.violation(format!(
+                        "sale {id}: the final replays changed it: {b:?} before, {a:?} after"
+                    ));
+                }
+            }
+        }
+    }
+    f
+}
+
+/// The per-key rules. Returns true when a final replay of a rejected key
+/// was accepted (the replays then legitimately changed the state).
+fn check_key(op: &Op, f: &mut Findings) -> bool {
+    let mut maybe_ran = false;
+    let mut ambiguous_since_result = false;
+    let mut results: Vec<Reply> = Vec::new();
+    let mut accepted: Option<Reply> = None;
+    let mut replay_accepted = false;
+    for (i, a) in op.attempts.iter().enumerate() {
+        match a.answer {
+            Answer::Error(code) if misuse(code) => f.violation(format!(
+                "key answered {} (attempt {}), impossible for a well-formed retry with the same fields:\n    {}",
+                a.answer,
+                i + 1,
+                op.describe()
+            )),
+            Answer::Result(r) => {
+                if r.replayed && !maybe_ran {
+                    f.violation(format!(
+                        "attempt {} was answered REPLAYED although every earlier attempt was answered \
+                         \"not executed\" (or there was none): a request refused as not executed had executed:\n    {}",
+                        i + 1,
+                        op.describe()
+                    ));
+                }
+                if let Some(acc) = accepted {
+                    if !(r.status == Status::Ok && r.same_outcome(&acc) && r.replayed) {
+                        f.violation(format!(
+                            "accepted key answered {} (attempt {}{}) after its OK {}:\n    {}",
+                            r,
+                            i + 1,
+                            if a.final_replay { ", final replay" } else { "" },
+                            acc,
+                            op.describe()
+                        ));
+                    }
+                } else if r.status == Status::Ok {
+                    if !results.is_empty() {
+                        f.anomaly(format!(
+                            "rejected key later accepted (evaluated afresh, so the rejection was \
+                             based on state that did not survive):\n    {}",
+                            op.describe()
+                        ));
+                        replay_accepted |= a.final_replay;
+                    }
+                    accepted = Some(r);
+                } else if r.replayed
+                    && !results.is_empty()
+                    && !ambiguous_since_result
+                    && !results.iter().any(|p| p.same_outcome(&r))
+                {
+                    f.violation(format!(
+                        "attempt {} replayed {} which this key was never answered:\n    {}",
+                        i + 1,
+                        r,
+                        op.describe()
+                    ));
+                }
+                results.push(r);
+                maybe_ran = true;
+                ambiguous_since_result = false;
+            }
+            ref other if other.ambiguous() => {
+                maybe_ran = true;
+                ambiguous_since_result = true;
+            }
+            _ => {}
+        }
+    }
+    if op.got_in_doubt() && results.is_empty() {
+        f.violation(format!(
+            "answered {} and never resolved: no retry got a RESULT:\n    {}",
+            Answer::Error(ErrorCode::InDoubt as u16),
+            op.describe()
+        ));
+    }
+    replay_accepted
+}
+
+/// Each RESULT must agree with the request and the opened auction/sale.
+fn check_semantics(
+    op: &Op,
+    auctions: &HashMap<u64, AuctionSpec>,
+    sales: &HashMap<u64, SaleSpec>,
+    f: &mut Findings,
+) {
+    let mut seen: Vec<Reply> = Vec::new();
+    for r in op.attempts.iter().filter_map(|a| a.answer.result()) {
+        if seen.iter().any(|s| s.same_outcome(r)) {
+            continue;
+        }
+        seen.push(*r);
+        let wrong: Option<String> = match op.kind {
+            OpKind::Bid {
+                auction,
+                bidder,
+                amount,
+                ..
+            } => {
+                let Some(spec) = auctions.get(&auction) else {
+                    continue;
+                };
+                let step = spec.min_increment.max(1);
+                match r.status {
+                    Status::Ok if r.value != amount || r.aux != bidder => Some(format!(
+                        "OK must show the bid itself as high bid (value {amount}, aux {bidder})"
+                    )),
+                    Status::Outbid if amount >= r.value.saturating_add(step) => Some(format!(
+                        "OUTBID although amount {amount} >= high bid {} + increment {step}",
+                        r.value
+                    )),
+                    Status::BelowReserve if amount >= spec.reserve => Some(format!(
+                        "BELOW_RESERVE although amount {amount} >= reserve {}",
+                        spec.reserve
+                    )),
+                    Status::Ok | Status::Outbid | Status::BelowReserve => None,
+                    other => Some(format!(
+                        "{} cannot answer a BID on an open auction that never ends",
+                        other.name()
+                    )),
+                }
+            }
+            OpKind::Buy { sku, qty, .. } => {
+                let Some(spec) = sales.get(&sku) else {
+                    continue;
+                };
+                let qty = u64::from(qty);
+                let limit = u64::from(spec.per_buyer_limit);
+                match r.status {
+                    Status::Ok
+                        if r.value.saturating_add(qty) > spec.stock
+                            || r.aux < qty
+                            || r.aux > limit =>
+                    {
+                        Some(format!(
+                            "OK must leave value + {qty} <= stock {} and {qty} <= aux <= limit {limit}",
+                            spec.stock
+                        ))
+                    }
+                    Status::SoldOut if r.value >= qty => {
+                        Some(format!("SOLD_OUT although {} left >= quantity {qty}", r.value))
+                    }
+                    Status::LimitExceeded if r.aux + qty <= limit || r.value < qty => Some(format!(
+                        "LIMIT_EXCEEDED needs held {} + {qty} > limit {limit} with stock left {} >= {qty}",
+                        r.aux, r.value
+                    )),
+                    Status::Ok | Status::SoldOut | Status::LimitExceeded => None,
+                    other => Some(format!(
+                        "{} cannot answer a BUY on an open sale that never ends",
+                        other.name()
+                    )),
+                }
+            }
+        };
+        if let Some(why) = wrong {
+            f.violation(format!(
+                "answer {r} is wrong: {why}:\n    {}",
+                op.describe()
+            ));
+        }
+    }
+}
+
+fn bid_fields(op: &Op) -> (u64, u64) {
+    match op.kind {
+        OpKind::Bid { bidder, amount, .. } => (bidder, amount),
+        OpKind::Buy { .. } => unreachable!("bids only"),
+    }
+}
+
+fn ok_reply(op: &Op) -> Option<Reply> {
+    op.attempts
+        .iter()
+        .filter_map(|a| a.answer.result())
+        .find(|r| r.status == Status::Ok)
+        .copied()
+}
+
+fn check_auction(
+    spec: &AuctionSpec,
+    ops: &[&Op],
+    got: Option<&Option<AuctionSnap>>,
+    f: &mut Findings,
+) {
+    let id = spec.id;
+    let ok: Vec<&Op> = ops.iter().copied().filter(|o| o.accepted()).collect();
+    let maybe = ops.iter().filter(|o| o.maybe_executed()).count() as u64;
+    let Some(Some(a)) = got else {
+        f.violation(format!(
+            "auction {id}: {} after the restart ({} bids were accepted)",
+            if got.is_none() {
+                "not read"
+            } else {
+                "NOT_FOUND"
+            },
+            ok.len()
+        ));
+        return;
+    };
+    let mut by_amount: HashMap<u64, Vec<&Op>> = HashMap::new();
+    for o in ops {
+        by_amount.entry(bid_fields(o).1).or_default().push(o);
+    }
+    if let Some(top) = ok.iter().max_by_key(|o| bid_fields(o).1) {
+        let amount = bid_fields(top).1;
+        if a.high_bid < amount {
+            f.violation(format!(
+                "auction {id}: acknowledged bid lost: high bid {} < OK amount {amount}:\n    {}",
+                a.high_bid,
+                top.describe()
+            ));
+        }
+    }
+    if a.high_bid > 0 {
+        match by_amount.get(&a.high_bid) {
+            None => f.violation(format!(
+                "auction {id}: high bid {} (bidder {}) is no amount any client sent",
+                a.high_bid, a.high_bidder
+            )),
+            Some(cands) => {
+                let live: Vec<&&Op> = cands
+                    .iter()
+                    .filter(|o| o.accepted() || o.maybe_executed())
+                    .collect();
+                match live.first() {
+                    None => f.violation(format!(
+                        "auction {id}: the high bid {} is a bid that was answered as rejected or \
+                         not executed (an accepted bid answered otherwise, or a forgotten key \
+                         evaluated again):\n    {}",
+                        a.high_bid,
+                        cands[0].describe()
+                    )),
+                    Some(o) if live.iter().all(|o| bid_fields(o).0 != a.high_bidder) => {
+                        f.violation(format!(
+                            "auction {id}: high bidder {} is not the bidder of the high bid {}:\n    {}",
+                            a.high_bidder,
+                            a.high_bid,
+                            o.describe()
+                        ))
+                    }
+                    Some(_) => {}
+                }
+            }
+        }
+    } else if a.high_bidder != 0 {
+        f.violation(format!(
+            "auction {id}: high bidder {} without a high bid",
+            a.high_bidder
+        ));
+    }
+    let lo = ok.len() as u64;
+    if a.bid_count < lo || a.bid_count > lo + maybe {
+        f.violation(format!(
+            "auction {id}: bid_count {} outside [{lo}, {}] (OK bids, plus bids whose outcome is unknown)",
+            a.bid_count,
+            lo + maybe
+        ));
+    }
+    // Every OUTBID showed a high bid: some client sent it, and it survived
+    // unless its outcome is unknown.
+    for o in ops {
+        for r in o.attempts.iter().filter_map(|x| x.answer.result()) {
+            if r.status != Status::Outbid || r.value == 0 {
+                continue;
+            }
+            match by_amount.get(&r.value) {
+                None => f.violation(format!(
+                    "auction {id}: {r} shows a high bid no client sent:\n    {}",
+                    o.describe()
+                )),
+                Some(c) if c.iter().all(|b| b.resolved() && !b.accepted()) => f.anomaly(format!(
+                    "auction {id}: {r} was based on a bid that was finally not accepted:\n    {}\n    that bid: {}",
+                    o.describe(),
+                    c[0].describe()
+                )),
+                Some(_) => {}
+            }
+        }
+    }
+}
+
+fn check_sale(spec: &SaleSpec, ops: &[&Op], got: Option<&Option<SaleSnap>>, f: &mut Findings) {
+    let id = spec.sku;
+    let qty = |o: &Op| match o.kind {
+        OpKind::Buy { qty, .. } => u64::from(qty),
+        OpKind::Bid { .. } => unreachable!("orders only"),
+    };
+    let buyer = |o: &Op| match o.kind {
+        OpKind::Buy { buyer, .. } => buyer,
+        OpKind::Bid { .. } => unreachable!("orders only"),
+    };
+    let ok: Vec<&Op> = ops.iter().copied().filter(|o| o.accepted()).collect();
+    let lo: u64 = ok.iter().map(|o| qty(o)).sum();
+    let maybe: u64 = ops
+        .iter()
+        .filter(|o| o.maybe_executed())
+        .map(|o| qty(o))
+        .sum();
+    let Some(Some(s)) = got else {
+        f.violation(format!(
+            "sale {id}: {} after the restart ({lo} units were sold with OK)",
+            if got.is_none() {
+                "not read"
+            } else {
+                "NOT_FOUND"
+            }
+        ));
+        return;
+    };
+    if s.stock != spec.stock {
+        f.violation(format!(
+            "sale {id}: stock {} but it was opened with {}",
+            s.stock, spec.stock
+        ));
+    }
+    if s.sold > s.stock {
+        f.violation(format!(
+            "sale {id}: oversold: sold {} > stock {}",
+            s.sold, s.stock
+        ));
+    }
+    if s.sold < lo {
+        f.violation(format!(
+            "sale {id}: acknowledged orders lost: sold {} < {lo} units answered OK",
+            s.sold
+        ));
+    }
+    if s.sold > lo + maybe {
+        f.violation(format!(
+            "sale {id}: sold {} > {lo} units answered OK + {maybe} units of orders whose outcome \
+             is unknown: units sold to orders answered otherwise (or sold twice)",
+            s.sold
+        ));
+    }
+    let mut per_buyer: HashMap<u64, (u64, u64, Vec<u64>)> = HashMap::new();
+    for o in ops {
+        let e = per_buyer.entry(buyer(o)).or_default();
+        if o.accepted() {
+            e.0 += qty(o);
+            e.1 += qty(o);
+            if let Some(r) = ok_reply(o) {
+                e.2.push(r.aux);
+            }
+        } else if o.maybe_executed() {
+            e.1 += qty(o);
+        }
+    }
+    let limit = u64::from(spec.per_buyer_limit);
+    for (b, (ok_units, possible, helds)) in &per_buyer {
+        if *ok_units > limit {
+            f.violation(format!(
+                "sale {id}: buyer {b} was answered OK for {ok_units} units, over the per-buyer limit {limit}"
+            ));
+        }
+        let mut sorted = helds.clone();
+        sorted.sort_unstable();
+        if sorted.windows(2).any(|w| w[0] == w[1]) {
+            f.violation(format!(
+                "sale {id}: two OK orders of buyer {b} report the same holding (aux): {sorted:?}"
+            ));
+        }
+        if let Some(max) = sorted.last() {
+            if max > possible {
+                f.violation(format!(
+                    "sale {id}: buyer {b} was told it holds {max} units, more than its orders \
+                     could have bought ({possible})"
+                ));
+            }
+        }
+    }
+    let mut sold_after: Vec<(u64, &Op)> = ok
+        .iter()
+        .filter_map(|o| ok_reply(o).map(|r| (spec.stock.saturating_sub(r.value), *o)))
+        .collect();
+    sold_after.sort_by_key(|(n, _)| *n);
+    for w in sold_after.windows(2) {
+        if w[0].0 == w[1].0 {
+            f.violation(format!(
+                "sale {id}: two OK orders both left sold = {}:\n    {}\n    {}",
+                w[0].0,
+                w[0].1.describe(),
+                w[1].1.describe()
+            ));
+        }
+    }
+    if let Some((n, o)) = sold_after.last() {
+        if *n > s.sold {
+            f.violation(format!(
+                "sale {id}: an OK order left sold = {n}, above the final sold {}:\n    {}",
+                s.sold,
+                o.describe()
+            ));
+        }
+    }
+    for o in ops {
+        for r in o.attempts.iter().filter_map(|x| x.answer.result()) {
+            if r.status != Status::Ok && spec.stock.saturating_sub(r.value) > s.sold {
+                f.anomaly(format!(
+                    "sale {id}: {r} showed sold = {}, above the final sold {}:\n    {}",
+                    spec.stock.saturating_sub(r.value),
+                    s.sold,
+                    o.describe()
+                ));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::chaos::history::{Answer, Op, OpKind, Reply};
+
+    const BUSY: u16 = ErrorCode::Busy as u16;
+    const UNAVAILABLE: u16 = ErrorCode::Unavailable as u16;
+    const IN_DOUBT: u16 = ErrorCode::InDoubt as u16;
+
+    fn setup() -> Setup {
+        Setup {
+            auctions: vec![AuctionSpec {
+                id: 1,
+                reserve: 100,
+                min_increment: 5,
+            }],
+            sales: vec![SaleSpec {
+                sku: 7,
+                stock: 10,
+                per_buyer_limit: 5,
+            }],
+        }
+    }
+
+    fn bid(amount: u64, bidder: u64, key: u64, answers: &[Answer]) -> Op {
+        let mut op = Op::new(
+            OpKind::Bid {
+                auction: 1,
+                bidder,
+                amount,
+                bid_id: key,
+            },
+            0,
+        );
+        for (i, a) in answers.iter().enumerate() {
+            op.push(i as u64 * 10, *a);
+        }
+        op
+    }
+
+    fn buy(qty: u32, buyer: u64, key: u64, answers: &[Answer]) -> Op {
+        let mut op = Op::new(
+            OpKind::Buy {
+                sku: 7,
+                buyer,
+                qty,
+                order_id: key,
+            },
+            0,
+        );
+        for (i, a) in answers.iter().enumerate() {
+            op.push(i as u64 * 10, *a);
+        }
+        op
+    }
+
+    fn res(status: Status, value: u64, aux: u64) -> Answer {
+        Answer::Result(Reply::new(status, value, aux, false))
+    }
+
+    fn replayed(status: Status, value: u64, aux: u64) -> Answer {
+        Answer::Result(Reply::new(status, value, aux, true))
+    }
+
+    fn state(high: u64, bidder: u64, count: u64, sold: u64) -> FinalState {
+        let mut s = Snapshot::default();
+        s.auctions.insert(
+            1,
+            Some(AuctionSnap {
+                high_bid: high,
+                high_bidder: bidder,
+                bid_count: count,
+            }),
+        );
+        s.sales.insert(7, Some(SaleSnap { stock: 10, sold }));
+        FinalState {
+            before: s.clone(),
+            after_replays: Some(s),
+        }
+    }
+
+    /// A history every rule accepts: outbid, in-doubt resolved by a replay,
+    /// a lost answer whose retry replays, an unresolved bid that did win, a
+    /// sell-out.
+    fn good_history() -> Vec<Op> {
+        vec![
+            bid(1000, 1, 1, &[res(Status::Ok, 1000, 1)]),
+            bid(1003, 2, 2, &[res(Status::Outbid, 1000, 1)]),
+            bid(
+                1006,
+                3,
+                3,
+                &[Answer::Error(IN_DOUBT), replayed(Status::Ok, 1006, 3)],
+            ),
+            bid(
+                1009,
+                4,
+                4,
+                &[
+                    Answer::Lost,
+                    Answer::Error(UNAVAILABLE),
+                    replayed(Status::Outbid, 1006, 3),
+                ],
+            ),
+            // Sent, connection lost, never resolved: it may be the high bid.
+            bid(1012, 5, 5, &[Answer::Timeout]),
+            bid(1015, 6, 6, &[Answer::Error(BUSY)]),
+            buy(3, 1, 10, &[res(Status::Ok, 7, 3)]),
+            buy(2, 2, 11, &[Answer::Dropped, replayed(Status::Ok, 5, 2)]),
+            buy(5, 3, 12, &[Answer::Error(IN_DOUBT), res(Status::Ok, 0, 5)]),
+            buy(1, 4, 13, &[res(Status::SoldOut, 0, 0)]),
+        ]
+    }
+
+    #[test]
+    fn a_consistent_history_passes() {
+        let f = check(&setup(), &good_history(), &state(1012, 5, 3, 10));
+        assert!(f.violations.is_empty(), "{:#?}", f.violations);
+        assert!(f.anomalies.is_empty(), "{:#?}", f.anomalies);
+        // The unresolved bid did not execute: also fine.
+        let f = check(&setup(), &good_history(), &state(1006, 3, 2, 10));
+        assert!(f.violations.is_empty(), "{:#?}", f.violations);
+    }
+
+    #[test]
+    fn a_lost_acknowledged_bid_is_a_violation() {
+        let f = check(&setup(), &good_history(), &state(1000, 1, 1, 10));
+        assert!(
+            f.violations
+                .iter()
+                .any(|v| v.contains("acknowledged bid lost")),
+            "{:#?}",
+            f.violations
+        );
+    }
+
+    #[test]
+    fn a_forgotten_key_is_a_violation() {
+        // The first attempt executed (it is the high bid), its answer was
+        // lost, and the retry was evaluated afresh: OUTBID by itself.
+        let mut ops = good_history();
+        ops[4] = bid(1012, 5, 5, &[Answer::Timeout, res(Status::Outbid, 1012, 5)]);
+        let f = check(&setup(), &ops, &state(1012, 5, 3, 10));
+        assert!(
+            f.violations
+                .iter()
+                .any(|v| v.contains("the high bid 1012 is a bid that was answered as rejected")),
+            "{:#?}",
+            f.violations
+        );
+    }
+
+    #[test]
+    fn an_accepted_key_answering_otherwise_is_a_violation() {
+        let mut ops = good_history();
+        ops[0].push(500, res(Status::Outbid, 1006, 3));
+        let f = check(&setup(), &ops, &state(1012, 5, 3, 10));
+        assert_eq!(f.violations.len(), 1, "{:#?}", f.violations);
+        assert!(f.violations[0].contains("accepted key answered RESULT OUTBID"));
+        // A replay without the flag is also wrong.
+        let mut ops = good_history();
+        ops[0].push(500, res(Status::Ok, 1000, 1));
+        assert_eq!(
+            check(&setup(), &ops, &state(1012, 5, 3, 10))
+                .violations
+                .len(),
+            1
+        );
+    }
+
+    #[test]
+    fn unavailable_then_replayed_is_a_violation() {
+        // "Not executed", yet the retry replays: it had executed.
+        let mut ops = good_history();
+        ops[5] = bid(
+            1015,
+            6,
+            6,
+            &[Answer::Error(UNAVAILABLE), replayed(Status::Ok, 1015, 6)],
+        );
+        let f = check(&setup(), &ops, &state(1015, 6, 4, 10));
+        assert!(
+            f.violations
+                .iter()
+                .any(|v| v.contains("refused as not executed had executed")),
+            "{:#?}",
+            f.violations
+        );
+    }
+
+    #[test]
+    fn unresolved_in_doubt_is_a_violation() {
+        let mut ops = good_history();
+        ops.push(bid(1018, 7, 7, &[Answer::Error(IN_DOUBT), Answer::Timeout]));
+        let f = check(&setup(), &ops, &state(1012, 5, 3, 10));
+        assert!(
+            f.violations.iter().any(|v| v.contains("never resolved")),
+            "{:#?}",
+            f.violations
+        );
+    }
+
+    #[test]
+    fn oversold_and_double_sold_are_violations() {
+        // sold above what OK + unknown orders account for.
+        let mut ops = good_history();
+        ops[9] = buy(1, 4, 13, &[res(Status::SoldOut, 0, 0)]);
+        ops.retain(|o| !matches!(o.kind, OpKind::Buy { order_id: 12, .. }));
+        let f = check(&setup(), &ops, &state(1012, 5, 3, 10));
+        assert!(
+            f.violations
+                .iter()
+                .any(|v| v.contains("sold 10 > 5 units answered OK")),
+            "{:#?}",
+            f.violations
+        );
+        // sold below what was answered OK.
+        let f = check(&setup(), &good_history(), &state(1012, 5, 3, 8));
+        assert!(
+            f.violations
+                .iter()
+                .any(|v| v.contains("acknowledged orders lost")),
+            "{:#?}",
+            f.violations
+        );
+    }
+
+    #[test]
+    fn a_wrong_bid_count_and_a_changing_replay_are_violations() {
+        let f = check(&setup(), &good_history(), &state(1012, 5, 7, 10));
+        assert!(
+            f.violations.iter().any(|v| v.contains("bid_count 7")),
+            "{:#?}",
+            f.violations
+        );
+        let mut st = state(1012, 5, 3, 10);
+        st.after_replays
+            .as_mut()
+            .unwrap()
+            .sales
+            .insert(7, Some(SaleSnap { stock: 10, sold: 9 }));
+        let f = check(&setup(), &good_history(), &st);
+        assert!(
+            f.violations
+                .iter()
+                .any(|v| v.contains("final replays changed")),
+            "{:#?}",
+            f.violations
+        );
+    }
+
+    #[test]
+    fn a_conflict_error_and_a_wrong_ok_are_violations() {
+        let mut ops = good_history();
+        ops.push(bid(
+            1021,
+            8,
+            8,
+            &[Answer::Error(ErrorCode::IdempotencyConflict as u16)],
+        ));
+        ops.push(buy(1, 9, 14, &[res(Status::Ok, 9, 7)]));
+        let f = check(&setup(), &ops, &state(1012, 5, 3, 10));
+        assert!(
+            f.violations
+                .iter()
+                .any(|v| v.contains("IDEMPOTENCY_CONFLICT")),
+            "{:#?}",
+            f.violations
+        );
+        assert!(
+            f.violations
+                .iter()
+                .any(|v| v.contains("RESULT OK value=9 aux=7 is wrong")),
+            "{:#?}",
+            f.violations
+        );
+    }
+}
