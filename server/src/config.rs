@@ -202,6 +202,21 @@ pub struct Config {
     #[arg(long, env = "GAVEL_SUBSCRIBER_CAP", default_value_t = 1024 * 1024)]
     pub subscriber_cap: usize,
 
+    /// Most auctions (open and closed) held in memory, split evenly over
+    /// shards; an OPEN_AUCTION for a new auction on a full shard gets ERROR
+    /// BUSY "auction limit reached" (not executed; replays of existing ones
+    /// still answer). ~200 bytes each: the default holds ~0.8 GB. Applies
+    /// to the local engine (in cross-node mode Redis holds the auctions).
+    #[arg(long, env = "GAVEL_MAX_AUCTIONS", default_value_t = 4_000_000)]
+    pub max_auctions: usize,
+
+    /// Most sales held in memory, split evenly over shards; beyond it an
+    /// OPEN_SALE for a new SKU gets ERROR BUSY "sale limit reached". ~250
+    /// bytes each plus ~30 per buyer holding: the default holds ~0.25 GB.
+    /// Local engine only, like --max-auctions.
+    #[arg(long, env = "GAVEL_MAX_SALES", default_value_t = 1_000_000)]
+    pub max_sales: usize,
+
     /// Reply batches that may wait for one event loop (each at most 1,024
     /// replies or pushes, ~88 bytes each): a shard or the writer that finds
     /// the queue full waits, its own queue fills, and new requests for it
@@ -296,6 +311,8 @@ impl Config {
     pub fn shard_capacity(&self) -> crate::engine::limits::Capacity {
         use crate::engine::limits::Capacity;
         let total = Capacity {
+            auctions: self.max_auctions,
+            sales: self.max_sales,
             subscriptions: self.max_subscriptions,
         };
         Capacity::share(total, self.shard_count())

@@ -247,3 +247,57 @@ fn a_tiny_reply_queue_slows_shards_down_without_deadlock() {
     }
     assert!(metric(&s, "gavel_reply_queue_full_total") > 0.0);
 }
+
+#[test]
+fn auctions_and_sales_are_capped() {
+    let s = Server::start(&[
+        "--metrics-listen",
+        "127.0.0.1:0",
+        "--shards",
+        "1",
+        "--max-auctions",
+        "4",
+        "--max-sales",
+        "2",
+    ]);
+    let mut c = s.client();
+    for a in 1..=4 {
+        assert_eq!(
+            c.open_auction(a, 0, 1, 0).unwrap().result.status,
+            Status::Ok
+        );
+    }
+    let (code, message) = refused(c.open_auction(5, 0, 1, 0));
+    assert_eq!(code, ErrorCode::Busy);
+    assert!(message.contains("auction limit reached"), "{message}");
+    // What exists still answers: a replayed OPEN, a conflicting one, bids.
+    assert!(c.open_auction(1, 0, 1, 0).unwrap().replayed);
+    assert_eq!(
+        c.open_auction(1, 9, 1, 0).unwrap().result.status,
+        Status::AlreadyExists
+    );
+    assert_eq!(c.bid(1, 7, 10, 1).unwrap().result.status, Status::Ok);
+
+    for k in 1..=2 {
+        assert_eq!(
+            c.open_sale(k, 5, 0, 0, 0).unwrap().result.status,
+            Status::Ok
+        );
+    }
+    let (code, message) = refused(c.open_sale(3, 5, 0, 0, 0));
+    assert_eq!(code, ErrorCode::Busy);
+    assert!(message.contains("sale limit reached"), "{message}");
+    assert!(c.open_sale(2, 5, 0, 0, 0).unwrap().replayed);
+    assert_eq!(c.buy(1, 7, 1, 1).unwrap().result.status, Status::Ok);
+
+    assert_eq!(metric(&s, "gavel_auctions"), 4.0);
+    assert_eq!(metric(&s, "gavel_sales"), 2.0);
+    assert_eq!(
+        metric(&s, "gavel_limit_refusals_total{limit=\"max_auctions\"}"),
+        1.0
+    );
+    assert_eq!(
+        metric(&s, "gavel_limit_refusals_total{limit=\"max_sales\"}"),
+        1.0
+    );
+}

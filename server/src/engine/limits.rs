@@ -17,6 +17,10 @@ pub struct Sizes {
 /// end or an operator raises the cap.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Cap {
+    /// `--max-auctions`: this shard's share is taken.
+    Auctions,
+    /// `--max-sales`: this shard's share is taken.
+    Sales,
     /// `--max-subscriptions`: this shard's share is taken.
     Subscriptions,
     /// `--max-subscriptions-per-conn` (checked by the event loop).
@@ -24,7 +28,12 @@ pub enum Cap {
 }
 
 impl Cap {
-    pub const ALL: [Cap; 2] = [Cap::Subscriptions, Cap::SubscriptionsPerConn];
+    pub const ALL: [Cap; 4] = [
+        Cap::Auctions,
+        Cap::Sales,
+        Cap::Subscriptions,
+        Cap::SubscriptionsPerConn,
+    ];
 
     /// The ERROR code the client gets.
     pub fn code(self) -> ErrorCode {
@@ -34,6 +43,8 @@ impl Cap {
     /// The ERROR's message.
     pub fn message(self) -> &'static str {
         match self {
+            Cap::Auctions => "auction limit reached (--max-auctions)",
+            Cap::Sales => "sale limit reached (--max-sales)",
             Cap::Subscriptions => "subscription limit reached (--max-subscriptions)",
             Cap::SubscriptionsPerConn => {
                 "too many subscriptions on this connection (--max-subscriptions-per-conn)"
@@ -44,6 +55,8 @@ impl Cap {
     /// The metric label (`gavel_limit_refusals_total{limit=…}`).
     pub fn label(self) -> &'static str {
         match self {
+            Cap::Auctions => "max_auctions",
+            Cap::Sales => "max_sales",
             Cap::Subscriptions => "max_subscriptions",
             Cap::SubscriptionsPerConn => "max_subscriptions_per_conn",
         }
@@ -53,12 +66,16 @@ impl Cap {
 /// The caps of one shard: its share of the server's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Capacity {
+    pub auctions: usize,
+    pub sales: usize,
     pub subscriptions: usize,
 }
 
 impl Capacity {
     /// No caps (tests, benchmarks).
     pub const UNLIMITED: Capacity = Capacity {
+        auctions: usize::MAX,
+        sales: usize::MAX,
         subscriptions: usize::MAX,
     };
 
@@ -66,6 +83,8 @@ impl Capacity {
     pub fn share(total: Capacity, shards: usize) -> Capacity {
         let part = |n: usize| (n / shards.max(1)).max(1);
         Capacity {
+            auctions: part(total.auctions),
+            sales: part(total.sales),
             subscriptions: part(total.subscriptions),
         }
     }

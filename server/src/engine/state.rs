@@ -30,6 +30,8 @@ pub struct ShardState {
     /// Scheduled ends of open auctions, earliest first.
     deadlines: BinaryHeap<Reverse<(u64, u64)>>,
     subscriptions: Subscriptions,
+    /// This shard's share of `--max-auctions` / `--max-sales`.
+    cap: Capacity,
 }
 
 const NONE: ResultPayload = ResultPayload::new(Status::NotFound, 0, 0);
@@ -43,6 +45,7 @@ impl ShardState {
             idempotency: IdempotencyStore::new(idempotency_window_ms, keys),
             deadlines: BinaryHeap::new(),
             subscriptions: Subscriptions::default(),
+            cap: Capacity::UNLIMITED,
         }
     }
 
@@ -87,6 +90,9 @@ impl ShardState {
                 (Status::Ok, true)
             }
             Some(_) => (Status::AlreadyExists, false),
+            None if self.auctions.len() >= self.cap.auctions => {
+                return fx.refuse(c, Cap::Auctions);
+            }
             None => {
                 let a = Auction::new(o.auction_id, o.reserve, o.min_increment, o.ends_at_ms);
                 self.insert_auction(a);
@@ -226,6 +232,7 @@ impl ShardState {
                 (Status::Ok, true)
             }
             Some(_) => (Status::AlreadyExists, false),
+            None if self.sales.len() >= self.cap.sales => return fx.refuse(c, Cap::Sales),
             None => {
                 let s = Sale::new(
                     o.sku_id,
@@ -354,6 +361,7 @@ impl ShardState {
     /// Caps what this shard holds (its share of the server's caps).
     pub fn set_capacity(&mut self, cap: Capacity) {
         self.subscriptions.set_cap(cap.subscriptions);
+        self.cap = cap;
     }
 
     /// What this shard holds, for the gauges.
