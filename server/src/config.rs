@@ -184,7 +184,11 @@ pub struct Config {
     #[arg(long, env = "GAVEL_MAX_PAYLOAD", default_value_t = 1024, value_parser = clap::value_parser!(u16).range(32..))]
     pub max_payload: u16,
 
-    /// Close a connection that has sat on an incomplete frame this long (slowloris defence).
+    /// Close a connection that has sat on an incomplete frame this long, or
+    /// that has not sent a complete frame (with TLS: finished its handshake
+    /// and sent one) this long after it was accepted (slowloris defence;
+    /// silent connections cannot hold --max-connections). A connection that
+    /// has sent a frame and is simply idle is not timed out.
     #[arg(long, env = "GAVEL_IDLE_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub idle_timeout: Duration,
 

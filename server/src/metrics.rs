@@ -225,6 +225,10 @@ pub struct LoopStats {
     pub limits: [u64; Cap::ALL.len()],
     pub accepted: u64,
     pub refused_capacity: u64,
+    /// Closed by `--idle-timeout` (silent since accept, or stalled).
+    pub closed_idle: u64,
+    /// Closed by `--subscriber-cap`.
+    pub closed_slow: u64,
     pub dirty: bool,
 }
 
@@ -239,6 +243,8 @@ impl Default for LoopStats {
             limits: [0; Cap::ALL.len()],
             accepted: 0,
             refused_capacity: 0,
+            closed_idle: 0,
+            closed_slow: 0,
             dirty: false,
         }
     }
@@ -296,6 +302,7 @@ pub struct Metrics {
     limits: Vec<Counter>,
     pub accepted: Counter,
     refused: Family<Vec<(String, String)>, Counter>,
+    closed: Family<Vec<(String, String)>, Counter>,
     pub open_connections: Gauge,
     shard_queue: Family<Vec<(String, String)>, Gauge>,
     pub auctions: Gauge,
@@ -368,6 +375,15 @@ impl Metrics {
             "Connections refused, by reason",
             Family::<Vec<(String, String)>, Counter>::default(),
         );
+        let closed = reg(
+            &mut r,
+            "connections_closed",
+            "Connections the server closed on its own, by reason (idle: --idle-timeout, silent since accept or stalled on a frame; slow_subscriber: --subscriber-cap)",
+            Family::<Vec<(String, String)>, Counter>::default(),
+        );
+        for reason in ["idle", "slow_subscriber"] {
+            let _ = closed.get_or_create(&labels("reason", reason));
+        }
         let open_connections = reg(
             &mut r,
             "connections_open",
@@ -419,6 +435,7 @@ impl Metrics {
             limits,
             accepted,
             refused,
+            closed,
             open_connections,
             shard_queue,
             auctions,
@@ -481,6 +498,17 @@ impl Metrics {
         if s.refused_capacity != 0 {
             self.refused(s.refused_capacity, "max_connections");
             s.refused_capacity = 0;
+        }
+        for (n, reason) in [
+            (&mut s.closed_idle, "idle"),
+            (&mut s.closed_slow, "slow_subscriber"),
+        ] {
+            if *n != 0 {
+                self.closed
+                    .get_or_create(&labels("reason", reason))
+                    .inc_by(*n);
+                *n = 0;
+            }
         }
         s.dirty = false;
     }

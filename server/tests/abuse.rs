@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
@@ -300,4 +300,47 @@ fn auctions_and_sales_are_capped() {
         metric(&s, "gavel_limit_refusals_total{limit=\"max_sales\"}"),
         1.0
     );
+}
+
+/// Reads until EOF: Ok(bytes) if the server closed cleanly in time.
+fn read_to_close(s: &mut TcpStream, within: Duration) -> std::io::Result<Vec<u8>> {
+    s.set_read_timeout(Some(within))?;
+    let mut out = Vec::new();
+    s.read_to_end(&mut out)?;
+    Ok(out)
+}
+
+#[test]
+fn silent_connections_are_closed_at_the_idle_timeout() {
+    let s = Server::start(&[
+        "--metrics-listen",
+        "127.0.0.1:0",
+        "--max-connections",
+        "100",
+        "--idle-timeout",
+        "1s",
+    ]);
+    let started = Instant::now();
+    let mut silent: Vec<TcpStream> = (0..100)
+        .map(|_| TcpStream::connect(s.addr).unwrap())
+        .collect();
+    wait_for_metric(&s, "gavel_connections_open", 100.0);
+    // Full: the next one is refused.
+    let mut refused = TcpStream::connect(s.addr).unwrap();
+    let busy = read_to_close(&mut refused, Duration::from_secs(5)).unwrap();
+    assert_eq!(busy.get(..2), Some(&[msg_type::ERROR, 0][..]), "{busy:?}");
+    // Each silent one is closed without a reply, within a few seconds.
+    for c in &mut silent {
+        let got = read_to_close(c, Duration::from_secs(5))
+            .unwrap_or_else(|e| panic!("not closed after {:?}: {e}", started.elapsed()));
+        assert!(got.is_empty(), "{got:?}");
+    }
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "not before the timeout"
+    );
+    // And a new client gets in.
+    let mut c = s.client();
+    c.ping(b"in").unwrap();
+    assert!(metric(&s, "gavel_connections_closed_total{reason=\"idle\"}") >= 100.0);
 }

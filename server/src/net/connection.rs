@@ -40,8 +40,11 @@ pub struct Connection {
     pub subs: u32,
     /// SUBSCRIBEs sent to shards and not answered yet.
     pub subs_pending: u32,
-    /// Since when the read buffer has held an incomplete frame.
+    /// Since when the read buffer has held an incomplete frame — or, until
+    /// the first complete frame, since accept: the idle clock starts there.
     pub partial_since: Option<Instant>,
+    /// No complete frame has been read yet.
+    pub silent: bool,
     /// Reading stopped because of the in-flight or output cap.
     pub paused: bool,
     /// The peer sent EOF: answer what is in flight, then close.
@@ -86,9 +89,11 @@ impl Connection {
             sub_shards: 0,
             subs: 0,
             subs_pending: 0,
-            // A TLS peer must finish its handshake within --idle-timeout,
-            // whether it sends nothing or trickles records (slowloris).
-            partial_since: tls.as_ref().map(|_| Instant::now()),
+            // A peer must send its first complete frame (a TLS peer finish
+            // its handshake, then that) within --idle-timeout of accept,
+            // whether it sends nothing or trickles bytes (slowloris).
+            partial_since: Some(Instant::now()),
+            silent: true,
             paused: false,
             read_eof: false,
             fatal: None,
@@ -272,9 +277,14 @@ impl Connection {
     /// that keeps completing frames is never timed out, one that trickles a
     /// header is.
     pub fn settle_read_buffer(&mut self, pool: &mut BufferPool, now: Instant, progressed: bool) {
-        if self.tls.as_ref().is_some_and(|t| t.is_handshaking()) {
-            // The clock started at accept and only a finished handshake stops it.
+        self.silent &= !progressed;
+        if self.silent || self.tls.as_ref().is_some_and(|t| t.is_handshaking()) {
+            // The clock started at accept and only a first frame (after a
+            // finished handshake) stops it.
             self.partial_since.get_or_insert(now);
+            if let Some(b) = self.rbuf.take_if(|b| b.is_empty()) {
+                pool.put(b);
+            }
             return;
         }
         match &self.rbuf {

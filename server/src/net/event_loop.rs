@@ -383,6 +383,8 @@ impl EventLoop {
                             unsent = conn.unsent(),
                             "subscriber is not reading; disconnecting it"
                         );
+                        ctx.stats.closed_slow += 1;
+                        ctx.stats.dirty = true;
                         self.close(slot);
                         continue;
                     }
@@ -559,7 +561,8 @@ impl EventLoop {
         }
     }
 
-    /// Slowloris defence: close connections stuck on an incomplete frame.
+    /// Slowloris defence: close connections stuck on an incomplete frame,
+    /// or silent since accept, for `--idle-timeout`.
     fn close_stalled(&mut self, now: Instant) {
         let timeout = self.ctx.shared.idle_timeout;
         let stalled: Vec<usize> = self
@@ -572,7 +575,14 @@ impl EventLoop {
             .map(|(k, _)| k)
             .collect();
         for slot in stalled {
-            tracing::info!(peer = %self.conns[slot].peer, "incomplete frame for too long; closing connection");
+            let c = &self.conns[slot];
+            if c.silent {
+                tracing::info!(peer = %c.peer, "no complete request within --idle-timeout of connecting; closing connection");
+            } else {
+                tracing::info!(peer = %c.peer, "incomplete frame for too long; closing connection");
+            }
+            self.ctx.stats.closed_idle += 1;
+            self.ctx.stats.dirty = true;
             self.close(slot);
         }
     }
