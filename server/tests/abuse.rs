@@ -344,3 +344,108 @@ fn silent_connections_are_closed_at_the_idle_timeout() {
     c.ping(b"in").unwrap();
     assert!(metric(&s, "gavel_connections_closed_total{reason=\"idle\"}") >= 100.0);
 }
+
+/// Sends `bytes` on a fresh connection, then reads every frame until the
+/// server closes: (type, request_id, ERROR code if an ERROR).
+fn exchange(s: &Server, bytes: &[u8]) -> Vec<(u8, u32, Option<ErrorCode>)> {
+    let mut c = TcpStream::connect(s.addr).unwrap();
+    c.write_all(bytes).unwrap();
+    let got = read_to_close(&mut c, Duration::from_secs(10))
+        .unwrap_or_else(|e| panic!("connection not closed: {e}"));
+    let mut buf = bytes::BytesMut::from(&got[..]);
+    let d = gavel_protocol::Decoder::new(65535);
+    let mut out = Vec::new();
+    while let Some(f) = d.decode_server(&mut buf).unwrap() {
+        let (t, code) = match f.body {
+            gavel_protocol::ServerMessage::Response(Response::Error { code, .. }) => {
+                (msg_type::ERROR, Some(code))
+            }
+            gavel_protocol::ServerMessage::Response(Response::Welcome { .. }) => {
+                (msg_type::WELCOME, None)
+            }
+            other => panic!("unexpected {other:?}"),
+        };
+        out.push((t, f.request_id, code));
+    }
+    assert!(buf.is_empty(), "trailing bytes");
+    out
+}
+
+fn hello_payload(version: u16, token: &[u8]) -> Vec<u8> {
+    let mut p = version.to_be_bytes().to_vec();
+    p.push(token.len() as u8);
+    p.extend_from_slice(token);
+    p
+}
+
+#[test]
+fn before_hello_anything_but_a_valid_hello_is_unauthorized_and_closes() {
+    let s = Server::start(&[
+        "--metrics-listen",
+        "127.0.0.1:0",
+        "--auth-token",
+        "sesame",
+        "--rate-per-conn",
+        "1000/1",
+    ]);
+    let unauthorized = |rid| vec![(msg_type::ERROR, rid, Some(ErrorCode::Unauthorized))];
+    let mut bad_hello = hello_payload(1, b"sesame");
+    bad_hello.push(b'!'); // token_len no longer matches
+    let mut zero_key_bid = [0u8; 32];
+    zero_key_bid[7] = 1;
+    let oversized = [msg_type::PING, 0, 0xff, 0xff, 0, 0, 0, 9];
+    let cases: Vec<(&str, Vec<u8>, u32)> = vec![
+        ("unknown type", raw_frame(0x7f, 11, b"?"), 11),
+        (
+            "malformed HELLO",
+            raw_frame(msg_type::HELLO, 12, &bad_hello),
+            12,
+        ),
+        ("short HELLO", raw_frame(msg_type::HELLO, 13, &[0]), 13),
+        (
+            "BID with key 0",
+            raw_frame(msg_type::BID, 14, &zero_key_bid),
+            14,
+        ),
+        (
+            "wrong length",
+            raw_frame(msg_type::GET_AUCTION, 15, &[1, 2]),
+            15,
+        ),
+        ("oversized", oversized.to_vec(), 9),
+        ("PING", raw_frame(msg_type::PING, 16, b"hi"), 16),
+        (
+            "bad token",
+            raw_frame(msg_type::HELLO, 17, &hello_payload(1, b"open")),
+            17,
+        ),
+        (
+            // Over --rate-per-conn (burst 1) before HELLO: still UNAUTHORIZED.
+            "two PINGs",
+            [
+                raw_frame(msg_type::PING, 18, b""),
+                raw_frame(msg_type::PING, 19, b""),
+            ]
+            .concat(),
+            18,
+        ),
+    ];
+    for (what, bytes, rid) in cases {
+        assert_eq!(exchange(&s, &bytes), unauthorized(rid), "{what}");
+    }
+    // A bad version is UNSUPPORTED_VERSION (checked before the token), and closes too.
+    assert_eq!(
+        exchange(&s, &raw_frame(msg_type::HELLO, 20, &hello_payload(2, b"x"))),
+        vec![(msg_type::ERROR, 20, Some(ErrorCode::UnsupportedVersion))]
+    );
+    // After a valid HELLO, the same garbage is answered and the connection stays.
+    let mut c = s.client();
+    c.hello(b"sesame").unwrap();
+    c.send_raw(&raw_frame(0x7f, 21, b"?"));
+    c.flush().unwrap();
+    match c.recv().unwrap().body {
+        Response::Error { code, .. } => assert_eq!(code, ErrorCode::UnknownType),
+        other => panic!("{other:?}"),
+    }
+    c.ping(b"still open").unwrap();
+}

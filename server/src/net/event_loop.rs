@@ -674,6 +674,14 @@ fn decode_buffered(conn: &mut Connection, slot: usize, ctx: &mut Ctx) -> bool {
                 progressed = true;
                 handle_request(conn, slot, frame, ctx);
             }
+            Err(e) if !conn.authed => {
+                // Auth on, no valid HELLO yet: a frame that does not even
+                // decode is not one (§9.1): UNAUTHORIZED and close.
+                progressed = true;
+                log_bad_hello(conn, ctx, &e);
+                fatal(conn, e.request_id(), ErrorCode::Unauthorized, NOT_AUTHED);
+                mark_dirty(conn, slot, &mut ctx.dirty);
+            }
             Err(e) => {
                 progressed = true;
                 if e.is_fatal() {
@@ -708,6 +716,17 @@ fn handle_request(conn: &mut Connection, slot: usize, frame: Frame<Request>, ctx
             "server is shutting down",
         );
     }
+    if !conn.authed {
+        // Auth on, no valid HELLO yet: only a HELLO is read; anything else
+        // closes the connection (so there is nothing to rate-limit yet).
+        return match &frame.body {
+            Request::Hello { version, token } => hello(conn, slot, rid, *version, token, ctx),
+            _ => {
+                tracing::info!(peer = %conn.peer, "request before HELLO; closing connection");
+                fatal(conn, rid, ErrorCode::Unauthorized, NOT_AUTHED)
+            }
+        };
+    }
     if let Some(limit) = &ctx.conn_limit {
         if !conn.bucket.take(limit, ctx.now_ns) {
             return rate_limited(conn, slot, rid, ctx);
@@ -715,14 +734,6 @@ fn handle_request(conn: &mut Connection, slot: usize, frame: Frame<Request>, ctx
     }
     if let Request::Hello { version, token } = &frame.body {
         return hello(conn, slot, rid, *version, token, ctx);
-    }
-    if !conn.authed {
-        return fatal(
-            conn,
-            rid,
-            ErrorCode::Unauthorized,
-            "HELLO with a valid token required first",
-        );
     }
     let op = match shard_op(frame.body) {
         Ok(op) => op,
@@ -770,6 +781,12 @@ fn count_subscriptions(conn: &mut Connection, out: &Outgoing) {
         }
         _ => conn.subs = conn.subs.saturating_add_signed(out.subs as i32),
     }
+}
+
+const NOT_AUTHED: &str = "HELLO with a valid token required first";
+
+fn log_bad_hello(conn: &Connection, _ctx: &mut Ctx, e: &gavel_protocol::DecodeError) {
+    tracing::info!(peer = %conn.peer, error = %e, "undecodable frame before HELLO; closing connection");
 }
 
 /// Answers with a connection-closing ERROR; nothing more is read.
