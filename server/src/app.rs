@@ -307,6 +307,8 @@ fn shared_state(
         max_payload: config.max_payload,
         max_in_flight: config.max_in_flight.max(1),
         output_cap: config.output_cap,
+        output_budget: config.output_budget,
+        unsent_total: AtomicUsize::new(0),
         subscriber_cap: config.subscriber_cap,
         max_subscriptions_per_conn: config.max_subscriptions_per_conn,
         send_buffer: config.send_buffer,
@@ -347,6 +349,8 @@ fn serve_metrics(
         };
         m.open_connections
             .set(live.open_connections.load(Ordering::Relaxed) as i64);
+        m.unsent_bytes
+            .set(live.unsent_total.load(Ordering::Relaxed) as i64);
         let mut held = Sizes::default();
         for (i, s) in live.shards.iter().enumerate() {
             m.set_shard_queue(i, s.queued.load(Ordering::Relaxed));

@@ -201,6 +201,14 @@ pub struct Config {
     #[arg(long, env = "GAVEL_OUTPUT_CAP", default_value_t = 256 * 1024)]
     pub output_cap: usize,
 
+    /// Unsent reply bytes across all connections at which the server stops
+    /// reading every connection that has replies waiting (those that read
+    /// theirs promptly go on) until the total is back under it. Bounds what
+    /// slow readers hold in memory: --output-cap alone allows that much per
+    /// connection, times --max-connections.
+    #[arg(long, env = "GAVEL_OUTPUT_BUDGET", default_value_t = 256 * 1024 * 1024)]
+    pub output_budget: usize,
+
     /// Unsent bytes at which a subscriber that does not read is disconnected
     /// instead of holding pushes for it.
     #[arg(long, env = "GAVEL_SUBSCRIBER_CAP", default_value_t = 1024 * 1024)]

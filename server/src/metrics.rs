@@ -229,6 +229,8 @@ pub struct LoopStats {
     pub closed_idle: u64,
     /// Closed by `--subscriber-cap`.
     pub closed_slow: u64,
+    /// Connections no longer read because of `--output-budget`.
+    pub budget_pauses: u64,
     pub dirty: bool,
 }
 
@@ -245,6 +247,7 @@ impl Default for LoopStats {
             refused_capacity: 0,
             closed_idle: 0,
             closed_slow: 0,
+            budget_pauses: 0,
             dirty: false,
         }
     }
@@ -309,6 +312,8 @@ pub struct Metrics {
     pub sales: Gauge,
     pub subscriptions: Gauge,
     pub reply_queue_full: Counter,
+    pub unsent_bytes: Gauge,
+    budget_pauses: Counter,
     pub store: StoreMetrics,
     pub redis_round_trips: Counter,
     pub redis_seconds: AtomicHistogram,
@@ -423,6 +428,18 @@ impl Metrics {
             "Times a shard or the writer found an event loop's reply queue full (--reply-queue) and waited",
             Counter::default(),
         );
+        let unsent_bytes = reg(
+            &mut r,
+            "output_unsent_bytes",
+            "Reply bytes waiting for slow readers, all connections (--output-budget)",
+            Gauge::default(),
+        );
+        let budget_pauses = reg(
+            &mut r,
+            "output_budget_pauses",
+            "Times a connection holding unsent output was no longer read because the server was over --output-budget",
+            Counter::default(),
+        );
         let store = StoreMetrics::new(&mut r);
         let (redis_round_trips, redis_seconds, redis_errors, redis_up) = redis_metrics(&mut r);
         Metrics {
@@ -442,6 +459,8 @@ impl Metrics {
             sales,
             subscriptions,
             reply_queue_full,
+            unsent_bytes,
+            budget_pauses,
             store,
             redis_round_trips,
             redis_seconds,
@@ -498,6 +517,10 @@ impl Metrics {
         if s.refused_capacity != 0 {
             self.refused(s.refused_capacity, "max_connections");
             s.refused_capacity = 0;
+        }
+        if s.budget_pauses != 0 {
+            self.budget_pauses.inc_by(s.budget_pauses);
+            s.budget_pauses = 0;
         }
         for (n, reason) in [
             (&mut s.closed_idle, "idle"),

@@ -449,3 +449,85 @@ fn before_hello_anything_but_a_valid_hello_is_unauthorized_and_closes() {
     }
     c.ping(b"still open").unwrap();
 }
+
+fn rss_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    kb * 1024
+}
+
+#[test]
+fn unsent_output_is_bounded_across_connections() {
+    // Each connection may hold 64 MiB unsent, the server 4 MiB in all.
+    const BUDGET: u64 = 4 << 20;
+    let s = Server::start(&[
+        "--metrics-listen",
+        "127.0.0.1:0",
+        "--max-payload",
+        "65535",
+        "--output-cap",
+        "67108864",
+        "--output-budget",
+        &BUDGET.to_string(),
+        // Small kernel buffers both ways: what the server holds shows sooner.
+        "--send-buffer",
+        "65536",
+    ]);
+    let rss_before = rss_bytes(s.pid());
+    let ping = raw_frame(msg_type::PING, 1, &[7u8; 60_000]);
+    // Four clients send PINGs and never read their PONGs.
+    let floods: Vec<_> = (0..4)
+        .map(|_| {
+            let sock =
+                socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+            sock.set_recv_buffer_size(65536).unwrap();
+            sock.connect(&s.addr.into()).unwrap();
+            let mut c: TcpStream = sock.into();
+            c.set_write_timeout(Some(Duration::from_secs(1))).unwrap();
+            let ping = ping.clone();
+            std::thread::spawn(move || {
+                let mut sent = 0usize;
+                while sent < 64 << 20 && c.write_all(&ping).is_ok() {
+                    sent += ping.len();
+                }
+                (c, sent)
+            })
+        })
+        .collect();
+    let floods: Vec<(TcpStream, usize)> = floods.into_iter().map(|t| t.join().unwrap()).collect();
+    let sent: usize = floods.iter().map(|f| f.1).sum();
+    let unsent = metric(&s, "gavel_output_unsent_bytes");
+    let grown = rss_bytes(s.pid()).saturating_sub(rss_before);
+    eprintln!("sent {sent} B, unsent {unsent} B, RSS grew {grown} B");
+    // Over the budget by at most what one read can add per connection.
+    assert!(
+        unsent <= (BUDGET + 4 * (256 << 10)) as f64,
+        "unsent {unsent}"
+    );
+    assert!(grown < 48 << 20, "RSS grew {grown} B");
+    assert!(metric(&s, "gavel_output_budget_pauses_total") >= 1.0);
+    // Once they read, all they sent is answered.
+    let drains: Vec<_> = floods
+        .into_iter()
+        .map(|(mut c, sent)| {
+            std::thread::spawn(move || {
+                c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+                let mut sink = vec![0u8; 1 << 20];
+                let mut got = 0;
+                while got < sent {
+                    got += c.read(&mut sink).expect("PONGs keep coming");
+                }
+                assert_eq!(got, sent, "a PONG echoes its PING");
+            })
+        })
+        .collect();
+    for d in drains {
+        d.join().unwrap();
+    }
+    wait_for_metric(&s, "gavel_output_unsent_bytes", 0.0);
+    s.client().ping(b"fine").unwrap();
+}

@@ -45,8 +45,13 @@ pub struct Connection {
     pub partial_since: Option<Instant>,
     /// No complete frame has been read yet.
     pub silent: bool,
-    /// Reading stopped because of the in-flight or output cap.
+    /// Reading stopped because of the in-flight or output cap, or the
+    /// server-wide output budget.
     pub paused: bool,
+    /// Listed by the event loop as stopped by `--output-budget`.
+    pub over_budget: bool,
+    /// Unsent bytes as last counted in the server-wide total.
+    pub accounted: usize,
     /// The peer sent EOF: answer what is in flight, then close.
     pub read_eof: bool,
     /// A fatal error to send once in-flight requests are answered, then close.
@@ -95,6 +100,8 @@ impl Connection {
             partial_since: Some(Instant::now()),
             silent: true,
             paused: false,
+            over_budget: false,
+            accounted: 0,
             read_eof: false,
             fatal: None,
             close_after_flush: false,

@@ -50,6 +50,11 @@ pub struct Shared {
     pub max_payload: u16,
     pub max_in_flight: u32,
     pub output_cap: usize,
+    /// `--output-budget`: unsent bytes across every connection of every
+    /// loop past which connections holding unsent output are not read.
+    pub output_budget: usize,
+    /// Unsent bytes across all connections, as of their last flush.
+    pub unsent_total: AtomicUsize,
     pub subscriber_cap: usize,
     /// `--max-subscriptions-per-conn`.
     pub max_subscriptions_per_conn: u32,
@@ -90,6 +95,8 @@ struct Ctx {
     disconnects: Vec<(usize, ConnRef)>,
     /// Connections with new output this turn.
     dirty: Vec<usize>,
+    /// Connections not read because of `--output-budget` (slot, generation).
+    over_budget: Vec<(usize, u32)>,
     shutting_down: bool,
     /// Counts of this turn, added to the shared metrics once per turn.
     stats: LoopStats,
@@ -144,6 +151,7 @@ impl EventLoop {
                 pending: (0..shards).map(|_| Vec::new()).collect(),
                 disconnects: Vec::new(),
                 dirty: Vec::new(),
+                over_budget: Vec::new(),
                 shutting_down: false,
                 stats: LoopStats::default(),
                 epoch: Instant::now(),
@@ -199,6 +207,7 @@ impl EventLoop {
             self.take_replies(now);
             self.dispatch();
             self.flush_dirty();
+            self.resume_within_budget();
             self.ctx.shared.metrics.absorb(&mut self.ctx.stats);
 
             if !self.ctx.shutting_down && self.ctx.shared.shutdown.load(Ordering::Acquire) {
@@ -345,6 +354,9 @@ impl EventLoop {
             }
         }
         conn.settle_read_buffer(&mut ctx.pool, now, progressed);
+        // Count this turn's output now, so the next connection read this
+        // turn sees it against --output-budget.
+        account_unsent(&ctx.shared, conn);
         if let Some(e) = failed {
             if e.kind() != io::ErrorKind::ConnectionReset {
                 tracing::info!(peer = %conn.peer, error = %e, "read failed; closing connection");
@@ -377,7 +389,14 @@ impl EventLoop {
                 count_subscriptions(conn, &out);
                 let ctx = &mut self.ctx;
                 if let Reply::Push(p) = out.reply {
-                    if conn.unsent() > ctx.shared.subscriber_cap {
+                    // Over --output-budget a subscriber may hold no more
+                    // than --output-cap of pushes.
+                    let cap = if over_budget(&ctx.shared, 0) {
+                        ctx.shared.subscriber_cap.min(ctx.shared.output_cap)
+                    } else {
+                        ctx.shared.subscriber_cap
+                    };
+                    if conn.unsent() > cap {
                         tracing::info!(
                             peer = %conn.peer,
                             unsent = conn.unsent(),
@@ -503,6 +522,7 @@ impl EventLoop {
             match conn.flush(&mut self.ctx.pool) {
                 Ok(true) if conn.close_after_flush => self.close(slot),
                 Ok(_) => {
+                    account_unsent(&self.ctx.shared, conn);
                     if was_over
                         && conn.paused
                         && conn.unsent() < self.ctx.shared.output_cap
@@ -523,6 +543,12 @@ impl EventLoop {
             }
         }
         self.ctx.dirty = dirty;
+        self.run_resumed();
+    }
+
+    /// Reads again from the connections `resume` lists, sends what they
+    /// asked for and flushes.
+    fn run_resumed(&mut self) {
         if !self.resume.is_empty() {
             let now = Instant::now();
             while let Some(slot) = self.resume.pop() {
@@ -537,12 +563,41 @@ impl EventLoop {
         }
     }
 
+    /// `--output-budget`: resumes the connections it stopped once the
+    /// server is back under it, or once their own output has drained.
+    fn resume_within_budget(&mut self) {
+        if self.ctx.over_budget.is_empty() {
+            return;
+        }
+        let over = over_budget(&self.ctx.shared, 0);
+        let mut waiting = std::mem::take(&mut self.ctx.over_budget);
+        waiting.retain(|&(slot, gen)| {
+            let Some(c) = self.conns.get_mut(slot).filter(|c| c.gen == gen) else {
+                return false;
+            };
+            if over && c.unsent() > 0 {
+                return true;
+            }
+            c.over_budget = false;
+            if c.paused {
+                c.paused = false;
+                self.resume.push(slot);
+            }
+            false
+        });
+        self.ctx.over_budget = waiting;
+        self.run_resumed();
+    }
+
     fn close(&mut self, slot: usize) {
         let mut conn = self.conns.remove(slot);
         conn.send_close_notify();
         let _ = self.poll.registry().deregister(&mut conn.stream);
         conn.release_buffers(&mut self.ctx.pool);
         let shared = &self.ctx.shared;
+        shared
+            .unsent_total
+            .fetch_sub(conn.accounted, Ordering::Relaxed);
         shared.open_connections.fetch_sub(1, Ordering::Relaxed);
         if conn.counted_ip {
             release_ip_slot(shared, conn.peer.ip().to_canonical());
@@ -613,6 +668,28 @@ impl EventLoop {
     }
 }
 
+/// True while unsent output across all connections — plus `pending`, what
+/// one connection added since its last flush — is at `--output-budget`.
+fn over_budget(shared: &Shared, pending: usize) -> bool {
+    shared.unsent_total.load(Ordering::Relaxed) + pending >= shared.output_budget
+}
+
+/// Brings the server-wide unsent total up to date with what `conn` holds
+/// after a flush.
+fn account_unsent(shared: &Shared, conn: &mut Connection) {
+    let now = conn.unsent();
+    if now > conn.accounted {
+        shared
+            .unsent_total
+            .fetch_add(now - conn.accounted, Ordering::Relaxed);
+    } else if now < conn.accounted {
+        shared
+            .unsent_total
+            .fetch_sub(conn.accounted - now, Ordering::Relaxed);
+    }
+    conn.accounted = now;
+}
+
 /// Counts one more connection from `ip` unless that reaches the cap.
 fn take_ip_slot(shared: &Shared, ip: IpAddr) -> bool {
     let mut map = shared.per_ip.lock().unwrap_or_else(|e| e.into_inner());
@@ -663,6 +740,20 @@ fn decode_buffered(conn: &mut Connection, slot: usize, ctx: &mut Ctx) -> bool {
         }
         if conn.in_flight >= ctx.shared.max_in_flight || conn.unsent() >= ctx.shared.output_cap {
             conn.paused = true;
+            return progressed;
+        }
+        if conn.unsent() > 0
+            && over_budget(&ctx.shared, conn.unsent().saturating_sub(conn.accounted))
+        {
+            // Replies wait in memory for this connection and the server is
+            // over --output-budget: read it again once that clears.
+            conn.paused = true;
+            if !conn.over_budget {
+                conn.over_budget = true;
+                ctx.over_budget.push((slot, conn.gen));
+                ctx.stats.budget_pauses += 1;
+                ctx.stats.dirty = true;
+            }
             return progressed;
         }
         let Some(buf) = conn.rbuf.as_mut() else {
