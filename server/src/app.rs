@@ -321,6 +321,7 @@ fn shared_state(
         rate_max_bidders: config.rate_max_bidders,
         tls,
         idle_timeout: config.idle_timeout,
+        log_interval: config.log_summary_interval,
         shutdown_grace: config.shutdown_grace,
         node_id: config.node_id,
         shutdown: shutdown.clone(),

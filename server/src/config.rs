@@ -302,6 +302,12 @@ pub struct Config {
     #[arg(long, env = "GAVEL_SHUTDOWN_GRACE", default_value = "3s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
 
+    /// Log lines a client can cause by the thousand (refused connections,
+    /// bad HELLOs, idle closes, oversized frames): per kind, the first in
+    /// this interval is logged, the rest summed up in one line at its end.
+    #[arg(long, env = "GAVEL_LOG_SUMMARY_INTERVAL", default_value = "10s", value_parser = parse_duration)]
+    pub log_summary_interval: Duration,
+
     /// Log format on stderr. Filter with RUST_LOG (default: info).
     #[arg(long, env = "GAVEL_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,

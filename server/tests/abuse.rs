@@ -531,3 +531,80 @@ fn unsent_output_is_bounded_across_connections() {
     wait_for_metric(&s, "gavel_output_unsent_bytes", 0.0);
     s.client().ping(b"fine").unwrap();
 }
+
+/// Starts the server with its log (RUST_LOG=info) in a file; returns it
+/// with the address it listens on.
+fn start_logged(
+    args: &[&str],
+    log: &std::path::Path,
+) -> (std::process::Child, std::net::SocketAddr) {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_gavel-server"))
+        .args(["--listen", "127.0.0.1:0", "--store", "memory"])
+        .args(args)
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::fs::File::create(log).unwrap())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap()
+        .parse()
+        .unwrap();
+    (child, addr)
+}
+
+#[test]
+fn floods_of_bad_clients_cost_a_few_log_lines() {
+    let log = std::env::temp_dir().join(format!("gavel-abuse-log-{}.txt", std::process::id()));
+    let (mut child, addr) = start_logged(
+        &[
+            "--auth-token",
+            "sesame",
+            "--max-connections",
+            "1",
+            "--idle-timeout",
+            "1s",
+            "--log-summary-interval",
+            "2s",
+        ],
+        &log,
+    );
+    let bad = raw_frame(msg_type::HELLO, 1, &hello_payload(1, b"wrong"));
+    for _ in 0..200 {
+        let mut c = TcpStream::connect(addr).unwrap();
+        c.write_all(&bad).unwrap();
+        read_to_close(&mut c, Duration::from_secs(10)).unwrap();
+    }
+    // One silent connection holds the only place: 200 refused, then it is
+    // closed idle.
+    let _silent = TcpStream::connect(addr).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    for _ in 0..200 {
+        let mut c = TcpStream::connect(addr).unwrap();
+        let _ = read_to_close(&mut c, Duration::from_secs(10));
+    }
+    // Past the interval: the summaries are written.
+    std::thread::sleep(Duration::from_millis(3500));
+    let _ = child.kill();
+    let _ = child.wait();
+    let text = std::fs::read_to_string(&log).unwrap();
+    let _ = std::fs::remove_file(&log);
+    let count = |needle: &str| text.lines().filter(|l| l.contains(needle)).count();
+    assert_eq!(count("bad auth token"), 1, "{text}");
+    assert_eq!(
+        count("199 more connections closed for a bad or missing HELLO"),
+        1,
+        "{text}"
+    );
+    assert_eq!(count("refused connection"), 1, "{text}");
+    assert_eq!(count("199 more connections refused at accept"), 1, "{text}");
+    assert_eq!(count("within --idle-timeout of connecting"), 1, "{text}");
+    assert!(text.lines().count() < 20, "{text}");
+}

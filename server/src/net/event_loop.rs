@@ -31,6 +31,7 @@ use slab::Slab;
 use super::auth::AuthTokens;
 use super::buffer_pool::BufferPool;
 use super::connection::{Connection, ReadResult};
+use super::log_limit::{LogLimiter, Noisy};
 use super::rate_limit::{Bucket, KeyedBuckets, Limit, RateSpec};
 use crate::engine::command::{shard_of, Command, ConnRef, Op, Outgoing, Reply};
 use crate::engine::limits::Cap;
@@ -73,6 +74,9 @@ pub struct Shared {
     /// Set with `--tls-cert`: every accepted connection speaks TLS.
     pub tls: Option<Arc<rustls::ServerConfig>>,
     pub idle_timeout: Duration,
+    /// Per kind of noisy log line, at most one line and one summary per
+    /// this interval (`--log-summary-interval`).
+    pub log_interval: Duration,
     pub shutdown_grace: Duration,
     pub node_id: u16,
     pub shutdown: Arc<AtomicBool>,
@@ -110,6 +114,8 @@ struct Ctx {
     conn_limit: Option<Limit>,
     /// `--rate-per-bidder`: this loop's buckets by bidder/buyer id.
     bidders: Option<KeyedBuckets>,
+    /// Rate limits the log lines clients can cause by the thousand.
+    logs: LogLimiter,
 }
 
 pub struct EventLoop {
@@ -134,6 +140,7 @@ impl EventLoop {
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)?;
         let shards = shared.shards.len();
+        let shared_log_interval = shared.log_interval;
         let conn_limit = shared.rate_per_conn.map(Limit::new);
         let bidders = shared
             .rate_per_bidder
@@ -159,6 +166,7 @@ impl EventLoop {
                 now_ns: 0,
                 conn_limit,
                 bidders,
+                logs: LogLimiter::new(shared_log_interval),
             },
             next_gen: 1,
             resume: Vec::new(),
@@ -234,6 +242,7 @@ impl EventLoop {
                 if let Some(b) = self.ctx.bidders.as_mut() {
                     b.sweep(now_ns);
                 }
+                self.ctx.logs.summarize(now);
             }
             // Disconnect notices of connections closed since the last dispatch.
             self.dispatch();
@@ -251,7 +260,9 @@ impl EventLoop {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
                     // EMFILE and friends: log and try again on the next event.
-                    tracing::warn!(error = %e, "accept failed");
+                    if self.ctx.logs.allow(Noisy::Refused, Instant::now()) {
+                        tracing::warn!(error = %e, "accept failed");
+                    }
                     return;
                 }
             };
@@ -262,7 +273,9 @@ impl EventLoop {
                 let _ = io::Write::write(&mut stream, &b);
                 self.ctx.stats.refused_capacity += 1;
                 self.ctx.stats.dirty = true;
-                tracing::warn!(%peer, "refused connection: --max-connections reached");
+                if self.ctx.logs.allow(Noisy::Refused, Instant::now()) {
+                    tracing::warn!(%peer, "refused connection: --max-connections reached");
+                }
                 continue;
             }
             let ip = peer.ip().to_canonical();
@@ -278,7 +291,9 @@ impl EventLoop {
                     );
                     let _ = io::Write::write(&mut stream, &b);
                 }
-                tracing::info!(%peer, "refused connection: --max-connections-per-ip reached");
+                if self.ctx.logs.allow(Noisy::Refused, Instant::now()) {
+                    tracing::info!(%peer, "refused connection: --max-connections-per-ip reached");
+                }
                 continue;
             }
             let counted_ip = shared.max_connections_per_ip > 0;
@@ -630,11 +645,14 @@ impl EventLoop {
             .map(|(k, _)| k)
             .collect();
         for slot in stalled {
-            let c = &self.conns[slot];
-            if c.silent {
-                tracing::info!(peer = %c.peer, "no complete request within --idle-timeout of connecting; closing connection");
-            } else {
-                tracing::info!(peer = %c.peer, "incomplete frame for too long; closing connection");
+            if self.ctx.logs.allow(Noisy::Idle, now) {
+                let c = &self.conns[slot];
+                let why = if c.silent {
+                    "no complete request within --idle-timeout of connecting"
+                } else {
+                    "incomplete frame for too long"
+                };
+                tracing::info!(peer = %c.peer, "{why}; closing connection");
             }
             self.ctx.stats.closed_idle += 1;
             self.ctx.stats.dirty = true;
@@ -776,7 +794,9 @@ fn decode_buffered(conn: &mut Connection, slot: usize, ctx: &mut Ctx) -> bool {
             Err(e) => {
                 progressed = true;
                 if e.is_fatal() {
-                    tracing::info!(peer = %conn.peer, error = %e, "closing connection");
+                    if ctx.logs.allow(Noisy::BadFrame, Instant::now()) {
+                        tracing::info!(peer = %conn.peer, error = %e, "closing connection");
+                    }
                     conn.fatal = Some((e.request_id(), e.error_code(), "frame too large"));
                     if let Some(b) = conn.rbuf.as_mut() {
                         b.clear();
@@ -813,7 +833,9 @@ fn handle_request(conn: &mut Connection, slot: usize, frame: Frame<Request>, ctx
         return match &frame.body {
             Request::Hello { version, token } => hello(conn, slot, rid, *version, token, ctx),
             _ => {
-                tracing::info!(peer = %conn.peer, "request before HELLO; closing connection");
+                if ctx.logs.allow(Noisy::BadHello, Instant::now()) {
+                    tracing::info!(peer = %conn.peer, "request before HELLO; closing connection");
+                }
                 fatal(conn, rid, ErrorCode::Unauthorized, NOT_AUTHED)
             }
         };
@@ -876,8 +898,10 @@ fn count_subscriptions(conn: &mut Connection, out: &Outgoing) {
 
 const NOT_AUTHED: &str = "HELLO with a valid token required first";
 
-fn log_bad_hello(conn: &Connection, _ctx: &mut Ctx, e: &gavel_protocol::DecodeError) {
-    tracing::info!(peer = %conn.peer, error = %e, "undecodable frame before HELLO; closing connection");
+fn log_bad_hello(conn: &Connection, ctx: &mut Ctx, e: &gavel_protocol::DecodeError) {
+    if ctx.logs.allow(Noisy::BadHello, Instant::now()) {
+        tracing::info!(peer = %conn.peer, error = %e, "undecodable frame before HELLO; closing connection");
+    }
 }
 
 /// Answers with a connection-closing ERROR; nothing more is read.
@@ -900,7 +924,9 @@ fn hello(conn: &mut Connection, slot: usize, rid: u32, version: u16, token: &[u8
     }
     if let Some(auth) = &ctx.shared.auth {
         if !auth.check(token) {
-            tracing::info!(peer = %conn.peer, "bad auth token");
+            if ctx.logs.allow(Noisy::BadHello, Instant::now()) {
+                tracing::info!(peer = %conn.peer, "bad auth token");
+            }
             return fatal(conn, rid, ErrorCode::Unauthorized, "invalid token");
         }
     }

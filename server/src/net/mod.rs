@@ -7,11 +7,14 @@
 //! - [`connection`]: one connection's buffers and TLS state.
 //! - [`buffer_pool`]: pooled read/write buffers.
 //! - [`tls`], [`auth`], [`rate_limit`]: what a connection must pass.
+//! - [`log_limit`]: at most a line and a summary per interval for the log
+//!   lines clients can cause by the thousand.
 
 pub mod auth;
 pub mod buffer_pool;
 pub mod connection;
 pub mod event_loop;
 pub mod listener;
+pub mod log_limit;
 pub mod rate_limit;
 pub mod tls;
