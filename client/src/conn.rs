@@ -1,7 +1,7 @@
 //! One physical connection: a writer task, a reader task, and the table of
 //! requests in flight.
 //!
-//! Callers never touch the socket. [`Conn::send`] gives a request a fresh
+//! Callers never touch the socket. `Conn::send` gives a request a fresh
 //! non-zero `request_id`, records a oneshot sender under it in the pending
 //! table and queues the request for the **writer task**, which encodes
 //! whatever is queued into one buffer and writes it in one go (so requests
@@ -12,7 +12,7 @@
 //! never blocks. A caller therefore waits only for its own reply, never for
 //! replies to requests sent before it.
 //!
-//! When either task ends (EOF, I/O error, [`Conn::close`]), the connection is
+//! When either task ends (EOF, I/O error, `Conn::close`), the connection is
 //! marked closed and every pending request is completed with
 //! [`Error::ConnectionLost`]: its outcome is unknown, and the retry policy
 //! resends it on the next connection.
