@@ -608,3 +608,36 @@ fn floods_of_bad_clients_cost_a_few_log_lines() {
     assert_eq!(count("within --idle-timeout of connecting"), 1, "{text}");
     assert!(text.lines().count() < 20, "{text}");
 }
+
+#[test]
+fn zero_bidders_and_buyers_and_backwards_sales_are_malformed() {
+    let s = Server::start(&[]);
+    let mut c = s.client();
+    c.open_auction(1, 0, 1, 0).unwrap();
+    c.open_sale(1, 10, 0, 0, 0).unwrap();
+    let malformed = |r: Result<gavel_protocol::client::Outcome, ClientError>| {
+        let (code, message) = refused(r);
+        assert_eq!(code, ErrorCode::Malformed);
+        message
+    };
+    assert!(malformed(c.bid(1, 0, 10, 1)).contains("bidder_id"));
+    assert!(malformed(c.buy(1, 0, 1, 1)).contains("buyer_id"));
+    let now = common::now_ms();
+    assert!(malformed(c.open_sale(2, 10, 0, now + 5_000, now + 5_000)).contains("ends_at_ms"));
+    assert!(malformed(c.open_sale(2, 10, 0, now + 5_000, now + 1_000)).contains("ends_at_ms"));
+    // None of them was executed, and the connection is still open.
+    let a = c.get_auction(1).unwrap().unwrap();
+    assert_eq!((a.bid_count, a.high_bidder), (0, 0));
+    assert_eq!(c.get_sale(1).unwrap().unwrap().sold, 0);
+    assert!(c.get_sale(2).unwrap().is_none());
+    // What is allowed still is: no end, or an end after the start.
+    assert_eq!(
+        c.open_sale(2, 10, 0, now + 5_000, 0).unwrap().result.status,
+        Status::Ok
+    );
+    assert_eq!(
+        c.open_sale(3, 10, 0, now, now + 1).unwrap().result.status,
+        Status::Ok
+    );
+    assert_eq!(c.bid(1, 7, 10, 1).unwrap().result.status, Status::Ok);
+}

@@ -955,10 +955,19 @@ fn shard_op(body: Request) -> Result<Op, Answered> {
         Request::Hello { .. } => unreachable!("handled before"),
         Request::Ping(payload) => return Err(Answered::Ping(payload)),
         Request::OpenAuction(o) => Op::OpenAuction(o),
-        Request::Bid(b) => Op::Bid(b),
         Request::CloseAuction { auction_id } => Op::CloseAuction(auction_id),
         Request::GetAuction { auction_id } => Op::GetAuction(auction_id),
+        Request::OpenSale(s) if s.ends_at_ms != 0 && s.ends_at_ms <= s.starts_at_ms => {
+            return Err(Answered::Malformed("ends_at_ms must be after starts_at_ms"))
+        }
         Request::OpenSale(s) => Op::OpenSale(s),
+        Request::Bid(b) if b.bidder_id == 0 => {
+            return Err(Answered::Malformed("bidder_id must be non-zero"))
+        }
+        Request::Bid(b) => Op::Bid(b),
+        Request::Buy(b) if b.buyer_id == 0 => {
+            return Err(Answered::Malformed("buyer_id must be non-zero"))
+        }
         Request::Buy(b) if b.quantity == 0 => {
             return Err(Answered::Malformed("quantity must be non-zero"))
         }
