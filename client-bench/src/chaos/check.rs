@@ -104,6 +104,12 @@ impl Findings {
 /// Per sale: Σ OK ≤ sold ≤ Σ OK + Σ unknown, sold ≤ stock, per buyer Σ OK ≤
 /// limit, the "sold after" of OK orders distinct and ≤ the final sold.
 ///
+/// Real time: what was acknowledged OK before a request was first sent
+/// precedes it. A bid sent after an OK of amount A was acknowledged can only
+/// be OK with amount ≥ A + increment, and an OUTBID for it shows a high bid
+/// ≥ A; an order sent after an OK that left `sold` = S can only be OK
+/// leaving ≥ S + its quantity, and a rejection of it shows sold ≥ S.
+///
 /// Replays after the restart change nothing (the state read after them is
 /// the state read before).
 pub fn check(setup: &Setup, ops: &[Op], state: &FinalState) -> Findings {
@@ -128,10 +134,12 @@ pub fn check(setup: &Setup, ops: &[Op], state: &FinalState) -> Findings {
     for spec in &setup.auctions {
         let ops = bids.get(&spec.id).map(Vec::as_slice).unwrap_or(&[]);
         check_auction(spec, ops, state.before.auctions.get(&spec.id), &mut f);
+        realtime_auction(spec, ops, &mut f);
     }
     for spec in &setup.sales {
         let ops = buys.get(&spec.sku).map(Vec::as_slice).unwrap_or(&[]);
         check_sale(spec, ops, state.before.sales.get(&spec.sku), &mut f);
+        realtime_sale(spec, ops, &mut f);
     }
     for id in bids.keys().filter(|id| !auctions.contains_key(id)) {
         f.violation(format!(
@@ -443,6 +451,112 @@ fn check_auction(
                     c[0].describe()
                 )),
                 Some(_) => {}
+            }
+        }
+    }
+}
+
+/// The highest `value` among `acks` (ack time, value) acknowledged strictly
+/// before `t`, with the op that got it.
+struct AckedBefore<'a> {
+    /// Sorted by ack time, with the running maximum of the value.
+    acks: Vec<(u64, u64, &'a Op)>,
+}
+
+impl<'a> AckedBefore<'a> {
+    fn new(mut acks: Vec<(u64, u64, &'a Op)>) -> Self {
+        acks.sort_by_key(|(t, _, _)| *t);
+        let mut best: Option<(u64, &'a Op)> = None;
+        for a in acks.iter_mut() {
+            if best.is_none_or(|(v, _)| a.1 > v) {
+                best = Some((a.1, a.2));
+            }
+            let (v, o) = best.expect("set above");
+            a.1 = v;
+            a.2 = o;
+        }
+        AckedBefore { acks }
+    }
+
+    fn max_before(&self, t: u64) -> Option<(u64, &'a Op)> {
+        let n = self.acks.partition_point(|(at, _, _)| *at < t);
+        n.checked_sub(1).map(|i| (self.acks[i].1, self.acks[i].2))
+    }
+}
+
+fn realtime_auction(spec: &AuctionSpec, ops: &[&Op], f: &mut Findings) {
+    let step = spec.min_increment.max(1);
+    let before = AckedBefore::new(
+        ops.iter()
+            .filter_map(|o| o.acked_ms().map(|t| (t, bid_fields(o).1, *o)))
+            .collect(),
+    );
+    for o in ops.iter().filter(|o| o.sent_ms > 0) {
+        let Some((m, a)) = before.max_before(o.sent_ms) else {
+            continue;
+        };
+        let amount = bid_fields(o).1;
+        let mut seen: Vec<Reply> = Vec::new();
+        for r in o.attempts.iter().filter_map(|x| x.answer.result()) {
+            if seen.iter().any(|p| p.same_outcome(r)) {
+                continue;
+            }
+            seen.push(*r);
+            let wrong = match r.status {
+                Status::Ok => amount < m.saturating_add(step),
+                Status::Outbid => r.value < m,
+                _ => false,
+            };
+            if wrong {
+                f.violation(format!(
+                    "auction {}: {r} contradicts bid {m} acknowledged OK before this bid was sent \
+                     (real-time order):\n    {}\n    acknowledged earlier: {}",
+                    spec.id,
+                    o.describe(),
+                    a.describe()
+                ));
+            }
+        }
+    }
+}
+
+fn realtime_sale(spec: &SaleSpec, ops: &[&Op], f: &mut Findings) {
+    let before = AckedBefore::new(
+        ops.iter()
+            .filter_map(|o| {
+                let t = o.acked_ms()?;
+                let r = ok_reply(o)?;
+                Some((t, spec.stock.saturating_sub(r.value), *o))
+            })
+            .collect(),
+    );
+    for o in ops.iter().filter(|o| o.sent_ms > 0) {
+        let Some((m, a)) = before.max_before(o.sent_ms) else {
+            continue;
+        };
+        let qty = match o.kind {
+            OpKind::Buy { qty, .. } => u64::from(qty),
+            OpKind::Bid { .. } => unreachable!("orders only"),
+        };
+        let mut seen: Vec<Reply> = Vec::new();
+        for r in o.attempts.iter().filter_map(|x| x.answer.result()) {
+            if seen.iter().any(|p| p.same_outcome(r)) {
+                continue;
+            }
+            seen.push(*r);
+            let sold = spec.stock.saturating_sub(r.value);
+            let wrong = match r.status {
+                Status::Ok => sold < m + qty,
+                _ => sold < m,
+            };
+            if wrong {
+                f.violation(format!(
+                    "sale {}: {r} (sold = {sold}) contradicts an order acknowledged OK before this \
+                     one was sent, which left sold = {m} (real-time order):\n    {}\n    acknowledged earlier: {}",
+                    spec.sku,
+                    o.describe(),
+                    a.describe()
+                ));
             }
         }
     }
@@ -824,6 +938,49 @@ mod tests {
             "{:#?}",
             f.violations
         );
+    }
+
+    #[test]
+    fn real_time_order_is_checked() {
+        // Bid 1003 sent at +100ms, after the OK of 1000 arrived at +50ms:
+        // it cannot be OK (1003 < 1000 + 5), nor see a high bid below 1000.
+        let mut a = bid(1000, 1, 1, &[]);
+        a.sent_ms = 40;
+        a.push(50, res(Status::Ok, 1000, 1));
+        let mut b = bid(1003, 2, 2, &[]);
+        b.sent_ms = 100;
+        b.push(110, res(Status::Ok, 1003, 2));
+        let mut c = bid(1001, 3, 3, &[]);
+        c.sent_ms = 100;
+        c.push(110, res(Status::Outbid, 990, 9));
+        // Sent before the OK arrived: concurrent, anything goes.
+        let mut d = bid(1002, 4, 4, &[]);
+        d.sent_ms = 45;
+        d.push(60, res(Status::Ok, 1002, 4));
+        let ops = [a, b, c, d];
+        let mut f = Findings::default();
+        let refs: Vec<&Op> = ops.iter().collect();
+        realtime_auction(&setup().auctions[0], &refs, &mut f);
+        assert_eq!(f.violations.len(), 2, "{:#?}", f.violations);
+        assert!(f.violations[0].contains("RESULT OK value=1003"));
+        assert!(f.violations[1].contains("RESULT OUTBID value=990"));
+
+        // An order sent after an OK that left sold = 6 must leave >= 6 + 2.
+        let mut a = buy(3, 1, 10, &[]);
+        a.sent_ms = 10;
+        a.push(20, res(Status::Ok, 4, 3));
+        let mut b = buy(2, 2, 11, &[]);
+        b.sent_ms = 30;
+        b.push(40, res(Status::Ok, 5, 2));
+        let mut c = buy(1, 3, 12, &[]);
+        c.sent_ms = 30;
+        c.push(40, res(Status::Ok, 2, 1));
+        let ops = [a, b, c];
+        let refs: Vec<&Op> = ops.iter().collect();
+        let mut f = Findings::default();
+        realtime_sale(&setup().sales[0], &refs, &mut f);
+        assert_eq!(f.violations.len(), 1, "{:#?}", f.violations);
+        assert!(f.violations[0].contains("sold = 5"));
     }
 
     #[test]

@@ -187,6 +187,9 @@ pub struct Op {
     pub kind: OpKind,
     /// The client thread that owned it.
     pub client: u32,
+    /// When it was created, before its first send (ms since the run
+    /// started; 0 = unknown, no real-time check).
+    pub sent_ms: u64,
     pub attempts: Vec<Attempt>,
 }
 
@@ -195,8 +198,18 @@ impl Op {
         Op {
             kind,
             client,
+            sent_ms: 0,
             attempts: Vec::new(),
         }
+    }
+
+    /// When its first OK arrived during the load (not a final replay).
+    pub fn acked_ms(&self) -> Option<u64> {
+        self.attempts
+            .iter()
+            .filter(|a| !a.final_replay)
+            .find(|a| a.answer.result().is_some_and(|r| r.status == Status::Ok))
+            .map(|a| a.at_ms)
     }
 
     pub fn push(&mut self, at_ms: u64, answer: Answer) {
@@ -236,7 +249,10 @@ impl Op {
 
     /// The request history, one attempt per line, for a violation report.
     pub fn describe(&self) -> String {
-        let mut s = format!("{} (client {})", self.kind, self.client);
+        let mut s = format!(
+            "{} (client {}, sent +{}ms)",
+            self.kind, self.client, self.sent_ms
+        );
         for a in &self.attempts {
             s.push_str(&format!(
                 "\n      +{}ms {}{}",

@@ -87,7 +87,7 @@ pub struct ChaosConfig {
     #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u64).range(1..=100_000))]
     pub skus: u64,
     /// Units each sale offers.
-    #[arg(long, default_value_t = 300)]
+    #[arg(long, default_value_t = 1500)]
     pub stock: u64,
     /// Per-buyer limit of each sale.
     #[arg(long, default_value_t = 6)]
@@ -345,7 +345,7 @@ pub fn run(cfg: &ChaosConfig) -> anyhow::Result<usize> {
             skus: cfg.skus,
             sku_window: SKU_WINDOW.min(cfg.skus),
             bidders: 500,
-            buyers: 300,
+            buyers: 1000,
             max_qty: 3,
             reserve: RESERVE,
             first_amount: FIRST_AMOUNT,
@@ -534,6 +534,13 @@ struct Stats {
     ok_bids: usize,
     ok_orders: usize,
     unknown: usize,
+    /// Requests answered IN_DOUBT whose retry replayed (it had executed)
+    /// or was evaluated afresh (it had not).
+    in_doubt_replayed: usize,
+    in_doubt_fresh: usize,
+    /// Same, for requests whose answer was lost (timeout, connection).
+    lost_replayed: usize,
+    lost_fresh: usize,
     attempts: usize,
     answers: BTreeMap<String, usize>,
 }
@@ -558,6 +565,18 @@ impl Stats {
             if o.maybe_executed() {
                 s.unknown += 1;
             }
+            let replayed = o.first_result().map(|r| r.replayed);
+            let lost = o
+                .attempts
+                .iter()
+                .any(|a| a.answer.ambiguous() && !a.answer.is_in_doubt());
+            match (o.got_in_doubt(), lost, replayed) {
+                (true, _, Some(true)) => s.in_doubt_replayed += 1,
+                (true, _, Some(false)) => s.in_doubt_fresh += 1,
+                (false, true, Some(true)) => s.lost_replayed += 1,
+                (false, true, Some(false)) => s.lost_fresh += 1,
+                _ => {}
+            }
             for a in o.attempts.iter().filter(|a| !a.final_replay) {
                 s.attempts += 1;
                 let key = match a.answer {
@@ -572,12 +591,18 @@ impl Stats {
 
     fn line(&self) -> String {
         format!(
-            "requests: {} bids ({} OK), {} orders ({} OK), {} outcome unknown; {} attempts: {:?}",
+            "requests: {} bids ({} OK), {} orders ({} OK), {} outcome unknown; IN_DOUBT \
+             resolved {} replayed / {} afresh; lost answers resolved {} replayed / {} afresh; \
+             {} attempts: {:?}",
             self.bids,
             self.ok_bids,
             self.orders,
             self.ok_orders,
             self.unknown,
+            self.in_doubt_replayed,
+            self.in_doubt_fresh,
+            self.lost_replayed,
+            self.lost_fresh,
             self.attempts,
             self.answers
         )

@@ -88,7 +88,8 @@ impl Worker {
     pub fn run(mut self) -> Vec<Op> {
         while !self.shared.stop.load(Ordering::Relaxed) {
             let kind = self.next_op();
-            let op = Op::new(kind, self.id);
+            let mut op = Op::new(kind, self.id);
+            op.sent_ms = self.shared.now_ms();
             self.ops.push(op);
             let idx = self.ops.len() - 1;
             self.resolve(idx);
