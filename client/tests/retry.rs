@@ -267,3 +267,18 @@ async fn nothing_listening_fails_the_first_connect() {
         .unwrap_err();
     assert!(matches!(e, Error::Connect { .. }), "{e}");
 }
+
+#[tokio::test]
+async fn a_server_that_never_answers_hello_times_the_connect_out() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = listener.accept().await {
+            held.push(s); // accepted, never read, never answered
+        }
+    });
+    let cfg = Config::new(addr).connect_timeout(Duration::from_millis(200));
+    let e = Client::connect(cfg).await.unwrap_err();
+    assert!(matches!(e, Error::ConnectTimeout(_)), "{e}");
+}

@@ -2,10 +2,13 @@
 //! given one, to restart "the same" server) and killed when dropped.
 //!
 //! The binary is found like this: `$GAVEL_SERVER_BIN` if set; otherwise
-//! `cargo build -p gavel-server` is run once per test process (a no-op when
-//! it is up to date) and `gavel-server` is taken from the target directory
-//! this test binary lives in. If that build fails (the server's sources are
-//! mid-edit, say) but a binary is already there, that binary is used.
+//! `gavel-server` in the target directory this test binary lives in. It is
+//! built (`cargo build -p gavel-server`, once per test process) when it is
+//! missing or older than a source file of the server, the protocol crate or
+//! the Redis store, so `cargo test -p gavel-client` alone works and a
+//! `cargo test --workspace`, which has just built it, does not build it
+//! again. If that build fails (the server's sources are mid-edit, say) but
+//! a binary is there, that binary is used.
 
 #![allow(dead_code)]
 
@@ -29,11 +32,27 @@ pub fn server_bin() -> PathBuf {
         let bin = dir.join("gavel-server");
         let target_dir = dir.parent().unwrap();
         let profile = dir.file_name().unwrap().to_str().unwrap().to_string();
-        let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml");
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let built_at = std::fs::metadata(&bin).and_then(|m| m.modified()).ok();
+        let stale = match built_at {
+            None => true,
+            Some(t) => [
+                "server/src",
+                "protocol/src",
+                "redis-store/src",
+                "lua",
+                "server/Cargo.toml",
+            ]
+            .iter()
+            .any(|d| newer_than(&root.join(d), t)),
+        };
+        if !stale {
+            return bin;
+        }
         let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
         cmd.args(["build", "-q", "-p", "gavel-server", "--bin", "gavel-server"])
             .arg("--manifest-path")
-            .arg(&manifest)
+            .arg(root.join("Cargo.toml"))
             .arg("--target-dir")
             .arg(target_dir);
         if profile == "release" {
@@ -51,6 +70,22 @@ pub fn server_bin() -> PathBuf {
         bin
     })
     .clone()
+}
+
+/// Whether any file under `path` (or `path` itself) was modified after `t`.
+fn newer_than(path: &Path, t: std::time::SystemTime) -> bool {
+    let Ok(meta) = std::fs::metadata(path) else {
+        return false;
+    };
+    if meta.is_dir() {
+        std::fs::read_dir(path)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|e| newer_than(&e.path(), t))
+    } else {
+        meta.modified().is_ok_and(|m| m > t)
+    }
 }
 
 pub struct Server {
