@@ -259,7 +259,7 @@ fn same_auction_replies_arrive_in_order_when_pipelined() {
         let auction = 1 + i % 8;
         let id = c.send(&gavel_protocol::Request::Bid(gavel_protocol::BidRequest {
             auction_id: auction,
-            bidder_id: i,
+            bidder_id: i + 1,
             amount: 10 + i,
             bid_id: i + 1,
         }));

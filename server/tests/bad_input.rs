@@ -82,7 +82,7 @@ fn ten_thousand_pipelined_frames_in_one_write() {
     for i in 0..10_000u64 {
         c.send(&Request::Bid(BidRequest {
             auction_id: 1,
-            bidder_id: i,
+            bidder_id: i + 1,
             amount: i + 1,
             bid_id: i + 1,
         }));
