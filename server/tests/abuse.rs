@@ -641,3 +641,38 @@ fn zero_bidders_and_buyers_and_backwards_sales_are_malformed() {
     );
     assert_eq!(c.bid(1, 7, 10, 1).unwrap().result.status, Status::Ok);
 }
+
+#[test]
+fn a_closing_error_is_followed_by_a_clean_close_not_a_reset() {
+    // FRAME_TOO_LARGE with 64 KiB behind it in the same write, which the
+    // server never decodes: it must still end with a FIN after the ERROR,
+    // not a reset (which may destroy the ERROR before it is read).
+    let s = Server::start(&[]);
+    for _ in 0..20 {
+        let mut c = TcpStream::connect(s.addr).unwrap();
+        let mut bytes = vec![msg_type::PING, 0, 0xff, 0xff, 0, 0, 0, 5];
+        bytes.extend_from_slice(&[0x55u8; 64 * 1024]);
+        c.write_all(&bytes).unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+        let got = read_to_close(&mut c, Duration::from_secs(10))
+            .expect("the connection ends with a FIN, not a reset");
+        assert_closing_error(&got);
+    }
+}
+
+fn assert_closing_error(got: &[u8]) {
+    let mut buf = bytes::BytesMut::from(got);
+    let f = gavel_protocol::Decoder::new(65535)
+        .decode_server(&mut buf)
+        .unwrap()
+        .expect("the ERROR arrived");
+    assert_eq!(f.request_id, 5);
+    assert!(matches!(
+        f.body,
+        gavel_protocol::ServerMessage::Response(Response::Error {
+            code: ErrorCode::FrameTooLarge,
+            ..
+        })
+    ));
+    assert!(buf.is_empty());
+}

@@ -58,6 +58,14 @@ pub struct Connection {
     pub fatal: Option<(u32, ErrorCode, &'static str)>,
     /// Close as soon as the write buffer is empty.
     pub close_after_flush: bool,
+    /// The output ends with a closing ERROR (`fatal`).
+    pub error_sent: bool,
+    /// Half-closed after a closing ERROR: what the peer still sends is read
+    /// and dropped (at most `discard_left` more bytes) until it is done or
+    /// time is up, so the close is a FIN the ERROR arrives before, not a
+    /// reset that may destroy it.
+    pub lingering: bool,
+    pub discard_left: usize,
     /// Already in the loop's list of connections to flush this turn.
     pub dirty: bool,
     /// The TLS session, when the server runs with `--tls-cert`.
@@ -105,6 +113,9 @@ impl Connection {
             read_eof: false,
             fatal: None,
             close_after_flush: false,
+            error_sent: false,
+            lingering: false,
+            discard_left: 0,
             dirty: false,
             tls,
             bucket,
@@ -265,6 +276,49 @@ impl Connection {
             pool.put(b);
         }
         Ok(true)
+    }
+
+    /// After a closing ERROR is out: ends our side of the stream (a TLS
+    /// `close_notify`, then a FIN) but keeps reading, so unread input does
+    /// not turn the close into a reset.
+    pub fn half_close(&mut self, discard: usize, pool: &mut BufferPool) {
+        self.send_close_notify();
+        let _ = self.stream.shutdown(std::net::Shutdown::Write);
+        self.lingering = true;
+        self.discard_left = discard;
+        if let Some(b) = self.rbuf.take() {
+            pool.put(b);
+        }
+    }
+
+    /// While lingering: reads and drops what the peer sends. True when it
+    /// is done (EOF, an error) or the byte budget is spent: close now.
+    pub fn discard_input(&mut self) -> bool {
+        let mut scratch = [0u8; 16 * 1024];
+        loop {
+            // SAFETY: read(2) writes at most `scratch.len()` bytes into it.
+            let n = unsafe {
+                libc::read(
+                    self.stream.as_raw_fd(),
+                    scratch.as_mut_ptr().cast(),
+                    scratch.len(),
+                )
+            };
+            if n < 0 {
+                match io::Error::last_os_error().kind() {
+                    io::ErrorKind::WouldBlock => return false,
+                    io::ErrorKind::Interrupted => continue,
+                    _ => return true,
+                }
+            }
+            if n == 0 {
+                return true;
+            }
+            self.discard_left = self.discard_left.saturating_sub(n as usize);
+            if self.discard_left == 0 {
+                return true;
+            }
+        }
     }
 
     /// Before closing: tell a TLS peer the stream ends here (best effort).

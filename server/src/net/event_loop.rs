@@ -41,6 +41,10 @@ use crate::shard::{ShardHandle, ShardMsg};
 const LISTENER: Token = Token(0);
 const WAKER: Token = Token(1);
 const FIRST_CONN: usize = 2;
+/// After a closing ERROR, how long and how much of the peer's further input
+/// is read and dropped before the connection is closed regardless.
+const LINGER: Duration = Duration::from_secs(1);
+const LINGER_BYTES: usize = 256 * 1024;
 
 /// Read-only settings and handles shared by all event loops.
 pub struct Shared {
@@ -126,6 +130,9 @@ pub struct EventLoop {
     ctx: Ctx,
     next_gen: u32,
     resume: Vec<usize>,
+    /// Half-closed connections draining after a closing ERROR: (slot,
+    /// generation, when to close them anyway).
+    lingering: Vec<(usize, u32, Instant)>,
 }
 
 impl EventLoop {
@@ -170,6 +177,7 @@ impl EventLoop {
             },
             next_gen: 1,
             resume: Vec::new(),
+            lingering: Vec::new(),
         })
     }
 
@@ -216,6 +224,7 @@ impl EventLoop {
             self.dispatch();
             self.flush_dirty();
             self.resume_within_budget();
+            self.close_lingering(now);
             self.ctx.shared.metrics.absorb(&mut self.ctx.stats);
 
             if !self.ctx.shutting_down && self.ctx.shared.shutdown.load(Ordering::Acquire) {
@@ -271,6 +280,7 @@ impl EventLoop {
                 let mut b = BytesMut::with_capacity(64);
                 encode_error(&mut b, 0, ErrorCode::Busy, "too many connections");
                 let _ = io::Write::write(&mut stream, &b);
+                end_refused(&mut stream);
                 self.ctx.stats.refused_capacity += 1;
                 self.ctx.stats.dirty = true;
                 if self.ctx.logs.allow(Noisy::Refused, Instant::now()) {
@@ -291,6 +301,7 @@ impl EventLoop {
                     );
                     let _ = io::Write::write(&mut stream, &b);
                 }
+                end_refused(&mut stream);
                 if self.ctx.logs.allow(Noisy::Refused, Instant::now()) {
                     tracing::info!(%peer, "refused connection: --max-connections-per-ip reached");
                 }
@@ -350,6 +361,12 @@ impl EventLoop {
     /// Decodes what is buffered, then reads until the socket is drained or a
     /// cap stops us.
     fn on_readable(&mut self, slot: usize, now: Instant) {
+        if self.conns[slot].lingering {
+            if self.conns[slot].discard_input() {
+                self.close(slot);
+            }
+            return;
+        }
         let ctx = &mut self.ctx;
         let since = now.duration_since(ctx.epoch);
         ctx.turn_us = since.as_micros() as u32;
@@ -523,11 +540,15 @@ impl EventLoop {
                 continue;
             };
             conn.dirty = false;
+            if conn.lingering {
+                continue;
+            }
             if conn.in_flight == 0 {
                 if let Some((rid, code, msg)) = conn.fatal.take() {
                     encode_error(conn.out(&mut self.ctx.pool), rid, code, msg);
                     self.ctx.stats.error(code);
                     conn.close_after_flush = true;
+                    conn.error_sent = true;
                 }
                 if conn.read_eof {
                     conn.close_after_flush = true;
@@ -535,6 +556,9 @@ impl EventLoop {
             }
             let was_over = conn.unsent() >= self.ctx.shared.output_cap;
             match conn.flush(&mut self.ctx.pool) {
+                Ok(true) if conn.close_after_flush && conn.error_sent && !conn.read_eof => {
+                    self.linger(slot)
+                }
                 Ok(true) if conn.close_after_flush => self.close(slot),
                 Ok(_) => {
                     account_unsent(&self.ctx.shared, conn);
@@ -602,6 +626,41 @@ impl EventLoop {
         });
         self.ctx.over_budget = waiting;
         self.run_resumed();
+    }
+
+    /// The closing ERROR is out: half-close and drop what the peer still
+    /// sends, for a while, then close (see `Connection::lingering`).
+    fn linger(&mut self, slot: usize) {
+        let conn = &mut self.conns[slot];
+        conn.half_close(LINGER_BYTES, &mut self.ctx.pool);
+        self.lingering
+            .push((slot, conn.gen, Instant::now() + LINGER));
+        // Input may have arrived already (readiness is edge-triggered).
+        if conn.discard_input() {
+            self.close(slot);
+        }
+    }
+
+    /// Closes lingering connections whose time is up.
+    fn close_lingering(&mut self, now: Instant) {
+        if self.lingering.is_empty() {
+            return;
+        }
+        let mut due = Vec::new();
+        self.lingering
+            .retain(|&(slot, gen, until)| match self.conns.get(slot) {
+                Some(c) if c.gen == gen && c.lingering => {
+                    if now >= until {
+                        due.push(slot);
+                        return false;
+                    }
+                    true
+                }
+                _ => false,
+            });
+        for slot in due {
+            self.close(slot);
+        }
     }
 
     fn close(&mut self, slot: usize) {
@@ -706,6 +765,21 @@ fn account_unsent(shared: &Shared, conn: &mut Connection) {
             .fetch_sub(conn.accounted - now, Ordering::Relaxed);
     }
     conn.accounted = now;
+}
+
+/// A connection refused at accept, its ERROR written: half-close and drop
+/// what it has sent already (a HELLO, say), so closing it sends a FIN after
+/// the ERROR rather than a reset. Best effort: input arriving later still
+/// meets a closed socket.
+fn end_refused(stream: &mut mio::net::TcpStream) {
+    let _ = stream.shutdown(std::net::Shutdown::Write);
+    let mut scratch = [0u8; 4096];
+    for _ in 0..16 {
+        match io::Read::read(stream, &mut scratch) {
+            Ok(n) if n > 0 => {}
+            _ => break,
+        }
+    }
 }
 
 /// Counts one more connection from `ip` unless that reaches the cap.
