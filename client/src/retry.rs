@@ -10,6 +10,10 @@
 //! its `order_id` (PROTOCOL.md §6.3, §7), so a request that did execute the
 //! first time is answered with its stored outcome and the `REPLAYED` flag, and
 //! one that did not is evaluated now. Either way it executes at most once.
+//!
+//! (One server setting bends this: in cross-node mode with `--outbid-filter`
+//! a retry of a bid that was accepted and since outbid may get `OUTBID`
+//! instead of its replayed `OK`, PROTOCOL.md §11.4. Read `GET_AUCTION` there.)
 
 use std::time::Duration;
 
