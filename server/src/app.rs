@@ -364,10 +364,16 @@ fn serve_metrics(
         m.sales.set(held.sales as i64);
         m.subscriptions.set(held.subscriptions as i64);
         m.sync_refused("per_ip", live.refused_per_ip.load(Ordering::Relaxed));
-        if let Some(g) = &refresh_gate {
-            m.store.writer_queue.set(g.queued() as i64);
-            m.store.lag_mutations.set(g.lag() as i64);
-            m.store.store_up.set(g.is_up() as i64);
+        match &refresh_gate {
+            Some(g) => {
+                m.store.writer_queue.set(g.queued() as i64);
+                m.store.lag_mutations.set(g.lag() as i64);
+                m.store.store_up.set(g.is_up() as i64);
+            }
+            // --store memory takes every write: up, as /readyz says.
+            None => {
+                m.store.store_up.set(1);
+            }
         }
     });
     let redis_mode = config.redis_urls().is_some();

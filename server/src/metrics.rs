@@ -620,7 +620,7 @@ impl StoreMetrics {
             store_up: reg(
                 r,
                 "store_up",
-                "1 when the store accepts writes, 0 while the breaker is open",
+                "1 when the store accepts writes (always with --store memory), 0 while the breaker is open",
                 Gauge::default(),
             ),
             lag_mutations: reg(

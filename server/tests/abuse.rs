@@ -676,3 +676,10 @@ fn assert_closing_error(got: &[u8]) {
     ));
     assert!(buf.is_empty());
 }
+
+#[test]
+fn store_up_agrees_with_readyz_on_the_memory_store() {
+    let s = Server::start(&["--metrics-listen", "127.0.0.1:0"]);
+    assert_eq!(s.http_get("/readyz").0, 200);
+    assert_eq!(metric(&s, "gavel_store_up"), 1.0);
+}
