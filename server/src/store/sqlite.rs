@@ -232,9 +232,11 @@ impl Tables for SqliteStore {
             })?
             .collect::<Result<_, _>>()?;
         // at_ms is a real clock time (< 2^63), so the SQL comparison is exact.
+        // `+at_ms`: a sequential scan of the table, not the at_ms index
+        // (a seek into the table per row); sorted by time below.
         let mut st = c.prepare(
             "SELECT auction_id, bid_id, bidder_id, amount, seq, at_ms FROM bids
-             WHERE at_ms >= ?1 ORDER BY at_ms, auction_id, seq",
+             WHERE +at_ms >= ?1",
         )?;
         s.bids = st
             .query_map([to_sql(since_ms)], |r| {
@@ -250,7 +252,7 @@ impl Tables for SqliteStore {
             .collect::<Result<_, _>>()?;
         let mut st = c.prepare(
             "SELECT sku_id, order_id, buyer_id, quantity, sold_after, held_after, at_ms FROM orders
-             WHERE at_ms >= ?1 ORDER BY at_ms, sku_id, sold_after",
+             WHERE +at_ms >= ?1",
         )?;
         s.orders = st
             .query_map([to_sql(since_ms)], |r| {
@@ -265,6 +267,7 @@ impl Tables for SqliteStore {
                 })
             })?
             .collect::<Result<_, _>>()?;
+        s.sort_logs_by_time();
         Ok(s)
     }
 }
