@@ -63,103 +63,119 @@ impl SqliteStore {
         let tx = self
             .conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        {
-            let mut st = tx.prepare_cached(
-                "INSERT INTO auctions (id, reserve, min_increment, ends_at_ms) VALUES (?1, ?2, ?3, ?4)
-                 ON CONFLICT (id) DO NOTHING",
-            )?;
-            for o in &b.auctions_opened {
-                st.execute(params![
-                    to_sql(o.auction_id),
-                    to_sql(o.reserve),
-                    to_sql(o.min_increment),
-                    to_sql(o.ends_at_ms)
-                ])?;
-            }
-            let mut st = tx.prepare_cached(
-                "INSERT INTO sales (id, stock, per_buyer_limit, starts_at_ms, ends_at_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (id) DO NOTHING",
-            )?;
-            for o in &b.sales_opened {
-                st.execute(params![
-                    to_sql(o.sku_id),
-                    to_sql(o.stock),
-                    o.per_buyer_limit as i64,
-                    to_sql(o.starts_at_ms),
-                    to_sql(o.ends_at_ms)
-                ])?;
-            }
-            // Guarded by the count, so an older state never overwrites a newer one.
-            let mut st = tx.prepare_cached(
-                "UPDATE auctions SET high_bid = ?2, high_bidder = ?3, bid_count = ?4
-                 WHERE id = ?1 AND bid_count < ?4",
-            )?;
-            // In key order, like the logs (see WriteBatch::sort_logs).
-            let mut updates: Vec<_> = b.auction_updates.values().collect();
-            updates.sort_unstable_by_key(|u| u.id);
-            for u in updates {
-                st.execute(params![
-                    to_sql(u.id),
-                    to_sql(u.high_bid),
-                    to_sql(u.high_bidder),
-                    to_sql(u.bid_count)
-                ])?;
-            }
-            let mut st = tx.prepare_cached(
-                "INSERT INTO bids (auction_id, bid_id, bidder_id, amount, seq, at_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT DO NOTHING",
-            )?;
-            for r in &b.bids {
-                st.execute(params![
-                    to_sql(r.auction_id),
-                    to_sql(r.bid_id),
-                    to_sql(r.bidder_id),
-                    to_sql(r.amount),
-                    to_sql(r.seq),
-                    to_sql(r.at_ms)
-                ])?;
-            }
-            let mut st = tx.prepare_cached("UPDATE auctions SET closed = 1 WHERE id = ?1")?;
-            for id in &b.auctions_closed {
-                st.execute(params![to_sql(*id)])?;
-            }
-            let mut st =
-                tx.prepare_cached("UPDATE sales SET sold = ?2 WHERE id = ?1 AND sold < ?2")?;
-            for (id, sold) in &b.sale_updates {
-                st.execute(params![to_sql(*id), to_sql(*sold)])?;
-            }
-            let mut st = tx.prepare_cached(
-                "INSERT INTO holdings (sku_id, buyer_id, held) VALUES (?1, ?2, ?3)
-                 ON CONFLICT (sku_id, buyer_id) DO UPDATE SET held = excluded.held
-                 WHERE holdings.held < excluded.held",
-            )?;
-            let mut holdings: Vec<_> = b.holdings.iter().collect();
-            holdings.sort_unstable();
-            for ((sku, buyer), held) in holdings {
-                st.execute(params![to_sql(*sku), to_sql(*buyer), to_sql(*held)])?;
-            }
-            let mut st = tx.prepare_cached(
-                "INSERT INTO orders (sku_id, order_id, buyer_id, quantity, sold_after, held_after, at_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT DO NOTHING",
-            )?;
-            for o in &b.orders {
-                st.execute(params![
-                    to_sql(o.sku_id),
-                    to_sql(o.order_id),
-                    to_sql(o.buyer_id),
-                    o.quantity as i64,
-                    to_sql(o.sold_after),
-                    to_sql(o.held_after),
-                    to_sql(o.at_ms)
-                ])?;
-            }
-            let mut st = tx.prepare_cached(
-                "UPDATE materializer SET applied_seq = ?1 WHERE id = 1 AND applied_seq < ?1",
-            )?;
-            st.execute(params![to_sql(applied_seq)])?;
-        }
+        // Opens, then state, then logs: the order they can happen in.
+        write_opens(&tx, b)?;
+        write_state(&tx, b)?;
+        write_logs(&tx, b)?;
+        tx.prepare_cached(
+            "UPDATE materializer SET applied_seq = ?1 WHERE id = 1 AND applied_seq < ?1",
+        )?
+        .execute(params![to_sql(applied_seq)])?;
         tx.commit()
     }
+}
+
+/// New auctions and sales (a replayed open changes nothing).
+fn write_opens(tx: &Connection, b: &WriteBatch) -> rusqlite::Result<()> {
+    let mut st = tx.prepare_cached(
+        "INSERT INTO auctions (id, reserve, min_increment, ends_at_ms) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (id) DO NOTHING",
+    )?;
+    for o in &b.auctions_opened {
+        st.execute(params![
+            to_sql(o.auction_id),
+            to_sql(o.reserve),
+            to_sql(o.min_increment),
+            to_sql(o.ends_at_ms)
+        ])?;
+    }
+    let mut st = tx.prepare_cached(
+        "INSERT INTO sales (id, stock, per_buyer_limit, starts_at_ms, ends_at_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (id) DO NOTHING",
+    )?;
+    for o in &b.sales_opened {
+        st.execute(params![
+            to_sql(o.sku_id),
+            to_sql(o.stock),
+            o.per_buyer_limit as i64,
+            to_sql(o.starts_at_ms),
+            to_sql(o.ends_at_ms)
+        ])?;
+    }
+    Ok(())
+}
+
+/// Latest high bids, closings, units sold and holdings.
+fn write_state(tx: &Connection, b: &WriteBatch) -> rusqlite::Result<()> {
+    // Guarded by the count, so an older state never overwrites a newer one.
+    let mut st = tx.prepare_cached(
+        "UPDATE auctions SET high_bid = ?2, high_bidder = ?3, bid_count = ?4
+             WHERE id = ?1 AND bid_count < ?4",
+    )?;
+    // In key order, like the logs (see WriteBatch::sort_logs).
+    let mut updates: Vec<_> = b.auction_updates.values().collect();
+    updates.sort_unstable_by_key(|u| u.id);
+    for u in updates {
+        st.execute(params![
+            to_sql(u.id),
+            to_sql(u.high_bid),
+            to_sql(u.high_bidder),
+            to_sql(u.bid_count)
+        ])?;
+    }
+    let mut st = tx.prepare_cached("UPDATE auctions SET closed = 1 WHERE id = ?1")?;
+    for id in &b.auctions_closed {
+        st.execute(params![to_sql(*id)])?;
+    }
+    let mut st = tx.prepare_cached("UPDATE sales SET sold = ?2 WHERE id = ?1 AND sold < ?2")?;
+    for (id, sold) in &b.sale_updates {
+        st.execute(params![to_sql(*id), to_sql(*sold)])?;
+    }
+    let mut st = tx.prepare_cached(
+        "INSERT INTO holdings (sku_id, buyer_id, held) VALUES (?1, ?2, ?3)
+             ON CONFLICT (sku_id, buyer_id) DO UPDATE SET held = excluded.held
+             WHERE holdings.held < excluded.held",
+    )?;
+    let mut holdings: Vec<_> = b.holdings.iter().collect();
+    holdings.sort_unstable();
+    for ((sku, buyer), held) in holdings {
+        st.execute(params![to_sql(*sku), to_sql(*buyer), to_sql(*held)])?;
+    }
+    Ok(())
+}
+
+/// The bid and order logs, every row (a row already there is skipped).
+fn write_logs(tx: &Connection, b: &WriteBatch) -> rusqlite::Result<()> {
+    let mut st = tx.prepare_cached(
+        "INSERT INTO bids (auction_id, bid_id, bidder_id, amount, seq, at_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT DO NOTHING",
+    )?;
+    for r in &b.bids {
+        st.execute(params![
+            to_sql(r.auction_id),
+            to_sql(r.bid_id),
+            to_sql(r.bidder_id),
+            to_sql(r.amount),
+            to_sql(r.seq),
+            to_sql(r.at_ms)
+        ])?;
+    }
+    let mut st = tx.prepare_cached(
+        "INSERT INTO orders (sku_id, order_id, buyer_id, quantity, sold_after, held_after, at_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT DO NOTHING",
+    )?;
+    for o in &b.orders {
+        st.execute(params![
+            to_sql(o.sku_id),
+            to_sql(o.order_id),
+            to_sql(o.buyer_id),
+            o.quantity as i64,
+            to_sql(o.sold_after),
+            to_sql(o.held_after),
+            to_sql(o.at_ms)
+        ])?;
+    }
+    Ok(())
 }
 
 impl Tables for SqliteStore {
