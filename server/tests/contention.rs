@@ -76,7 +76,7 @@ fn three_hundred_buyers_race_for_one_hundred_units() {
                 let mut held = 0u64;
                 // Each buyer tries three times for one unit: at most two may succeed.
                 for i in 0..3 {
-                    let o = cl.buy(1, b, 1, b * 10 + i + 1).unwrap();
+                    let o = cl.buy(1, b + 1, 1, b * 10 + i + 1).unwrap();
                     match o.result.status {
                         Status::Ok => held += 1,
                         Status::SoldOut | Status::LimitExceeded => {}
