@@ -47,7 +47,7 @@ pub fn bid(bid_id: u64, amount: u64) -> Request {
 pub fn buy(order_id: u64, qty: u32) -> Request {
     Request::Buy(BuyRequest {
         sku_id: SKU,
-        buyer_id: order_id % 97,
+        buyer_id: 1 + order_id % 97,
         quantity: qty,
         order_id,
     })
