@@ -188,7 +188,7 @@ impl IoLoops {
             let waker = Arc::new(mio::Waker::new(poll.registry(), EventLoop::waker_token())?);
             // Bounded: see crate::outbox for why a full one cannot deadlock.
             let (handle, rx) =
-                outbox::channel(reply_queue, waker, metrics.reply_queue_full.clone());
+                outbox::channel(reply_queue, waker, metrics.bounds.reply_queue_full.clone());
             io.polls.push(poll);
             io.handles.push(handle);
             io.rxs.push(rx);
@@ -350,7 +350,8 @@ fn serve_metrics(
         };
         m.open_connections
             .set(live.open_connections.load(Ordering::Relaxed) as i64);
-        m.unsent_bytes
+        m.bounds
+            .unsent_bytes
             .set(live.unsent_total.load(Ordering::Relaxed) as i64);
         let mut held = Sizes::default();
         for (i, s) in live.shards.iter().enumerate() {
@@ -360,9 +361,9 @@ fn serve_metrics(
             held.sales += z.sales;
             held.subscriptions += z.subscriptions;
         }
-        m.auctions.set(held.auctions as i64);
-        m.sales.set(held.sales as i64);
-        m.subscriptions.set(held.subscriptions as i64);
+        m.bounds.auctions.set(held.auctions as i64);
+        m.bounds.sales.set(held.sales as i64);
+        m.bounds.subscriptions.set(held.subscriptions as i64);
         m.sync_refused("per_ip", live.refused_per_ip.load(Ordering::Relaxed));
         match &refresh_gate {
             Some(g) => {

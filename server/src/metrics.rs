@@ -308,12 +308,7 @@ pub struct Metrics {
     closed: Family<Vec<(String, String)>, Counter>,
     pub open_connections: Gauge,
     shard_queue: Family<Vec<(String, String)>, Gauge>,
-    pub auctions: Gauge,
-    pub sales: Gauge,
-    pub subscriptions: Gauge,
-    pub reply_queue_full: Counter,
-    pub unsent_bytes: Gauge,
-    budget_pauses: Counter,
+    pub bounds: BoundMetrics,
     pub store: StoreMetrics,
     pub redis_round_trips: Counter,
     pub redis_seconds: AtomicHistogram,
@@ -395,51 +390,8 @@ impl Metrics {
             "Connections open",
             Gauge::default(),
         );
-        let shard_queue = Family::<Vec<(String, String)>, Gauge>::default();
-        for i in 0..shards {
-            let _ = shard_queue.get_or_create(&labels("shard", &i.to_string()));
-        }
-        r.register(
-            "shard_queue_depth",
-            "Commands waiting in each shard's queue",
-            shard_queue.clone(),
-        );
-        let auctions = reg(
-            &mut r,
-            "auctions",
-            "Auctions held in memory, open and closed (local engine; --max-auctions)",
-            Gauge::default(),
-        );
-        let sales = reg(
-            &mut r,
-            "sales",
-            "Sales held in memory (local engine; --max-sales)",
-            Gauge::default(),
-        );
-        let subscriptions = reg(
-            &mut r,
-            "subscriptions",
-            "Subscriptions held by the shards (one per connection and auction)",
-            Gauge::default(),
-        );
-        let reply_queue_full = reg(
-            &mut r,
-            "reply_queue_full",
-            "Times a shard or the writer found an event loop's reply queue full (--reply-queue) and waited",
-            Counter::default(),
-        );
-        let unsent_bytes = reg(
-            &mut r,
-            "output_unsent_bytes",
-            "Reply bytes waiting for slow readers, all connections (--output-budget)",
-            Gauge::default(),
-        );
-        let budget_pauses = reg(
-            &mut r,
-            "output_budget_pauses",
-            "Times a connection holding unsent output was no longer read because the server was over --output-budget",
-            Counter::default(),
-        );
+        let shard_queue = shard_queue_gauges(&mut r, shards);
+        let bounds = BoundMetrics::new(&mut r);
         let store = StoreMetrics::new(&mut r);
         let (redis_round_trips, redis_seconds, redis_errors, redis_up) = redis_metrics(&mut r);
         Metrics {
@@ -455,12 +407,7 @@ impl Metrics {
             closed,
             open_connections,
             shard_queue,
-            auctions,
-            sales,
-            subscriptions,
-            reply_queue_full,
-            unsent_bytes,
-            budget_pauses,
+            bounds,
             store,
             redis_round_trips,
             redis_seconds,
@@ -519,7 +466,7 @@ impl Metrics {
             s.refused_capacity = 0;
         }
         if s.budget_pauses != 0 {
-            self.budget_pauses.inc_by(s.budget_pauses);
+            self.bounds.budget_pauses.inc_by(s.budget_pauses);
             s.budget_pauses = 0;
         }
         for (n, reason) in [
@@ -565,6 +512,79 @@ impl Metrics {
             let _ = writeln!(out, "# encoding failed");
         }
         out
+    }
+}
+
+/// A queue-depth gauge per shard, all present from the start.
+fn shard_queue_gauges(r: &mut Registry, shards: usize) -> Family<Vec<(String, String)>, Gauge> {
+    let family = Family::<Vec<(String, String)>, Gauge>::default();
+    for i in 0..shards {
+        let _ = family.get_or_create(&labels("shard", &i.to_string()));
+    }
+    reg(
+        r,
+        "shard_queue_depth",
+        "Commands waiting in each shard's queue",
+        family,
+    )
+}
+
+/// What the caps bound: state held, and unsent output.
+pub struct BoundMetrics {
+    pub auctions: Gauge,
+    pub sales: Gauge,
+    pub subscriptions: Gauge,
+    pub reply_queue_full: Counter,
+    pub unsent_bytes: Gauge,
+    budget_pauses: Counter,
+}
+
+impl BoundMetrics {
+    fn new(r: &mut Registry) -> Self {
+        let auctions = reg(
+            r,
+            "auctions",
+            "Auctions held in memory, open and closed (local engine; --max-auctions)",
+            Gauge::default(),
+        );
+        let sales = reg(
+            r,
+            "sales",
+            "Sales held in memory (local engine; --max-sales)",
+            Gauge::default(),
+        );
+        let subscriptions = reg(
+            r,
+            "subscriptions",
+            "Subscriptions held by the shards (one per connection and auction)",
+            Gauge::default(),
+        );
+        let reply_queue_full = reg(
+        r,
+        "reply_queue_full",
+        "Times a shard or the writer found an event loop's reply queue full (--reply-queue) and waited",
+        Counter::default(),
+    );
+        let unsent_bytes = reg(
+            r,
+            "output_unsent_bytes",
+            "Reply bytes waiting for slow readers, all connections (--output-budget)",
+            Gauge::default(),
+        );
+        let budget_pauses = reg(
+        r,
+        "output_budget_pauses",
+        "Times a connection holding unsent output was no longer read because the server was over --output-budget",
+        Counter::default(),
+    );
+        BoundMetrics {
+            auctions,
+            sales,
+            subscriptions,
+            reply_queue_full,
+            unsent_bytes,
+            budget_pauses,
+        }
     }
 }
 
