@@ -26,11 +26,16 @@ pub struct SaleSpec {
     pub per_buyer_limit: u32,
 }
 
-/// What was opened before the load.
+/// What was opened before the load, and how the server was run.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Setup {
     pub auctions: Vec<AuctionSpec>,
     pub sales: Vec<SaleSpec>,
+    /// The server documents IN_DOUBT as "applied" (durable single-node
+    /// mode, PROTOCOL.md §6.1 case a): then a retry handled by the same
+    /// server process must replay it. Not in cross-node mode, where an
+    /// IN_DOUBT script may not have run.
+    pub in_doubt_means_applied: bool,
 }
 
 /// An auction as GET_AUCTION showed it.
@@ -124,6 +129,9 @@ pub fn check(setup: &Setup, ops: &[Op], state: &FinalState) -> Findings {
         match op.kind {
             OpKind::Bid { auction, .. } => bids.entry(auction).or_default().push(op),
             OpKind::Buy { sku, .. } => buys.entry(sku).or_default().push(op),
+        }
+        if setup.in_doubt_means_applied {
+            check_in_doubt_applied(op, &mut f);
         }
         if check_key(op, &mut f) {
             rejected_then_accepted_in_replay = true;
@@ -252,6 +260,43 @@ fn check_key(op: &Op, f: &mut Findings) -> bool {
         ));
     }
     replay_accepted
+}
+
+/// Durable single-node mode: an IN_DOUBT request was applied and stays
+/// applied while that server process lives (it is committed when the store
+/// returns), so its first RESULT — if no restart came between the IN_DOUBT
+/// and that RESULT — must be a replay.
+fn check_in_doubt_applied(op: &Op, f: &mut Findings) {
+    let Some(doubt) = op
+        .attempts
+        .iter()
+        .find(|a| a.answer.is_in_doubt() && !a.final_replay)
+    else {
+        return;
+    };
+    let Some((i, res)) = op
+        .attempts
+        .iter()
+        .enumerate()
+        .find(|(_, a)| a.answer.result().is_some() && !a.final_replay)
+    else {
+        return;
+    };
+    let replayed = res.answer.result().is_some_and(|r| r.replayed);
+    // Generation 0: not recorded.
+    if !replayed
+        && doubt.gen_sent != 0
+        && res.at_ms >= doubt.at_ms
+        && res.gen_answered == doubt.gen_sent
+    {
+        f.violation(format!(
+            "answered IN_DOUBT (applied, to be committed) yet attempt {} was evaluated afresh \
+             (not REPLAYED) by the same server process, no restart in between: the applied \
+             request was forgotten:\n    {}",
+            i + 1,
+            op.describe()
+        ));
+    }
 }
 
 /// Each RESULT must agree with the request and the opened auction/sale.
@@ -710,6 +755,7 @@ mod tests {
                 stock: 10,
                 per_buyer_limit: 5,
             }],
+            in_doubt_means_applied: false,
         }
     }
 
@@ -938,6 +984,31 @@ mod tests {
             "{:#?}",
             f.violations
         );
+    }
+
+    #[test]
+    fn in_doubt_evaluated_afresh_by_the_same_process_is_a_violation() {
+        let mut su = setup();
+        su.in_doubt_means_applied = true;
+        let mut forgotten = bid(1010, 7, 7, &[]);
+        forgotten.push_gen(10, Answer::Error(IN_DOUBT), 4, 4);
+        forgotten.push_gen(20, res(Status::Outbid, 1012, 5), 4, 4);
+        // A restart in between (generation moved): lost with the process.
+        let mut restarted = bid(1011, 8, 8, &[]);
+        restarted.push_gen(10, Answer::Error(IN_DOUBT), 4, 4);
+        restarted.push_gen(30, res(Status::Outbid, 1012, 5), 6, 6);
+        let mut ops = good_history();
+        ops.push(forgotten);
+        ops.push(restarted);
+        let f = check(&su, &ops, &state(1012, 5, 3, 10));
+        assert_eq!(f.violations.len(), 1, "{:#?}", f.violations);
+        assert!(f.violations[0].contains("bid_id=7"), "{}", f.violations[0]);
+        assert!(f.violations[0].contains("the applied request was forgotten"));
+        // Cross-node mode: an IN_DOUBT script may not have run.
+        su.in_doubt_means_applied = false;
+        assert!(check(&su, &ops, &state(1012, 5, 3, 10))
+            .violations
+            .is_empty());
     }
 
     #[test]

@@ -179,6 +179,12 @@ pub struct Attempt {
     pub answer: Answer,
     /// Sent by the final check (after the clean restart), not by the load.
     pub final_replay: bool,
+    /// The harness's generation counter (bumped before every stop and
+    /// after every start of gavel-server, and of Redis) when the attempt
+    /// was sent and when its answer came: equal values mean one and the
+    /// same server process handled it throughout.
+    pub gen_sent: u64,
+    pub gen_answered: u64,
 }
 
 /// A request and all its attempts.
@@ -213,10 +219,16 @@ impl Op {
     }
 
     pub fn push(&mut self, at_ms: u64, answer: Answer) {
+        self.push_gen(at_ms, answer, 0, 0);
+    }
+
+    pub fn push_gen(&mut self, at_ms: u64, answer: Answer, gen_sent: u64, gen_answered: u64) {
         self.attempts.push(Attempt {
             at_ms,
             answer,
             final_replay: false,
+            gen_sent,
+            gen_answered,
         });
     }
 
@@ -255,8 +267,10 @@ impl Op {
         );
         for a in &self.attempts {
             s.push_str(&format!(
-                "\n      +{}ms {}{}",
+                "\n      +{}ms [gen {}→{}] {}{}",
                 a.at_ms,
+                a.gen_sent,
+                a.gen_answered,
                 a.answer,
                 if a.final_replay {
                     "  [final replay]"

@@ -340,6 +340,7 @@ pub fn run(cfg: &ChaosConfig) -> anyhow::Result<usize> {
         auction_steps: (0..cfg.auctions).map(|_| AtomicU64::new(0)).collect(),
         sku_window: AtomicUsize::new(0),
         next_key: AtomicU64::new(1),
+        generation: AtomicU64::new(1),
         params: LoadParams {
             auctions: cfg.auctions,
             skus: cfg.skus,
@@ -632,6 +633,12 @@ impl Nemesis<'_> {
         std::thread::sleep(Duration::from_millis((ms as f64 * self.pace) as u64));
     }
 
+    /// A server process (or Redis) ends or begins: answers across the bump
+    /// may come from different processes.
+    fn bump(&self) {
+        self.shared.generation.fetch_add(1, Ordering::SeqCst);
+    }
+
     fn pick(&mut self, except: Option<FaultKind>) -> Option<FaultKind> {
         let choices: Vec<FaultKind> = self
             .faults
@@ -693,6 +700,7 @@ impl Nemesis<'_> {
     /// A gavel-server exit the nemesis did not cause is a finding; restart.
     fn check_crash(&mut self) -> anyhow::Result<()> {
         if let Some(st) = self.server.poll_exit() {
+            self.bump();
             let msg = format!(
                 "gavel-server exited by itself ({st}); its log ends:\n{}",
                 self.server.log_tail(20)
@@ -710,12 +718,14 @@ impl Nemesis<'_> {
         let what = match f {
             FaultKind::Kill => {
                 self.check_crash()?;
+                self.bump();
                 self.server.kill();
                 "SIGKILL gavel-server".to_string()
             }
             FaultKind::Term => {
                 self.check_crash()?;
                 if self.server.running() {
+                    self.bump();
                     match self.server.terminate(SHUTDOWN_WAIT) {
                         Ok(st) => format!("SIGTERM gavel-server (exited: {st})"),
                         Err(e) => format!("SIGTERM gavel-server: {e}"),
@@ -743,6 +753,7 @@ impl Nemesis<'_> {
                 )
             }
             FaultKind::Redis => {
+                self.bump();
                 self.redis
                     .as_mut()
                     .expect("redis fault needs --redis")
@@ -778,6 +789,7 @@ impl Nemesis<'_> {
             FaultKind::Redis => {
                 if let Some(r) = self.redis.as_mut() {
                     r.restart().map_err(|e| anyhow!("restarting Redis: {e}"))?;
+                    self.bump();
                     log(self.epoch, "  redis-server restarted");
                 }
                 self.ensure_server()?;
@@ -791,6 +803,7 @@ impl Nemesis<'_> {
     /// fatal.
     fn ensure_server(&mut self) -> anyhow::Result<()> {
         if let Some(st) = self.server.poll_exit() {
+            self.bump();
             let msg = format!(
                 "gavel-server exited by itself ({st}); its log ends:\n{}",
                 self.server.log_tail(20)
@@ -804,7 +817,9 @@ impl Nemesis<'_> {
         let store_down =
             self.pg.as_ref().is_some_and(|p| p.down) || self.redis.as_ref().is_some_and(|r| r.down);
         let t0 = Instant::now();
-        match self.server.start(START_TIMEOUT) {
+        let started = self.server.start(START_TIMEOUT);
+        self.bump();
+        match started {
             Ok(()) => {
                 log(
                     self.epoch,
@@ -841,6 +856,7 @@ impl Nemesis<'_> {
         if let Some(r) = self.redis.as_mut() {
             if r.down {
                 r.restart().map_err(|e| anyhow!("restarting Redis: {e}"))?;
+                self.bump();
             }
         }
         self.ensure_server()
@@ -908,7 +924,10 @@ fn call_until(
 fn open_all(addr: SocketAddr, cfg: &ChaosConfig) -> anyhow::Result<Setup> {
     let ends = crate::setup::now_ms() + 7 * 24 * 3600 * 1000;
     let mut conn = None;
-    let mut setup = Setup::default();
+    let mut setup = Setup {
+        in_doubt_means_applied: !cfg.redis,
+        ..Setup::default()
+    };
     for id in 1..=cfg.auctions {
         let req = Request::OpenAuction(gavel_protocol::OpenAuctionRequest {
             auction_id: id,
@@ -1085,6 +1104,8 @@ fn replay_chunk(addr: SocketAddr, epoch: Instant, ops: &[Op], mut todo: Vec<usiz
                                         r.status, r.value, r.aux, replayed,
                                     )),
                                     final_replay: true,
+                                    gen_sent: u64::MAX,
+                                    gen_answered: u64::MAX,
                                 },
                             )),
                             Response::Error { code, .. } if misuse(code as u16) => out.push((
@@ -1093,6 +1114,8 @@ fn replay_chunk(addr: SocketAddr, epoch: Instant, ops: &[Op], mut todo: Vec<usiz
                                     at_ms,
                                     answer: Answer::Error(code as u16),
                                     final_replay: true,
+                                    gen_sent: u64::MAX,
+                                    gen_answered: u64::MAX,
                                 },
                             )),
                             _ => retry.push(i),

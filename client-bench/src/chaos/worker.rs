@@ -32,6 +32,9 @@ pub struct Shared {
     /// First SKU index of the window buys go to.
     pub sku_window: AtomicUsize,
     pub next_key: AtomicU64,
+    /// Bumped by the nemesis before it stops and after it starts
+    /// gavel-server (or Redis): see [`super::history::Attempt::gen_sent`].
+    pub generation: AtomicU64,
     pub params: LoadParams,
 }
 
@@ -165,14 +168,16 @@ impl Worker {
             if give_up != 0 && self.shared.now_ms() >= give_up {
                 return;
             }
+            let gen_sent = self.shared.generation.load(Ordering::SeqCst);
             let Some(answer) = self.attempt(&req) else {
                 // Not connected: nothing was sent.
                 self.sleep_ms(backoff_ms);
                 backoff_ms = (backoff_ms * 2).min(200);
                 continue;
             };
+            let gen_answered = self.shared.generation.load(Ordering::SeqCst);
             let at = self.shared.now_ms();
-            self.ops[idx].push(at, answer);
+            self.ops[idx].push_gen(at, answer, gen_sent, gen_answered);
             match answer {
                 Answer::Result(_) => return,
                 Answer::Error(code) if misuse(code) => {
