@@ -3,44 +3,50 @@
 -- amounts can compare equal, and a higher bid could lose. Amounts, stock and
 -- counts therefore travel and are stored as 20-digit zero-padded decimal
 -- strings, and equal-width digit strings compare exactly as strings.
+--
+-- This prelude runs on every call (a script's body is its whole text), so it
+-- builds nothing it can avoid: constants are literals, and there are only the
+-- two closures below.
 
 local U64_MAX = '18446744073709551615'
-
--- Zero-pads a decimal string to 20 digits.
-local function pad(s)
-  return string.rep('0', 20 - #s) .. s
-end
-
--- Arithmetic works on two 10-digit halves: each half is below 10^10, far
--- inside the range where doubles are exact, and there is no per-digit loop.
-local function halves(s)
-  return tonumber(string.sub(s, 1, 10)), tonumber(string.sub(s, 11, 20))
-end
-
-local function join(h, l)
-  return string.format('%010d%010d', h, l)
-end
+local ZERO = '00000000000000000000'
+local ONE = '00000000000000000001'
+-- 2^53: below it, doubles hold every integer exactly.
+local EXACT = 9007199254740992
 
 -- a + b on padded strings; returns nil when the sum exceeds u64::MAX.
+-- Arithmetic works on two 10-digit halves: each half is below 10^10, far
+-- inside the range where doubles are exact, and there is no per-digit loop.
 local function add(a, b)
-  local ah, al = halves(a)
-  local bh, bl = halves(b)
-  local l, h = al + bl, ah + bh
+  local l = tonumber(string.sub(a, 11, 20)) + tonumber(string.sub(b, 11, 20))
+  local h = tonumber(string.sub(a, 1, 10)) + tonumber(string.sub(b, 1, 10))
   if l >= 1e10 then l = l - 1e10; h = h + 1 end
   if h >= 1e10 then return nil end
-  local s = join(h, l)
+  local s = string.format('%010d%010d', h, l)
   if s > U64_MAX then return nil end
   return s
 end
 
 -- a - b on padded strings, a >= b.
 local function sub(a, b)
-  local ah, al = halves(a)
-  local bh, bl = halves(b)
-  local l, h = al - bl, ah - bh
+  local l = tonumber(string.sub(a, 11, 20)) - tonumber(string.sub(b, 11, 20))
+  local h = tonumber(string.sub(a, 1, 10)) - tonumber(string.sub(b, 1, 10))
   if l < 0 then l = l + 1e10; h = h - 1 end
-  return join(h, l)
+  return string.format('%010d%010d', h, l)
 end
 
-local ZERO = pad('0')
-local ONE = pad('1')
+-- The bar a bid must clear to beat v by the increment inc (0 counts as 1):
+-- the highest amount that does not, v + inc - 1, as 20 digits, or '~'
+-- (above every digit string: nothing clears it) past u64::MAX. A bid wins
+-- iff amount > bar. With an increment of 0 or 1 the bar is v itself, no
+-- arithmetic; else doubles where they are exact, the halves above.
+local function bar(v, inc)
+  if inc <= ONE then
+    return v
+  end
+  local n = tonumber(v) + tonumber(inc)
+  if n < EXACT then
+    return string.format('%020d', n - 1)
+  end
+  return add(v, sub(inc, ONE)) or '~'
+end

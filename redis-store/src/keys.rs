@@ -1,12 +1,15 @@
 //! Key names. One hash tag per auction (`{a:ID}`) or SKU (`{s:ID}`).
 
-/// The channel every node publishes bid updates and closings on.
+/// The channel every node publishes bid updates and closings on (`bid.lua`
+/// names it itself; the other scripts take it as an argument).
 pub const UPDATES_CHANNEL: &str = "gavel:updates";
 
 pub fn auction(id: u64) -> String {
     format!("gavel:{{a:{id}}}")
 }
 
+/// Where versions before the lean `bid.lua` kept a bid's idempotency key
+/// (now a field of the auction's hash); still read for auctions they wrote.
 pub fn bid(auction_id: u64, bid_id: u64) -> String {
     format!("gavel:{{a:{auction_id}}}:bid:{bid_id}")
 }

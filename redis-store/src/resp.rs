@@ -11,7 +11,6 @@
 use bytes::BufMut;
 use redis::Value;
 
-use crate::keys::UPDATES_CHANNEL;
 use crate::scripts::{self, Op, ScriptId, SCRIPTS};
 
 /// Longest bulk string or array accepted (the replies here are tiny).
@@ -31,19 +30,23 @@ pub fn encode<B: BufMut>(
 ) {
     match *op {
         Op::Bid(b) => {
-            out.put_slice(b"*11\r\n$7\r\nEVALSHA\r\n");
+            out.put_slice(b"*10\r\n$7\r\nEVALSHA\r\n");
             bulk(out, sha[ScriptId::Bid as usize].as_bytes());
-            bulk(out, b"2");
-            let mut key = Digits::key(b"gavel:{a:", b.auction_id, b"}");
-            bulk(out, key.as_ref());
-            key.push(b":bid:").num(b.bid_id);
-            bulk(out, key.as_ref());
+            bulk(out, b"1");
+            bulk(out, Digits::key(b"gavel:{a:", b.auction_id, b"}").as_ref());
             bulk(out, Digits::dec(b.bidder_id).as_ref());
             bulk(out, Digits::dec(b.amount).as_ref());
+            bulk(out, Digits::new().num(b.bid_id).as_ref());
             bulk(out, Digits::dec(now_ms).as_ref());
             bulk(out, Digits::new().num(window_ms).as_ref());
-            bulk(out, UPDATES_CHANNEL.as_bytes());
-            bulk(out, Digits::new().num(b.auction_id).as_ref());
+            let mut record = Digits::new();
+            record
+                .num(b.bidder_id)
+                .push(b"|")
+                .num(b.amount)
+                .push(b"|")
+                .num(now_ms);
+            bulk(out, record.as_ref());
         }
         Op::Buy(b) => {
             out.put_slice(b"*10\r\n$7\r\nEVALSHA\r\n");
@@ -71,8 +74,8 @@ pub fn bulk<B: BufMut>(out: &mut B, s: &[u8]) {
     out.put_slice(b"\r\n");
 }
 
-/// A short argument built on the stack: the longest is a bid's key,
-/// `gavel:{a:<20 digits>}:bid:<20 digits>` (56 bytes).
+/// A short argument built on the stack: the longest is a bid's record,
+/// `<20 digits>|<20 digits>|<20 digits>` (62 bytes).
 #[derive(Clone)]
 struct Digits {
     buf: [u8; 64],

@@ -197,19 +197,13 @@ pub fn command(op: &Op, sha: &[String; SCRIPTS], now_ms: u64, window_ms: u64) ->
             c
         }
         Op::Bid(b) => {
-            let mut c = evalsha(
-                ScriptId::Bid,
-                &[
-                    keys::auction(b.auction_id),
-                    keys::bid(b.auction_id, b.bid_id),
-                ],
-            );
+            let mut c = evalsha(ScriptId::Bid, &[keys::auction(b.auction_id)]);
             c.arg(d(b.bidder_id))
                 .arg(d(b.amount))
+                .arg(b.bid_id)
                 .arg(d(now_ms))
                 .arg(window_ms)
-                .arg(keys::UPDATES_CHANNEL)
-                .arg(b.auction_id);
+                .arg(format!("{}|{}|{}", b.bidder_id, b.amount, now_ms));
             c
         }
         Op::CloseAuction(id) => {
@@ -337,8 +331,13 @@ pub fn decode(op: &Op, v: &Value, now_ms: u64) -> Option<OpResult> {
             let value = num(f.get(1)?)?;
             let aux = num(f.get(2)?)?;
             let replayed = num(f.get(3)?)? == 1;
-            let bid_count = f.get(4).and_then(num).unwrap_or(0);
-            let ends_ms = f.get(5).and_then(num).unwrap_or(0);
+            // bid.lua: [ends[, bid_count]]; buy.lua: [units sold].
+            let (bid_count, ends_ms) = match op {
+                Op::Bid(_) => (f.get(5), f.get(4)),
+                _ => (f.get(4), None),
+            };
+            let bid_count = bid_count.and_then(num).unwrap_or(0);
+            let ends_ms = ends_ms.and_then(num).unwrap_or(0);
             Some(OpResult::Outcome {
                 result: ResultPayload::new(status, value, aux),
                 replayed,
@@ -389,5 +388,12 @@ mod tests {
         for s in ALL {
             assert!(s.contains("local function add(a, b)"));
         }
+    }
+
+    #[test]
+    fn bid_publishes_on_the_updates_channel() {
+        // bid.lua names the channel itself (one argument less per bid).
+        let quoted = format!("'{}'", keys::UPDATES_CHANNEL);
+        assert_eq!(BID.matches(&quoted).count(), 2, "{quoted} in bid.lua");
     }
 }

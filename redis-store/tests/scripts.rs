@@ -497,3 +497,421 @@ fn bid_outcomes_carry_the_end_time() {
     );
     assert_eq!(ends(&mut g, bid(2, 8, 90, 1), 6_000), (Status::Ok, 0));
 }
+
+/// A plain connection for looking at (or planting) what the scripts keep.
+fn raw(r: &RedisServer) -> redis::Connection {
+    redis::Client::open(r.url())
+        .unwrap()
+        .get_connection_with_timeout(T)
+        .unwrap()
+}
+
+fn fields(c: &mut redis::Connection, key: &str) -> Vec<String> {
+    let mut f: Vec<String> = redis::cmd("HKEYS").arg(key).query(c).unwrap();
+    f.sort();
+    f
+}
+
+const AUCTION_FIELDS: [&str; 8] = [
+    "bar", "bidder", "closed", "count", "ends", "high", "inc", "reserve",
+];
+
+/// PROTOCOL.md §7: a rejected bid's key may be forgotten. These scripts
+/// keep nothing for it: a retry is evaluated afresh, even with other fields.
+/// Accepted keys are fields of the auction's hash, and still replay (or
+/// conflict) after the auction closed.
+#[test]
+fn rejected_bids_store_nothing_and_retries_are_evaluated_afresh() {
+    use Status::*;
+    let r = RedisServer::start();
+    let mut g = connect(&[r.url()], false);
+    let mut c = raw(&r);
+    one(&mut g, open(1, 100, 10, 0), 1);
+    assert_eq!(one(&mut g, bid(1, 1, 99, 1), 1).0, BelowReserve);
+    assert_eq!(one(&mut g, bid(1, 1, 100, 2), 1), (Ok, 100, 1, false));
+    assert_eq!(one(&mut g, bid(1, 2, 105, 3), 1), (Outbid, 100, 1, false));
+    let mut want: Vec<&str> = AUCTION_FIELDS.to_vec();
+    want.push("2");
+    want.sort();
+    assert_eq!(fields(&mut c, "gavel:{a:1}"), want, "only the accepted key");
+    let keys: Vec<String> = redis::cmd("KEYS").arg("*").query(&mut c).unwrap();
+    assert_eq!(keys, vec!["gavel:{a:1}".to_string()], "no key of its own");
+
+    // Retried: evaluated again, never replayed; other fields are no conflict.
+    assert_eq!(one(&mut g, bid(1, 2, 105, 3), 1), (Outbid, 100, 1, false));
+    assert_eq!(one(&mut g, bid(1, 1, 99, 1), 1).0, BelowReserve);
+    assert_eq!(one(&mut g, bid(1, 2, 110, 3), 1), (Ok, 110, 2, false));
+    assert_eq!(one(&mut g, bid(1, 2, 110, 3), 1), (Ok, 110, 2, true));
+    assert_eq!(
+        g.execute(&[bid(1, 2, 111, 3)], 1).unwrap()[0],
+        OpResult::Conflict
+    );
+
+    one(&mut g, Op::CloseAuction(1), 1);
+    assert_eq!(one(&mut g, bid(1, 3, 500, 4), 1), (Closed, 110, 2, false));
+    assert_eq!(one(&mut g, bid(1, 1, 100, 2), 1), (Ok, 100, 1, true));
+    assert_eq!(
+        g.execute(&[bid(1, 1, 500, 2)], 1).unwrap()[0],
+        OpResult::Conflict
+    );
+    assert!(!fields(&mut c, "gavel:{a:1}").contains(&"4".to_string()));
+}
+
+/// Every 64th accepted bid sweeps part of the auction's hash: keys older
+/// than the window go, younger ones stay (and replay), and a busy auction's
+/// hash holds about a window's worth of keys, not every key it ever took.
+#[test]
+fn accepted_keys_are_kept_for_the_window_then_swept() {
+    let r = RedisServer::start();
+    let window = 1_000u64;
+    let mut g = RedisGavel::connect(&[r.url()], false, T, Duration::from_millis(window)).unwrap();
+    let mut c = raw(&r);
+    one(&mut g, open(1, 0, 1, 0), 1);
+    let mut amount = 0u64;
+    let mut next_id = 1u64;
+    // One wave of `n` accepted bids at time `now`; returns their ids.
+    let mut wave = |g: &mut RedisGavel, n: u64, now: u64| {
+        let ops: Vec<Op> = (0..n)
+            .map(|i| {
+                amount += 1;
+                bid(1, 1 + i % 7, amount, next_id + i)
+            })
+            .collect();
+        for res in g.execute(&ops, now).unwrap() {
+            match res {
+                OpResult::Outcome { result, .. } => assert_eq!(result.status, Status::Ok),
+                other => panic!("{other:?}"),
+            }
+        }
+        next_id += n;
+        (next_id - n..next_id).collect::<Vec<u64>>()
+    };
+    let first = wave(&mut g, 300, 10_000);
+    // Sweeps ran (counts 64..320), but nothing is a window old yet.
+    let second = wave(&mut g, 300, 10_999);
+    assert_eq!(
+        fields(&mut c, "gavel:{a:1}").len(),
+        AUCTION_FIELDS.len() + 1 + 600
+    );
+    for &id in first.iter().step_by(37) {
+        match g
+            .execute(&[bid(1, 1 + (id - 1) % 7, id, id)], 10_999)
+            .unwrap()[0]
+        {
+            OpResult::Outcome {
+                result, replayed, ..
+            } => assert_eq!((result.status, replayed), (Status::Ok, true), "key {id}"),
+            ref other => panic!("{other:?}"),
+        }
+    }
+    // Waves a window apart: the hash never holds much more than two waves.
+    let mut last = second;
+    for w in 0..12u64 {
+        last = wave(&mut g, 300, 11_000 + w * window);
+        let n = fields(&mut c, "gavel:{a:1}").len();
+        assert!(
+            n <= AUCTION_FIELDS.len() + 1 + 3 * 300,
+            "wave {w}: {n} fields"
+        );
+    }
+    // The first keys are forgotten: a retry is evaluated afresh (OUTBID,
+    // not replayed); the last wave's keys still replay.
+    let now = 11_000 + 11 * window;
+    assert_eq!(
+        one(&mut g, bid(1, 1, 1, 1), now),
+        (Status::Outbid, amount, 1 + 299 % 7, false)
+    );
+    let id = *last.last().unwrap();
+    assert_eq!(
+        one(&mut g, bid(1, 1 + 299 % 7, amount, id), now),
+        (Status::Ok, amount, 1 + 299 % 7, true)
+    );
+}
+
+fn d(v: u64) -> String {
+    format!("{v:020}")
+}
+
+/// An auction and keys written by the scripts before the lean `bid.lua`
+/// (no `bar`, 20-digit counts, one Redis key per bid id, rejected outcomes
+/// too) keep working: the state is brought up to date on first touch, and
+/// those keys still replay.
+#[test]
+fn hashes_written_by_earlier_scripts_stay_readable() {
+    let r = RedisServer::start();
+    earlier_scripts(&mut connect(&[r.url()], false), &mut raw(&r));
+}
+
+/// The same on a cluster: the earlier key is read by name, under the
+/// auction's hash tag, so in the slot the script runs in.
+#[test]
+fn hashes_written_by_earlier_scripts_stay_readable_on_a_cluster() {
+    let cl = RedisCluster::start();
+    let urls = cl.urls();
+    let mut c = redis::cluster::ClusterClient::new(urls.clone())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    earlier_scripts(&mut connect(&urls, true), &mut c);
+}
+
+fn earlier_scripts(g: &mut RedisGavel, c: &mut impl redis::ConnectionLike) {
+    use Status::*;
+    let _: () = redis::cmd("HSET")
+        .arg("gavel:{a:5}")
+        .arg(&[
+            ("reserve", d(100)),
+            ("inc", d(10)),
+            ("ends", d(0)),
+            ("high", d(150)),
+            ("bidder", d(7)),
+            ("count", d(2)),
+            ("closed", "0".into()),
+        ])
+        .query(c)
+        .unwrap();
+    for (id, record) in [
+        (42, format!("{}|{}|0|{}|{}", d(7), d(150), d(150), d(7))),
+        (43, format!("{}|{}|1|{}|{}", d(8), d(120), d(150), d(7))),
+    ] {
+        let _: () = redis::cmd("SET")
+            .arg(format!("gavel:{{a:5}}:bid:{id}"))
+            .arg(record)
+            .arg("PX")
+            .arg(86_400_000)
+            .query(c)
+            .unwrap();
+    }
+    assert_eq!(one(g, bid(5, 7, 150, 42), 1), (Ok, 150, 7, true));
+    assert_eq!(one(g, bid(5, 8, 120, 43), 1), (Outbid, 150, 7, true));
+    assert_eq!(
+        g.execute(&[bid(5, 7, 151, 42)], 1).unwrap()[0],
+        OpResult::Conflict
+    );
+    assert_eq!(one(g, bid(5, 9, 159, 44), 1), (Outbid, 150, 7, false));
+    assert_eq!(one(g, bid(5, 9, 99, 45), 1), (BelowReserve, 150, 7, false));
+    assert_eq!(one(g, bid(5, 9, 160, 46), 1), (Ok, 160, 9, false));
+    assert_eq!(one(g, bid(5, 9, 160, 46), 1), (Ok, 160, 9, true));
+    match g.execute(&[Op::GetAuction(5)], 1).unwrap()[0] {
+        OpResult::Auction(Some(a)) => {
+            assert_eq!((a.high_bid, a.high_bidder, a.bid_count), (160, 9, 3));
+            assert_eq!((a.reserve, a.min_increment), (100, 10));
+        }
+        ref other => panic!("{other:?}"),
+    }
+    let count: String = redis::cmd("HGET")
+        .arg("gavel:{a:5}")
+        .arg("count")
+        .query(c)
+        .unwrap();
+    assert_eq!(count, d(3), "an earlier version's count keeps its width");
+    assert_eq!(one(g, Op::CloseAuction(5), 1), (Ok, 160, 9, false));
+    assert_eq!(one(g, bid(5, 7, 150, 42), 1), (Ok, 150, 7, true));
+}
+
+/// The next acceptable amount is computed with doubles below 2^53 and on
+/// exact halves above: both sides of the border, huge increments, and the
+/// top of u64.
+#[test]
+fn the_next_step_is_exact_on_both_sides_of_2_pow_53() {
+    use Status::*;
+    let r = RedisServer::start();
+    let mut g = connect(&[r.url()], false);
+    let p53 = 1u64 << 53;
+    one(&mut g, open(1, 0, 1, 0), 1);
+    assert_eq!(one(&mut g, bid(1, 1, p53 - 2, 1), 1).0, Ok);
+    assert_eq!(one(&mut g, bid(1, 2, p53 - 2, 2), 1).0, Outbid);
+    assert_eq!(one(&mut g, bid(1, 2, p53 - 1, 3), 1).0, Ok);
+    assert_eq!(one(&mut g, bid(1, 3, p53 - 1, 4), 1).0, Outbid);
+    assert_eq!(one(&mut g, bid(1, 3, p53, 5), 1).0, Ok);
+    assert_eq!(one(&mut g, bid(1, 4, p53, 6), 1).0, Outbid);
+    assert_eq!(one(&mut g, bid(1, 4, p53 + 1, 7), 1).0, Ok);
+    assert_eq!(one(&mut g, bid(1, 5, p53 + 1, 8), 1).0, Outbid);
+    assert_eq!(one(&mut g, bid(1, 5, p53 + 2, 9), 1).0, Ok);
+
+    // An increment above 2^53, and one that lands exactly on u64::MAX.
+    let inc = (1u64 << 60) + 3;
+    one(&mut g, open(2, 0, inc, 0), 1);
+    assert_eq!(one(&mut g, bid(2, 1, inc - 1, 1), 1).0, Outbid);
+    assert_eq!(one(&mut g, bid(2, 1, inc, 2), 1).0, Ok);
+    assert_eq!(one(&mut g, bid(2, 2, 2 * inc - 1, 3), 1).0, Outbid);
+    assert_eq!(one(&mut g, bid(2, 2, 2 * inc, 4), 1).0, Ok);
+    let top = u64::MAX - inc;
+    assert_eq!(one(&mut g, bid(2, 3, top, 5), 1).0, Ok);
+    assert_eq!(one(&mut g, bid(2, 4, u64::MAX - 1, 6), 1).0, Outbid);
+    assert_eq!(one(&mut g, bid(2, 4, u64::MAX, 7), 1).0, Ok);
+    assert_eq!(
+        one(&mut g, bid(2, 5, u64::MAX, 8), 1),
+        (Outbid, u64::MAX, 4, false)
+    );
+
+    // The reserve above the first step, and a reserve of u64::MAX.
+    one(&mut g, open(3, 1_000, 1, 0), 1);
+    assert_eq!(one(&mut g, bid(3, 1, 999, 1), 1).0, BelowReserve);
+    assert_eq!(one(&mut g, bid(3, 1, 1_000, 2), 1).0, Ok);
+    assert_eq!(one(&mut g, bid(3, 2, 1_000, 3), 1).0, Outbid);
+    assert_eq!(one(&mut g, bid(3, 2, 999, 4), 1).0, BelowReserve);
+    one(&mut g, open(4, u64::MAX, 0, 0), 1);
+    assert_eq!(one(&mut g, bid(4, 1, u64::MAX - 1, 1), 1).0, BelowReserve);
+    assert_eq!(one(&mut g, bid(4, 1, u64::MAX, 2), 1).0, Ok);
+    assert_eq!(one(&mut g, bid(4, 2, u64::MAX, 3), 1).0, Outbid);
+}
+
+/// The contract's bid rules, as plainly as they can be written.
+#[derive(Default)]
+struct Model {
+    reserve: u64,
+    inc: u64,
+    ends: u64,
+    high: u64,
+    bidder: u64,
+    count: u64,
+    closed: bool,
+    /// Accepted keys: bid_id -> (bidder, amount).
+    keys: std::collections::HashMap<u64, (u64, u64)>,
+}
+
+impl Model {
+    fn bid(&mut self, bidder: u64, amount: u64, id: u64, now: u64) -> OpResult {
+        let out = |status, value, aux, replayed| OpResult::Outcome {
+            result: gavel_protocol::ResultPayload::new(status, value, aux),
+            replayed,
+            bid_count: 0,
+            ends_ms: 0,
+        };
+        if let Some(&(b, a)) = self.keys.get(&id) {
+            return if (b, a) == (bidder, amount) {
+                out(Status::Ok, a, b, true)
+            } else {
+                OpResult::Conflict
+            };
+        }
+        if self.closed || (self.ends != 0 && now >= self.ends) {
+            self.closed = true;
+            return out(Status::Closed, self.high, self.bidder, false);
+        }
+        if amount < self.reserve {
+            return out(Status::BelowReserve, self.high, self.bidder, false);
+        }
+        match self.high.checked_add(self.inc.max(1)) {
+            Some(needed) if amount >= needed => {}
+            _ => return out(Status::Outbid, self.high, self.bidder, false),
+        }
+        self.high = amount;
+        self.bidder = bidder;
+        self.count += 1;
+        self.keys.insert(id, (bidder, amount));
+        out(Status::Ok, amount, bidder, false)
+    }
+}
+
+/// Random auctions and bids (amounts around 2^53 and u64::MAX, ties, time
+/// running past ends, retries with the same and with other fields), sent in
+/// pipelined batches, answered as the model answers.
+#[test]
+fn random_bids_match_the_model() {
+    let r = RedisServer::start();
+    let mut g = connect(&[r.url()], false);
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    let mut rnd = move |n: u64| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed % n
+    };
+    let bases = [0u64, 1_000, (1 << 53) - 40, u64::MAX - 200];
+    let mut models: Vec<Model> = Vec::new();
+    let mut opens = Vec::new();
+    for id in 0..12u64 {
+        let base = bases[(id % 4) as usize];
+        let m = Model {
+            reserve: base + rnd(30),
+            inc: [0, 1, 7, 1 << 54][rnd(4) as usize],
+            ends: if rnd(3) == 0 { 0 } else { 500 + rnd(3_000) },
+            ..Model::default()
+        };
+        opens.push(open(id + 1, m.reserve, m.inc, m.ends));
+        models.push(m);
+    }
+    g.execute(&opens, 1).unwrap();
+    let mut sent: Vec<(u64, u64, u64, u64)> = Vec::new();
+    let mut seen = std::collections::BTreeMap::new();
+    let mut now = 1u64;
+    for _ in 0..60 {
+        now += rnd(80);
+        let mut ops = Vec::new();
+        let mut want = Vec::new();
+        for _ in 0..40 {
+            let mut a = rnd(12);
+            let (bidder, amount, id) = if !sent.is_empty() && rnd(4) == 0 {
+                // A retry: the same fields, or a conflicting amount.
+                let (sa, b, amt, id) = sent[rnd(sent.len() as u64) as usize];
+                a = sa - 1;
+                (b, if rnd(3) == 0 { amt ^ 1 } else { amt }, id)
+            } else {
+                let m = &models[a as usize];
+                let amount = match rnd(4) {
+                    0 => m.high,
+                    1 => m.high.saturating_add(m.inc.max(1)),
+                    2 => m.high.saturating_add(rnd(60)),
+                    _ => bases[(a % 4) as usize].saturating_add(rnd(300)),
+                };
+                (1 + rnd(9), amount, 1 + rnd(1 << 40))
+            };
+            sent.push((a + 1, bidder, amount, id));
+            ops.push(bid(a + 1, bidder, amount, id));
+            want.push(models[a as usize].bid(bidder, amount, id, now));
+        }
+        let got = g.execute(&ops, now).unwrap();
+        for ((op, got), want) in ops.iter().zip(got).zip(want) {
+            let kind = match want {
+                OpResult::Outcome {
+                    result, replayed, ..
+                } => format!(
+                    "{:?}{}",
+                    result.status,
+                    if replayed { " replayed" } else { "" }
+                ),
+                ref other => format!("{other:?}"),
+            };
+            *seen.entry(kind).or_insert(0u32) += 1;
+            let got = match got {
+                OpResult::Outcome {
+                    result, replayed, ..
+                } => OpResult::Outcome {
+                    result,
+                    replayed,
+                    bid_count: 0,
+                    ends_ms: 0,
+                },
+                other => other,
+            };
+            assert_eq!(got, want, "{op:?} at {now}");
+        }
+    }
+    for kind in [
+        "Ok",
+        "Ok replayed",
+        "Outbid",
+        "BelowReserve",
+        "Closed",
+        "Conflict",
+    ] {
+        assert!(
+            seen.get(kind).copied().unwrap_or(0) >= 5,
+            "{kind}: {seen:?}"
+        );
+    }
+    let reads: Vec<Op> = (1..=12).map(Op::GetAuction).collect();
+    for (res, m) in g.execute(&reads, now).unwrap().iter().zip(&models) {
+        match res {
+            OpResult::Auction(Some(a)) => {
+                assert_eq!(
+                    (a.high_bid, a.high_bidder, a.bid_count),
+                    (m.high, m.bidder, m.count)
+                )
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}
