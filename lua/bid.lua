@@ -22,13 +22,19 @@
 --
 -- Keys of accepted bids are fields of the auction's hash: field bid_id,
 -- value the record (bidder|amount|now_ms). Field names of keys are digits;
--- the auction's own fields are not. Every 64th accepted bid is a checkpoint:
+-- the auction's own fields are not. Every 32nd accepted bid is a checkpoint:
 -- once a key may have expired (field `due`, ms), each checkpoint sweeps a
--- stretch of the hash (HSCAN COUNT 128 from cursor `sc`) and deletes the
+-- stretch of the hash (HSCAN COUNT 64 from cursor `sc`) and deletes the
 -- keys older than the window; when a pass ends, `due` becomes the time its
 -- oldest kept key (`pm`) expires. A busy auction so holds about a window's
 -- worth of keys plus what accrues during a pass, and sweeping costs nothing
 -- before anything can have expired.
+--
+-- A checkpoint also writes `ht`, a value longer than Redis's
+-- hash-max-listpack-value (64): the hash becomes a hashtable. A small hash
+-- is a listpack, compact but searched from its start for every field, and
+-- the bid's own key, usually absent, is searched to its end: past a few
+-- dozen keys that costs more than the rest of the HMGET.
 --
 -- Hashes written by earlier versions (no `bar` field) are brought up to
 -- date on first touch; their counts are 20 digits wide, and while that lasts
@@ -45,6 +51,7 @@ if not b then
     return {4, '0', '0', 0}                                   -- NOT_FOUND
   end
   -- Written by an earlier version: compute what it lacks, once.
+  local _, sub, bar = u64()
   b = bar(high, a[9])
   if a[2] ~= ZERO and sub(a[2], ONE) > b then b = sub(a[2], ONE) end
   redis.call('HSET', k, 'bar', b)
@@ -97,14 +104,20 @@ if #a[8] == 20 then
 else
   count = string.format('%d', c)
 end
-b = bar(amount, a[9])
-if c % 64 ~= 0 then
+if a[9] <= ONE then
+  b = amount                                                  -- bar(amount, inc)
+else
+  local _, _, bar = u64()
+  b = bar(amount, a[9])
+end
+if c % 32 ~= 0 then
   redis.call('HSET', k, 'bar', b, 'high', amount, 'bidder', bidder, 'count', count,
     id, ARGV[6])
 else
   -- A checkpoint: sweep a stretch of the hash if a key may have expired.
   local w = {'HSET', k, 'bar', b, 'high', amount, 'bidder', bidder, 'count', count,
-    id, ARGV[6]}
+    id, ARGV[6],
+    'ht', 'a hashtable finds a field at once: this value is over 64 bytes long'}
   local s = redis.call('HMGET', k, 'due', 'sc', 'pm')
   local t = tonumber(now)
   if not s[1] then
@@ -116,7 +129,7 @@ else
     local cursor, pm = s[2] or '0', tonumber(s[3])
     if cursor == '0' or not pm then pm = t end
     local horizon = t - tonumber(ARGV[5])
-    local r = redis.call('HSCAN', k, cursor, 'COUNT', 128)
+    local r = redis.call('HSCAN', k, cursor, 'COUNT', 64)
     local kv, dead = r[2], {}
     for i = 1, #kv, 2 do
       local b = string.byte(kv[i])

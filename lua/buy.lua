@@ -6,6 +6,7 @@
 -- Returns {status, stock_left, held, replayed[, sold]} (sold only when
 -- accepted), or {-1} on a reused order_id with different fields
 -- (IDEMPOTENCY_CONFLICT).
+local add, sub = u64()
 local k, held_k, idem = KEYS[1], KEYS[2], KEYS[3]
 local buyer, qty, now, window = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 

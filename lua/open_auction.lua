@@ -15,6 +15,7 @@ if cur[1] then
   end
   return {8, ZERO, ZERO, 0}
 end
+local _, sub, bar = u64()
 local b = bar(ZERO, inc)
 if reserve ~= ZERO then
   local r = sub(reserve, ONE)
