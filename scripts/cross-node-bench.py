@@ -4,28 +4,47 @@
 Starts a throwaway redis-server (no persistence) on a free port, then for
 each workload runs, alternating, N times each:
 
-  redis    client-bench --target redis: one EVALSHA of the same Lua script per
-           request, straight to Redis (the one-CAS-per-request baseline)
-  gavel-1  one gavel-server --redis --store memory, client-bench through it
-  gavel-3  three gavel-servers on the same Redis, one client-bench per node
-           (connections split between them), run concurrently, rps summed
-  +filter  the same with --outbid-filter true
+  cas        the minimal compare-and-set (GET, compare, SET if greater: one
+             EVALSHA of a three-line script) from redis-benchmark -c 100 -P 16
+             over 10,000 keys and random amounts: after a warm-up most calls
+             only compare (the issue's yardstick)
+  cas-write  the same script over 10^9 keys: nearly every call writes
+  redis      client-bench --target redis: one EVALSHA of Gavel's own script per
+             request, straight to Redis (the one-CAS-per-request baseline)
+  gavel-1    one gavel-server --redis --store memory, client-bench through it
+  gavel-3    three gavel-servers on the same Redis, one client-bench per node
+             (connections split between them), run concurrently, rps summed
+  +filter    the same with --outbid-filter true
+
+With --before ROOT (another checkout with its own target/release), every
+Gavel target also runs with that checkout's binaries (and so its scripts),
+as `target@before`, alternating with the current build in the same sitting.
 
 Workloads (100 connections x pipeline 16 in total, --duration S each):
 
   climb-1     one auction, rising bids (client-bench's default)
   climb-own   100 auctions, each connection on its own (--skew per-conn):
               outcomes do not depend on how the server interleaves
-              connections, so both sides do the same work per request
+              connections, so both sides do the same work per request;
+              mostly accepted bids
   chase-hot   one hot auction, bids one step above the last price seen
-              (--bidding chase): a herd on stale prices
+              (--bidding chase): a herd on stale prices, nearly all rejected
   chase-zipf  100 auctions, zipf:1.2 skew, --bidding chase
 
-Prints a markdown table of medians (req/s, worst p99 across clients, share of
-OK outcomes, Redis's own time per script call from INFO commandstats) and each
-Gavel column's ratio to Redis alone measured in the same sitting. Client and
-servers share this machine's cores. An accepted bid costs Redis more than a
-losing one (HSET + PUBLISH), so compare ratios where the OK shares match.
+Prints, per workload, a markdown table of medians: req/s, worst p99 across
+clients, share of OK outcomes, Redis's own time per script call (INFO
+commandstats, EVALSHA usec_per_call) and its ratio to the minimal CAS's
+measured in the same sitting, Redis CPU (utime+stime of redis-server) per
+call and per accepted bid. An accepted bid costs Redis more than a losing
+one (HSET + PUBLISH), so compare with `cas-write` where most bids are OK and
+with `cas` where most are rejected. Client and servers share this machine's
+cores, so Redis's µs per call rise with the load around it: trust ratios
+within a sitting, not absolute numbers across sittings.
+
+With --memory, also measures what Redis holds (INFO memory used_memory
+deltas, MEMORY USAGE): bytes per open auction, per remembered key of an
+accepted bid (in small auctions and in one large one) and per rejected bid,
+driving the scripts of lua/ (and of the --before checkout) directly.
 """
 
 import argparse
@@ -41,7 +60,10 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BIN = os.path.join(ROOT, "target", "release")
+NAN = float("nan")
+TICK_US = 1e6 / os.sysconf("SC_CLK_TCK")
+CONNS = 100
+PIPELINE = 16
 
 WORKLOADS = {
     "climb-1": ["--auctions", "1"],
@@ -49,6 +71,18 @@ WORKLOADS = {
     "chase-hot": ["--auctions", "1", "--bidding", "chase"],
     "chase-zipf": ["--auctions", "100", "--skew", "zipf:1.2", "--bidding", "chase"],
 }
+
+# GET, compare with ARGV, SET if greater: the least a bid can be
+# (scripts/durable-bench.py measures the same script).
+CAS_LUA = ('local c = tonumber(redis.call("GET", KEYS[1]) or "-1") '
+           'local b = tonumber(ARGV[1]) '
+           'if b > c then redis.call("SET", KEYS[1], ARGV[1]) return 1 end '
+           'return 0')
+CAS_KEYS = {"cas": 10_000, "cas-write": 1_000_000_000}
+
+
+def log(msg):
+    print(msg, file=sys.stderr, flush=True)
 
 
 def free_port():
@@ -71,100 +105,329 @@ def wait_port(port, proc, what):
 
 
 def redis_cli(port, *args):
-    subprocess.run(["redis-cli", "-p", str(port), *args], check=True,
-                   stdout=subprocess.DEVNULL)
+    return subprocess.run(["redis-cli", "-p", str(port), *args], check=True,
+                          capture_output=True, text=True).stdout
 
 
-def bench(args, conns, extra, tmp, i):
+def cpu_ticks(pid):
+    """utime + stime of a process, in clock ticks."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return int(fields[11]) + int(fields[12])
+    except (OSError, IndexError, ValueError):
+        return NAN
+
+
+def commandstats(port):
+    """{command: (calls, usec_per_call)} since the last CONFIG RESETSTAT."""
+    out = {}
+    for line in redis_cli(port, "INFO", "commandstats").splitlines():
+        if line.startswith("cmdstat_"):
+            name, _, rest = line[len("cmdstat_"):].partition(":")
+            d = dict(kv.split("=", 1) for kv in rest.split(",") if "=" in kv)
+            out[name] = (int(d.get("calls", 0)), float(d.get("usec_per_call", NAN)))
+    return out
+
+
+def bench(bin_dir, args, conns, extra, tmp, i):
     out = os.path.join(tmp, f"bench{i}.json")
-    cmd = [os.path.join(BIN, "client-bench"), "--no-progress", "--json", out,
-           "--connections", str(conns), "--pipeline", "16",
+    cmd = [os.path.join(bin_dir, "client-bench"), "--no-progress", "--json", out,
+           "--connections", str(conns), "--pipeline", str(PIPELINE),
            "--duration", str(args.duration), *extra]
     return subprocess.Popen(cmd, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL), out
 
 
 def read(out):
+    """(rps, p99 µs, OK count, answered count) of one client-bench run."""
     try:
         with open(out) as f:
             d = json.load(f)
-        ok = d["outcomes"].get("OK", 0) / max(d["succeeded"], 1)
         if d.get("failed", 0) or d.get("lost", 0):
-            print(f"  note: {d.get('failed', 0)} requests answered ERROR {d.get('errors')}, "
-                  f"{d.get('lost', 0)} lost", file=sys.stderr)
-        return d["rps"], d["p99_us"], ok
+            log(f"  note: {d.get('failed', 0)} requests answered ERROR {d.get('errors')}, "
+                f"{d.get('lost', 0)} lost")
+        return d["rps"], d["p99_us"], d["outcomes"].get("OK", 0), d["succeeded"]
     except (OSError, KeyError, ValueError):
-        return float("nan"), float("nan"), float("nan")
+        return NAN, NAN, 0, 0
 
 
-def evalsha_usec_per_call(port):
-    """Redis's own time per script call since the last CONFIG RESETSTAT."""
-    out = subprocess.run(["redis-cli", "-p", str(port), "INFO", "commandstats"],
-                         capture_output=True, text=True).stdout
-    for line in out.splitlines():
-        if line.startswith("cmdstat_evalsha:"):
-            for field in line.split(":", 1)[1].split(","):
-                k, _, v = field.partition("=")
-                if k == "usec_per_call":
-                    return float(v)
-    return float("nan")
+def run_result(rps=NAN, p99=NAN, ok=NAN, us=NAN, cpu_call=NAN, cpu_ok=NAN):
+    return {"rps": rps, "p99": p99, "ok": ok, "us": us, "cpu_call": cpu_call,
+            "cpu_ok": cpu_ok}
 
 
-def one_run(args, redis_port, target, workload, tmp):
-    """One run; returns (rps, p99_us, ok_share, redis µs per script call)."""
-    res = load_run(args, redis_port, target, workload, tmp)
-    return (*res, evalsha_usec_per_call(redis_port))
+class Sitting:
+    def __init__(self, args, tmp, redis_port, redis_pid):
+        self.args, self.tmp = args, tmp
+        self.port, self.pid = redis_port, redis_pid
+        self.cas_sha = redis_cli(redis_port, "SCRIPT", "LOAD", CAS_LUA).strip()
+        self.cas_rps = {}
 
+    def reset(self):
+        redis_cli(self.port, "FLUSHALL")
+        redis_cli(self.port, "SCRIPT", "LOAD", CAS_LUA)
+        redis_cli(self.port, "CONFIG", "RESETSTAT")
 
-def load_run(args, redis_port, target, workload, tmp):
-    redis_cli(redis_port, "FLUSHALL")
-    redis_cli(redis_port, "CONFIG", "RESETSTAT")
-    load = WORKLOADS[workload]
-    url = f"redis://127.0.0.1:{redis_port}"
-    if target == "redis":
-        p, out = bench(args, 100, ["--target", "redis", "--redis-url", url, *load], tmp, 0)
-        p.wait()
-        return read(out)
-    nodes = 3 if target.startswith("gavel-3") else 1
-    servers = []
-    try:
-        addrs = []
-        for n in range(nodes):
-            port = free_port()
-            cmd = [os.path.join(BIN, "gavel-server"), "--listen", f"127.0.0.1:{port}",
-                   "--store", "memory", "--redis", url, "--node-id", str(n)]
-            if target.endswith("+filter"):
-                cmd += ["--outbid-filter", "true"]
-            s = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            servers.append(s)
-            wait_port(port, s, "gavel-server")
-            addrs.append(f"127.0.0.1:{port}")
-        # Split 100 connections over the nodes; one id base so every client
-        # bids on the same auctions (the first one opens them, the others
-        # find them already open with the same parameters: a replay), and
-        # disjoint connection numbers so bidders and keys do not collide.
-        base = str(int(time.time() * 1000) % (1 << 40) << 16)
-        splits = [100 // nodes + (1 if i < 100 % nodes else 0) for i in range(nodes)]
-        offsets = [sum(splits[:i]) for i in range(nodes)]
-        procs = [bench(args, c, ["--addr", a, "--id-base", base, "--conn-offset", str(o), *load],
-                       tmp, i)
-                 for i, (a, c, o) in enumerate(zip(addrs, splits, offsets))]
-        results = []
-        for p, out in procs:
+    def one_run(self, target, workload):
+        self.reset()
+        c0 = cpu_ticks(self.pid)
+        if target in CAS_KEYS:
+            res = self.cas_run(target)
+            if res is None:
+                return run_result()
+            rps, p99 = res
+            ok = answered = None
+        else:
+            rps, p99, ok, answered = self.load_run(target, workload)
+        cpu = (cpu_ticks(self.pid) - c0) * TICK_US
+        stats = commandstats(self.port)
+        calls, us = stats.get("evalsha", (0, NAN))
+        if target in CAS_KEYS:
+            ok = stats.get("set", (0, NAN))[0]
+            answered = calls
+        return run_result(rps=rps, p99=p99, ok=ok / max(answered, 1), us=us,
+                          cpu_call=cpu / max(calls, 1), cpu_ok=cpu / ok if ok else NAN)
+
+    def cas_run(self, target):
+        """redis-benchmark for about --duration s; (rps, p99 µs) or None."""
+        est = self.cas_rps.get(target)
+        if est is None:  # redis-benchmark counts requests, not seconds
+            probe = self.redis_benchmark(target, 20_000)
+            if probe is None:
+                return None
+            est = probe[0]
+            self.reset()
+        r = self.redis_benchmark(target, max(est * self.args.duration, CONNS * PIPELINE * 4))
+        if r is not None:
+            self.cas_rps[target] = r[0]
+        return r
+
+    def redis_benchmark(self, target, n):
+        cmd = ["redis-benchmark", "-h", "127.0.0.1", "-p", str(self.port), "-c", str(CONNS),
+               "-P", str(PIPELINE), "-n", str(int(n)), "-r", str(CAS_KEYS[target]), "--csv",
+               "EVALSHA", self.cas_sha, "1", "gavel-cas:__rand_int__", "__rand_int__"]
+        try:
+            p = subprocess.run(cmd, capture_output=True, text=True,
+                               timeout=self.args.duration * 5 + 60)
+        except subprocess.TimeoutExpired:
+            log("  redis-benchmark took too long")
+            return None
+        rows = [line.replace('"', "").split(",") for line in p.stdout.splitlines()
+                if line.startswith('"')]
+        if p.returncode != 0 or len(rows) < 2:
+            log(f"  redis-benchmark exited {p.returncode}: {p.stderr.strip()[-300:]}")
+            return None
+        row = dict(zip(rows[0], rows[-1]))
+        try:
+            return float(row["rps"]), float(row.get("p99_latency_ms", NAN)) * 1000
+        except ValueError:
+            return None
+
+    def load_run(self, target, workload):
+        name, _, build = target.partition("@")
+        bin_dir = self.args.before_bin if build == "before" else self.args.bin_dir
+        load = WORKLOADS[workload]
+        url = f"redis://127.0.0.1:{self.port}"
+        if name == "redis":
+            p, out = bench(bin_dir, self.args, CONNS,
+                           ["--target", "redis", "--redis-url", url, *load], self.tmp, 0)
             p.wait()
-            results.append(read(out))
-        rps = sum(r[0] for r in results)
-        p99 = max(r[1] for r in results)
-        ok = statistics.mean(r[2] for r in results)
-        return rps, p99, ok
-    finally:
-        for s in servers:
-            s.send_signal(signal.SIGTERM)
-        for s in servers:
-            try:
-                s.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                s.kill()
+            return read(out)
+        nodes = 3 if name.startswith("gavel-3") else 1
+        servers = []
+        try:
+            addrs = []
+            for n in range(nodes):
+                port = free_port()
+                cmd = [os.path.join(bin_dir, "gavel-server"), "--listen", f"127.0.0.1:{port}",
+                       "--store", "memory", "--redis", url, "--node-id", str(n)]
+                if name.endswith("+filter"):
+                    cmd += ["--outbid-filter", "true"]
+                s = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                servers.append(s)
+                wait_port(port, s, "gavel-server")
+                addrs.append(f"127.0.0.1:{port}")
+            # Split the connections over the nodes; one id base so every
+            # client bids on the same auctions (the first one opens them, the
+            # others find them already open with the same parameters: a
+            # replay), and disjoint connection numbers so bidders and keys do
+            # not collide.
+            base = str(int(time.time() * 1000) % (1 << 40) << 16)
+            splits = [CONNS // nodes + (1 if i < CONNS % nodes else 0) for i in range(nodes)]
+            offsets = [sum(splits[:i]) for i in range(nodes)]
+            procs = [bench(bin_dir, self.args, c,
+                           ["--addr", a, "--id-base", base, "--conn-offset", str(o), *load],
+                           self.tmp, i)
+                     for i, (a, c, o) in enumerate(zip(addrs, splits, offsets))]
+            results = []
+            for p, out in procs:
+                p.wait()
+                results.append(read(out))
+            return (sum(r[0] for r in results), max(r[1] for r in results),
+                    sum(r[2] for r in results), sum(r[3] for r in results))
+        finally:
+            for s in servers:
+                s.send_signal(signal.SIGTERM)
+            for s in servers:
+                try:
+                    s.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    s.kill()
+
+
+# ------------------------------------------------------------------ memory
+
+def enc(*args):
+    out = [b"*%d\r\n" % len(args)]
+    for a in args:
+        a = a if isinstance(a, bytes) else str(a).encode()
+        out.append(b"$%d\r\n%s\r\n" % (len(a), a))
+    return b"".join(out)
+
+
+class Resp:
+    """Just enough RESP2 to pipeline scripts and read their replies."""
+
+    def __init__(self, port):
+        self.s = socket.create_connection(("127.0.0.1", port))
+        self.buf = b""
+
+    def _line(self):
+        while b"\r\n" not in self.buf:
+            self.buf += self.s.recv(1 << 20)
+        line, self.buf = self.buf.split(b"\r\n", 1)
+        return line
+
+    def read(self):
+        line = self._line()
+        kind, rest = line[:1], line[1:]
+        if kind == b"+":
+            return rest.decode()
+        if kind == b":":
+            return int(rest)
+        if kind == b"-":
+            raise RuntimeError(rest.decode())
+        if kind == b"$":
+            n = int(rest)
+            if n < 0:
+                return None
+            while len(self.buf) < n + 2:
+                self.buf += self.s.recv(1 << 20)
+            v, self.buf = self.buf[:n], self.buf[n + 2:]
+            return v.decode()
+        n = int(rest)
+        return None if n < 0 else [self.read() for _ in range(n)]
+
+    def cmd(self, *args):
+        return self.pipe([enc(*args)])[0]
+
+    def pipe(self, cmds, chunk=1000):
+        out = []
+        for i in range(0, len(cmds), chunk):
+            self.s.sendall(b"".join(cmds[i:i + chunk]))
+            out.extend(self.read() for _ in cmds[i:i + chunk])
+        return out
+
+    def used(self):
+        info = self.cmd("INFO", "memory")
+        return int(next(line.split(":")[1] for line in info.splitlines()
+                        if line.startswith("used_memory:")))
+
+
+def script(root, name):
+    """A script as gavel-redis embeds it: the u64 prelude, a newline, the file."""
+    with open(os.path.join(root, "lua", "u64.lua")) as f:
+        prelude = f.read()
+    with open(os.path.join(root, "lua", name)) as f:
+        return prelude + "\n" + f.read()
+
+
+def memory(root, port):
+    """Bytes Redis holds for the scripts of `root`; a dict of figures."""
+    r = Resp(port)
+    bid_src = script(root, "bid.lua")
+    open_sha = r.cmd("SCRIPT", "LOAD", script(root, "open_auction.lua"))
+    bid_sha = r.cmd("SCRIPT", "LOAD", bid_src)
+    per_bid_key = "KEYS[2]" in bid_src  # before the lean bid.lua
+    now, window = int(time.time() * 1000), 86_400_000
+
+    def d(v):
+        return "%020d" % v
+
+    def bid(a, bidder, amount, bid_id):
+        key = f"gavel:{{a:{a}}}"
+        if per_bid_key:
+            return enc("EVALSHA", bid_sha, 2, key, f"{key}:bid:{bid_id}", d(bidder), d(amount),
+                       d(now), window, "gavel:updates", a)
+        return enc("EVALSHA", bid_sha, 1, key, d(bidder), d(amount), bid_id, d(now), window,
+                   f"{bidder}|{amount}|{now}")
+
+    def settle():
+        r.cmd("MEMORY", "PURGE")
+        return r.used()
+
+    def run(cmds, want):
+        for res in r.pipe(cmds):
+            if not isinstance(res, list) or res[0] != want:
+                sys.exit(f"memory: unexpected reply {res!r}")
+
+    out = {}
+    r.cmd("FLUSHALL")
+    # 10,000 auctions with realistic ids; 20 accepted bids each (the hash
+    # stays small: listpack); 20 rejected bids each.
+    auctions, per = 10_000, 20
+    ids = [1_763_000_000_000 + i for i in range(auctions)]
+    u0 = settle()
+    run([enc("EVALSHA", open_sha, 1, f"gavel:{{a:{a}}}", d(100), d(5), d(now + 3_600_000))
+         for a in ids], 0)
+    u1 = settle()
+    out["auction"] = (u1 - u0) / auctions
+    out["auction_usage"] = r.cmd("MEMORY", "USAGE", f"gavel:{{a:{ids[0]}}}", "SAMPLES", "0")
+    bid_id = 1 << 40
+    cmds = []
+    for k in range(per):
+        for j, a in enumerate(ids):
+            cmds.append(bid(a, 1 + (j + k) % 5000, 1_000 + 10 * k, bid_id))
+            bid_id += 1
+    run(cmds, 0)
+    u2 = settle()
+    out["key_small"] = (u2 - u1) / (auctions * per)
+    out["auction_usage_20"] = r.cmd("MEMORY", "USAGE", f"gavel:{{a:{ids[0]}}}", "SAMPLES", "0")
+    cmds = []
+    for k in range(per):
+        for j, a in enumerate(ids):
+            cmds.append(bid(a, 1 + (j + k) % 5000, 500 + k, bid_id))
+            bid_id += 1
+    run(cmds, 1)
+    u3 = settle()
+    out["rejected"] = (u3 - u2) / (auctions * per)
+    # One auction taking 200,000 accepted bids (a hashtable).
+    r.cmd("FLUSHALL")
+    u0 = settle()
+    big = 1_763_999_000_000
+    run([enc("EVALSHA", open_sha, 1, f"gavel:{{a:{big}}}", d(0), d(1), d(0))], 0)
+    n = 200_000
+    run([bid(big, 1 + i % 5000, 1_000 + i, bid_id + i) for i in range(n)], 0)
+    u1 = settle()
+    out["key_big"] = (u1 - u0) / n
+    r.cmd("FLUSHALL")
+    return out
+
+
+def print_memory(figures):
+    print("\n| scripts | bytes per open auction (MEMORY USAGE of one) "
+          "| per accepted key, 20 per auction (MEMORY USAGE of such an auction) "
+          "| per accepted key, one auction with 200,000 | per rejected bid |")
+    print("|---|---:|---:|---:|---:|")
+    for name, m in figures:
+        print(f"| {name} | {m['auction']:.0f} ({m['auction_usage']}) "
+              f"| {m['key_small']:.0f} ({m['auction_usage_20']}) | {m['key_big']:.0f} "
+              f"| {m['rejected']:.0f} |")
+    print("\nused_memory deltas (after MEMORY PURGE) over 10,000 auctions, 200,000 accepted "
+          "and 200,000 rejected bids, and one auction with 200,000 accepted bids; window 24 h "
+          "(nothing expires during the measurement). Rejected bids are remembered only by "
+          "scripts that store them.")
 
 
 def main():
@@ -177,59 +440,95 @@ def main():
     ap.add_argument("--targets", default="redis,gavel-1,gavel-1+filter,gavel-3,gavel-3+filter",
                     help="comma-separated subset of: redis, gavel-1, gavel-1+filter, "
                          "gavel-3, gavel-3+filter (redis is always run: it is the peer)")
+    ap.add_argument("--bin-dir", default=os.path.join(ROOT, "target", "release"),
+                    help="where gavel-server and client-bench are (default: target/release)")
+    ap.add_argument("--before", metavar="ROOT",
+                    help="another checkout (e.g. a git worktree of the previous commit) "
+                         "whose target/release binaries run alongside, as target@before")
+    ap.add_argument("--before-bin", help="binaries of --before (default ROOT/target/release)")
+    ap.add_argument("--no-cas", action="store_true", help="skip the redis-benchmark CAS rows")
+    ap.add_argument("--memory", action="store_true",
+                    help="also measure bytes per auction and per remembered key")
     args = ap.parse_args()
-    if not shutil.which("redis-server") or not shutil.which("redis-cli"):
-        sys.exit("needs redis-server and redis-cli (Debian: apt-get install redis-server)")
-    for b in ("gavel-server", "client-bench"):
-        if not os.path.exists(os.path.join(BIN, b)):
-            sys.exit(f"missing {BIN}/{b}: cargo build --release -p gavel-server -p client-bench")
+    need = ["redis-server", "redis-cli"] + ([] if args.no_cas else ["redis-benchmark"])
+    for tool in need:
+        if not shutil.which(tool):
+            sys.exit(f"needs {tool} (Debian: apt-get install redis-server redis-tools)")
+    if args.before and not args.before_bin:
+        args.before_bin = os.path.join(args.before, "target", "release")
+    for d in [args.bin_dir] + ([args.before_bin] if args.before else []):
+        for b in ("gavel-server", "client-bench"):
+            if not os.path.exists(os.path.join(d, b)):
+                sys.exit(f"missing {d}/{b}: cargo build --release -p gavel-server -p client-bench")
     workloads = [w for w in args.workloads.split(",") if w]
-    targets = ["redis"] + [t for t in args.targets.split(",") if t and t != "redis"]
     for w in workloads:
         if w not in WORKLOADS:
             sys.exit(f"unknown workload {w}")
+    gavel = ["redis"] + [t for t in args.targets.split(",") if t and t != "redis"]
+    targets = [] if args.no_cas else list(CAS_KEYS)
+    for t in gavel:
+        targets += ([f"{t}@before"] if args.before else []) + [t]
 
     tmp = tempfile.mkdtemp(prefix="gavel-xnode.")
     redis_port = free_port()
     redis = subprocess.Popen(["redis-server", "--port", str(redis_port), "--save", "",
                               "--appendonly", "no", "--dir", tmp],
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    version = subprocess.run(["redis-server", "--version"], capture_output=True,
+                             text=True).stdout.split()[2]
+    mem = []
     try:
         wait_port(redis_port, redis, "redis-server")
+        sitting = Sitting(args, tmp, redis_port, redis.pid)
         rows = []
         for w in workloads:
             cells = {t: [] for t in targets}
             for r in range(args.runs):
                 for t in targets:
-                    res = one_run(args, redis_port, t, w, tmp)
+                    res = sitting.one_run(t, w)
                     cells[t].append(res)
-                    print(f"{w} run {r + 1}/{args.runs} {t}: {res[0]:.0f} req/s, "
-                          f"p99 {res[1] / 1000:.1f} ms, OK {res[2]:.1%}, "
-                          f"Redis {res[3]:.1f} µs/script", file=sys.stderr, flush=True)
+                    log(f"{w} run {r + 1}/{args.runs} {t}: {res['rps']:.0f} req/s, "
+                        f"p99 {res['p99'] / 1000:.1f} ms, OK {res['ok']:.1%}, "
+                        f"Redis {res['us']:.2f} µs/script, CPU {res['cpu_call']:.2f} µs/call, "
+                        f"{res['cpu_ok']:.2f} µs/OK")
             rows.append((w, cells))
+        if args.memory:
+            if args.before:
+                mem.append(("before", memory(args.before, redis_port)))
+            mem.append(("current", memory(ROOT, redis_port)))
     finally:
         redis.terminate()
         redis.wait()
         shutil.rmtree(tmp, ignore_errors=True)
 
-    def med(xs, i):
-        return statistics.median(x[i] for x in xs)
+    def med(xs, k):
+        vals = [x[k] for x in xs if x[k] == x[k]]
+        return statistics.median(vals) if vals else NAN
 
-    print(f"\n| workload | {' | '.join(targets)} |")
-    print("|---|" + "---:|" * len(targets))
     for w, cells in rows:
-        base = med(cells["redis"], 0)
-        out = []
+        base = med(cells["redis"], "rps")
+        cas = {t: med(cells[t], "us") for t in CAS_KEYS if t in cells}
+        print(f"\n### {w}\n")
+        print("| target | req/s | p99 ms | OK | Redis µs/call | ×cas | ×cas-write "
+              "| Redis CPU µs/call | Redis CPU µs/OK |")
+        print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
         for t in targets:
-            rps, p99, ok = med(cells[t], 0), med(cells[t], 1), med(cells[t], 2)
-            us = med(cells[t], 3)
-            ratio = "" if t == "redis" else f" ({rps / base:.2f}×)"
-            out.append(f"{rps / 1000:.1f}k{ratio}, p99 {p99 / 1000:.0f} ms, OK {ok:.0%}, "
-                       f"{us:.1f} µs/script")
-        print(f"| {w} | {' | '.join(out)} |")
-    print(f"\nMedians of {args.runs} run(s) of {args.duration:g} s, 100 connections × pipeline 16 "
-          f"in total; ratios to Redis alone in the same sitting; {os.cpu_count()} cores shared "
-          "by clients, servers and Redis.")
+            c = cells[t]
+            rps, us = med(c, "rps"), med(c, "us")
+            ratio = "" if t in CAS_KEYS or t == "redis" else f" ({rps / base:.2f}×)"
+            print(f"| {t} | {rps / 1000:.1f}k{ratio} | {med(c, 'p99') / 1000:.1f} "
+                  f"| {med(c, 'ok'):.0%} | {us:.2f} "
+                  f"| {us / cas.get('cas', NAN):.2f} | {us / cas.get('cas-write', NAN):.2f} "
+                  f"| {med(c, 'cpu_call'):.2f} | {med(c, 'cpu_ok'):.2f} |")
+    print(f"\nRedis {version}. Medians of {args.runs} run(s) of {args.duration:g} s, "
+          f"{CONNS} connections × pipeline {PIPELINE} in total, targets alternating; "
+          "req/s ratios to `redis` (client-bench straight to Redis) in the same sitting. "
+          "Redis µs/call: EVALSHA usec_per_call from INFO commandstats (cas rows: the "
+          "minimal CAS script; OK there = share of calls that wrote). Redis CPU: "
+          "redis-server's utime+stime over the run, per EVALSHA and per OK outcome (cas: per "
+          f"write). {os.cpu_count()} cores shared by clients, servers and Redis.")
+    if mem:
+        print_memory(mem)
 
 
 if __name__ == "__main__":
