@@ -217,6 +217,21 @@ impl RedisGavel {
         Ok(())
     }
 
+    /// A cluster's slot ranges and the master serving each
+    /// (`redis://host:port`, from `CLUSTER SLOTS` when connecting), sorted by
+    /// first slot; `None` on a single node. A client that pipelines to the
+    /// masters itself routes ops with [`scripts::slot`].
+    pub fn slot_map(&self) -> Option<Vec<(u16, u16, String)>> {
+        match &self.backend {
+            Backend::Single(_) => None,
+            Backend::Cluster { slots, .. } => {
+                let mut s = slots.clone();
+                s.sort();
+                Some(s)
+            }
+        }
+    }
+
     pub fn ping(&mut self) -> Result<(), RedisError> {
         let conns: Vec<&mut redis::Connection> = match &mut self.backend {
             Backend::Single(c) => vec![c],
@@ -307,8 +322,7 @@ impl RedisGavel {
                 // read (the masters work in parallel), then restore the order.
                 let mut groups: HashMap<&str, Vec<usize>> = HashMap::new();
                 for (pos, &i) in idx.iter().enumerate() {
-                    let slot =
-                        redis::cluster_routing::get_slot(scripts::routing_key(&ops[i]).as_bytes());
+                    let slot = scripts::slot(&ops[i]);
                     let addr = slots
                         .iter()
                         .find(|(a, b, _)| (*a..=*b).contains(&slot))

@@ -177,6 +177,11 @@ pub fn routing_key(op: &Op) -> String {
     }
 }
 
+/// The Redis Cluster slot `op` runs in (that of [`routing_key`]).
+pub fn slot(op: &Op) -> u16 {
+    redis::cluster_routing::get_slot(routing_key(op).as_bytes())
+}
+
 /// Builds the command for `op`; `sha` gives each script's SHA1 as loaded.
 pub fn command(op: &Op, sha: &[String; SCRIPTS], now_ms: u64, window_ms: u64) -> Cmd {
     let d = keys::dec;

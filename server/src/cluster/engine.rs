@@ -1,7 +1,8 @@
 //! The Redis engine's I/O: the connections to Redis (synchronous client, or
-//! the pipelined socket with its reader thread), rounds in flight, and
-//! reconnecting with backoff. What to send and how to answer is decided in
-//! [`super::decide`]; this file only moves bytes and keeps order.
+//! pipelined sockets with their reader threads: one to a single node, one to
+//! each master of a cluster), rounds in flight, and reconnecting with
+//! backoff. What to send and how to answer is decided in [`super::decide`];
+//! this file only moves bytes and keeps order.
 
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
@@ -36,21 +37,37 @@ pub struct RedisShard {
     /// The round being planned.
     round: Round,
     metrics: Arc<Metrics>,
-    /// Pipelined single-node mode: the socket (write side), the channel its
-    /// reader thread answers on, rounds in flight, and an epoch that tells
-    /// replies of an abandoned connection apart.
-    pipe: Option<std::net::TcpStream>,
+    /// Pipelined mode: one lane per connection (the node, or each master of
+    /// a cluster; none while down), the channel their reader threads answer
+    /// on, rounds in flight (`first_seq` numbers the front one), and an
+    /// epoch that tells replies of abandoned connections apart.
+    lanes: Vec<Lane>,
+    /// A cluster's slot ranges and the lane of the master serving each,
+    /// sorted by first slot (empty on a single node).
+    slots: Vec<(u16, u16, usize)>,
     replies: Option<(Sender<RedisReply>, Receiver<RedisReply>)>,
     in_flight: VecDeque<InFlight>,
+    first_seq: u64,
     epoch: u64,
     shas: [String; gavel_redis::scripts::SCRIPTS],
+}
+
+/// One pipelined connection: its socket's write side, where its replies go
+/// (round number and op index, in the order sent: Redis answers in order),
+/// and the bytes of the round being sent.
+struct Lane {
+    sock: std::net::TcpStream,
+    expect: VecDeque<(u64, usize)>,
     out: Vec<u8>,
 }
 
 struct InFlight {
     pending: Vec<Pending>,
     ops: Vec<ROp>,
-    values: Vec<Value>,
+    /// One reply per op, filled as the lanes answer (in any order between
+    /// lanes); `filled` counts them.
+    values: Vec<Option<Value>>,
+    filled: usize,
     sent: Instant,
     now_ms: u64,
     /// Connections that closed while this round was the last in flight:
@@ -61,17 +78,17 @@ struct InFlight {
 
 impl InFlight {
     fn complete(&self) -> bool {
-        self.values.len() == self.ops.len()
+        self.filled == self.ops.len()
     }
 }
 
 impl RedisShard {
     pub fn new(cfg: RedisConfig, metrics: Arc<Metrics>) -> Self {
-        // A plain `redis://host:port` gets the pipelined connection; one
-        // with a password or database index keeps the synchronous client,
-        // which performs the handshake.
-        let first_url = cfg.urls.first().cloned().unwrap_or_default();
-        let pipelined = !cfg.cluster && plain_addr(&first_url).is_some();
+        // Plain `redis://host:port` URLs get pipelined connections (a
+        // cluster's masters, found by the synchronous client, take the seed
+        // URLs' credentials: none); one with a password or database index
+        // keeps the synchronous client, which performs the handshake.
+        let pipelined = !cfg.urls.is_empty() && cfg.urls.iter().all(|u| plain_addr(u).is_some());
         metrics.redis_up.set(1);
         let mut decide = Decisions::new(cfg.outbid_filter);
         decide.set_subscription_cap(cfg.max_subscriptions);
@@ -83,12 +100,13 @@ impl RedisShard {
             backoff: Backoff::new(),
             round: Round::default(),
             metrics,
-            pipe: None,
+            lanes: Vec::new(),
+            slots: Vec::new(),
             replies: pipelined.then(crossbeam_channel::unbounded),
             in_flight: VecDeque::new(),
+            first_seq: 0,
             epoch: 0,
             shas: gavel_redis::scripts::script_shas(),
-            out: Vec::new(),
         }
     }
 
@@ -173,19 +191,28 @@ impl RedisShard {
         results
     }
 
-    /// Single-node mode keeps several rounds in flight on one connection: a
-    /// reader thread feeds replies back, so Redis never idles while this
-    /// shard turns a round's replies around. (A cluster spreads a round over
-    /// several masters and stays one synchronous round trip at a time.)
+    /// Pipelined mode keeps several rounds in flight: reader threads feed
+    /// replies back, so Redis never idles while this shard turns a round's
+    /// replies around. On a cluster a round is split by master, each part
+    /// sent on that master's connection; the round is answered once every
+    /// part is, and rounds are answered in order.
     fn pipelined(&self) -> bool {
         self.replies.is_some()
+    }
+
+    /// Pops the front round in flight.
+    fn pop_front(&mut self) -> Option<InFlight> {
+        let r = self.in_flight.pop_front()?;
+        self.first_seq += 1;
+        Some(r)
     }
 
     fn send_round(&mut self, ops: Vec<ROp>, pending: Vec<Pending>, now_ms: u64, fx: &mut Effects) {
         let round = InFlight {
             pending,
+            values: vec![None; ops.len()],
+            filled: 0,
             ops,
-            values: Vec::new(),
             sent: Instant::now(),
             now_ms,
             disconnects: Vec::new(),
@@ -200,20 +227,34 @@ impl RedisShard {
             // Waits for the rounds ahead of it, to keep order.
             return self.in_flight.push_back(round);
         }
-        if self.pipe.is_none() && !self.open_pipe() {
+        if self.lanes.is_empty() && !self.open_pipe() {
             // Down: nothing is in flight (a failure answers all of it).
             return self
                 .decide
                 .finish_round(&round.pending, RoundOutcome::NotSent, now_ms, fx);
         }
         let window = self.cfg.idempotency_window.as_millis() as u64;
-        self.out.clear();
-        for op in &round.ops {
-            gavel_redis::resp::encode(op, &self.shas, now_ms, window, &mut self.out);
+        let seq = self.first_seq + self.in_flight.len() as u64;
+        for lane in &mut self.lanes {
+            lane.out.clear();
         }
-        let pipe = self.pipe.as_mut().expect("opened above");
-        let written = std::io::Write::write_all(pipe, &self.out);
+        for (i, op) in round.ops.iter().enumerate() {
+            let lane = &mut self.lanes[lane_of(&self.slots, op)];
+            gavel_redis::resp::encode(op, &self.shas, now_ms, window, &mut lane.out);
+            lane.expect.push_back((seq, i));
+        }
         self.in_flight.push_back(round);
+        // Every part is written before any reply is awaited: the masters
+        // work in parallel.
+        let mut written = Ok(());
+        for lane in &mut self.lanes {
+            if !lane.out.is_empty() {
+                written = std::io::Write::write_all(&mut lane.sock, &lane.out);
+                if written.is_err() {
+                    break;
+                }
+            }
+        }
         match written {
             Ok(()) => {
                 self.metrics.redis_round_trips.inc();
@@ -222,40 +263,78 @@ impl RedisShard {
         }
     }
 
-    /// Connects the pipelined socket (scripts are loaded through the
-    /// synchronous client first) and starts its reader thread.
+    /// Connects the pipelined sockets, one to the node or one to each master
+    /// of the cluster (scripts are loaded, and a cluster's slot map read,
+    /// through the synchronous client first), and starts their reader
+    /// threads.
     fn open_pipe(&mut self) -> bool {
-        if self.connection().is_none() {
+        let Some(conn) = self.connection() else {
             return false;
-        }
-        let addr = plain_addr(&self.cfg.urls[0]).unwrap_or_default();
-        let stream = match connect(&addr, self.cfg.timeout) {
-            Ok(s) => s,
-            Err(e) => {
-                self.fail(&RedisError::Script(format!(
-                    "pipelined connect to {addr}: {e}"
-                )));
-                return false;
+        };
+        let map = conn.slot_map();
+        let mut addrs: Vec<String> = Vec::new();
+        self.slots.clear();
+        match map {
+            None => addrs.push(plain_addr(&self.cfg.urls[0]).unwrap_or_default()),
+            Some(map) => {
+                for (first, last, url) in map {
+                    let Some(addr) = plain_addr(&url) else {
+                        self.fail(&RedisError::Script(format!("master {url}")));
+                        return false;
+                    };
+                    let lane = match addrs.iter().position(|a| *a == addr) {
+                        Some(l) => l,
+                        None => {
+                            addrs.push(addr);
+                            addrs.len() - 1
+                        }
+                    };
+                    self.slots.push((first, last, lane));
+                }
             }
-        };
-        let Ok(reader) = stream.try_clone() else {
-            return false;
-        };
+        }
         self.epoch += 1;
         let epoch = self.epoch;
         let tx = self.replies.as_ref().expect("pipelined").0.clone();
-        let spawned = std::thread::Builder::new()
-            .name("gavel-redis-reader".into())
-            .spawn(move || read_replies(reader, epoch, &tx));
-        if spawned.is_err() {
-            return false;
+        let mut lanes = Vec::with_capacity(addrs.len());
+        for (i, addr) in addrs.iter().enumerate() {
+            let opened = connect(addr, self.cfg.timeout).and_then(|stream| {
+                let reader = stream.try_clone()?;
+                let tx = tx.clone();
+                std::thread::Builder::new()
+                    .name("gavel-redis-reader".into())
+                    .spawn(move || read_replies(reader, epoch, i, &tx))?;
+                Ok(stream)
+            });
+            match opened {
+                Ok(sock) => lanes.push(Lane {
+                    sock,
+                    expect: VecDeque::new(),
+                    out: Vec::new(),
+                }),
+                Err(e) => {
+                    for l in lanes {
+                        let _ = l.sock.shutdown(std::net::Shutdown::Both);
+                    }
+                    self.fail(&RedisError::Script(format!(
+                        "pipelined connect to {addr}: {e}"
+                    )));
+                    return false;
+                }
+            }
         }
-        self.pipe = Some(stream);
+        self.lanes = lanes;
         true
     }
 
-    /// Replies from the reader thread, in order.
-    pub fn on_replies(&mut self, epoch: u64, vs: Result<Vec<Value>, String>, fx: &mut Effects) {
+    /// Replies from one lane's reader thread, in that lane's order.
+    pub fn on_replies(
+        &mut self,
+        epoch: u64,
+        lane: usize,
+        vs: Result<Vec<Value>, String>,
+        fx: &mut Effects,
+    ) {
         if epoch != self.epoch {
             return; // from a connection already given up
         }
@@ -263,16 +342,19 @@ impl RedisShard {
             Ok(vs) => vs,
             Err(e) => return self.fail_pipe(&e, fx),
         };
-        // Rounds before `next` are complete; fill from there on.
-        let mut next = 0;
         for v in vs {
-            while self.in_flight.get(next).is_some_and(InFlight::complete) {
-                next += 1;
-            }
-            let Some(round) = self.in_flight.get_mut(next) else {
+            let slot = self.lanes.get_mut(lane).and_then(|l| l.expect.pop_front());
+            let round = slot.and_then(|(seq, i)| {
+                let r = self
+                    .in_flight
+                    .get_mut(seq.checked_sub(self.first_seq)? as usize)?;
+                Some((r, i))
+            });
+            let Some((round, i)) = round else {
                 return self.fail_pipe("reply without a request", fx);
             };
-            round.values.push(v);
+            round.values[i] = Some(v);
+            round.filled += 1;
         }
         self.finish_ready(fx);
     }
@@ -280,42 +362,49 @@ impl RedisShard {
     /// Answers completed rounds at the front, in order.
     fn finish_ready(&mut self, fx: &mut Effects) {
         while self.in_flight.front().is_some_and(InFlight::complete) {
-            let mut r = self.in_flight.pop_front().expect("checked");
+            let mut r = self.pop_front().expect("checked");
             self.metrics
                 .redis_seconds
                 .observe(r.sent.elapsed().as_micros() as u64);
             let gone = std::mem::take(&mut r.disconnects);
-            let lost_scripts = self.answer_round(r, fx);
+            let lost = self.answer_round(r, fx);
             for c in gone {
                 self.decide.disconnect(c);
             }
-            if lost_scripts {
-                // Scripts were flushed: reload them by reconnecting both clients.
+            if let Some(why) = lost {
+                // Scripts were flushed, or a slot moved: reload them, or the
+                // slot map, by reconnecting both clients.
                 self.conn = None;
-                self.fail_pipe("NOSCRIPT", fx);
+                self.fail_pipe(why, fx);
             }
         }
     }
 
-    /// Answers one complete round; true if Redis had lost the scripts.
-    fn answer_round(&mut self, r: InFlight, fx: &mut Effects) -> bool {
+    /// Answers one complete round; `Some` if Redis had lost the scripts
+    /// (`NOSCRIPT`) or a cluster's slot map changed (`MOVED`, `ASK`): the
+    /// ops so refused did not run.
+    fn answer_round(&mut self, r: InFlight, fx: &mut Effects) -> Option<&'static str> {
         debug_assert_eq!(
             r.pending.iter().filter(|p| p.in_pipeline()).count(),
             r.ops.len(),
             "one op per pipelined request"
         );
-        let mut lost_scripts = false;
+        let mut lost = None;
         let mut values = r.ops.iter().zip(&r.values);
         for p in &r.pending {
-            // None: refused by Redis (NOSCRIPT after a flush, a script
-            // error) — UNAVAILABLE, never a guess; the others stand.
+            // None: refused by Redis (NOSCRIPT after a flush, MOVED, a
+            // script error) — UNAVAILABLE, never a guess; the others stand.
             let res = match p.in_pipeline().then(|| values.next()).flatten() {
                 None => None,
                 Some((op, v)) => {
+                    let v = v.as_ref().expect("a complete round");
                     let res = gavel_redis::scripts::decode(op, v, r.now_ms);
-                    if res.is_none() {
-                        lost_scripts |=
-                            matches!(v, Value::ServerError(e) if e.code() == "NOSCRIPT");
+                    if let (None, Value::ServerError(e)) = (&res, v) {
+                        match e.code() {
+                            "NOSCRIPT" => lost = Some("NOSCRIPT"),
+                            "MOVED" | "ASK" => lost = Some("a cluster slot moved"),
+                            _ => {}
+                        }
                     }
                     if matches!(res, None | Some(OpResult::Busy)) {
                         self.metrics.redis_errors.inc();
@@ -325,19 +414,19 @@ impl RedisShard {
             };
             self.decide.answer_one(p, res, false, r.now_ms, fx);
         }
-        lost_scripts
+        lost
     }
 
     /// Gives the pipelined connection up: every round in flight is answered
     /// (IN_DOUBT for writes that were sent, UNAVAILABLE for what else needed
     /// Redis), and the shard backs off.
     fn fail_pipe(&mut self, why: &str, fx: &mut Effects) {
-        if let Some(s) = self.pipe.take() {
-            let _ = s.shutdown(std::net::Shutdown::Both);
+        for lane in self.lanes.drain(..) {
+            let _ = lane.sock.shutdown(std::net::Shutdown::Both);
         }
         self.epoch += 1;
         self.fail(&RedisError::Script(why.to_string()));
-        while let Some(r) = self.in_flight.pop_front() {
+        while let Some(r) = self.pop_front() {
             // A round holding only local answers was never sent.
             let outcome = if r.ops.is_empty() {
                 RoundOutcome::NotSent
@@ -349,6 +438,21 @@ impl RedisShard {
                 self.decide.disconnect(c);
             }
         }
+    }
+}
+
+/// The lane of the master serving `op`'s slot (0 on a single node).
+fn lane_of(slots: &[(u16, u16, usize)], op: &ROp) -> usize {
+    if slots.is_empty() {
+        return 0;
+    }
+    let slot = gavel_redis::scripts::slot(op);
+    let i = slots.partition_point(|&(first, _, _)| first <= slot);
+    match i.checked_sub(1).map(|i| slots[i]) {
+        Some((_, last, lane)) if slot <= last => lane,
+        // A slot no master serves: the first master answers MOVED or
+        // CLUSTERDOWN, and the op is refused.
+        _ => 0,
     }
 }
 
@@ -385,8 +489,8 @@ impl Backend for RedisShard {
         self.dispatch(now_ms, fx);
     }
 
-    fn on_event(&mut self, (epoch, vs): RedisReply, fx: &mut Effects) {
-        self.on_replies(epoch, vs, fx);
+    fn on_event(&mut self, (epoch, lane, vs): RedisReply, fx: &mut Effects) {
+        self.on_replies(epoch, lane, vs, fx);
     }
 
     fn on_remote(&mut self, pushes: Vec<Push>, fx: &mut Effects) {
@@ -412,8 +516,8 @@ impl Backend for RedisShard {
     /// Drains replies that arrived meanwhile; a round waiting longer than
     /// the timeout fails the connection (never a hang).
     fn tick(&mut self, fx: &mut Effects) {
-        while let Some(Ok((epoch, vs))) = self.replies.as_ref().map(|(_, rx)| rx.try_recv()) {
-            self.on_replies(epoch, vs, fx);
+        while let Some(Ok((epoch, lane, vs))) = self.replies.as_ref().map(|(_, rx)| rx.try_recv()) {
+            self.on_replies(epoch, lane, vs, fx);
         }
         if self
             .in_flight
@@ -430,5 +534,178 @@ impl Backend for RedisShard {
         fx.unstamp();
         self.decide.plan_sweep(now_ms, &mut self.round);
         self.dispatch(now_ms, fx);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::command::{Op, Reply};
+    use gavel_protocol::{BidRequest, ErrorCode, OpenAuctionRequest, Status};
+    use gavel_testkit::redis::RedisCluster;
+    use std::sync::atomic::AtomicBool;
+    use std::time::Duration;
+
+    const C: ConnRef = ConnRef {
+        io: 0,
+        slot: 1,
+        gen: 1,
+    };
+
+    fn shard(urls: Vec<String>) -> RedisShard {
+        let cfg = RedisConfig {
+            urls,
+            cluster: true,
+            timeout: Duration::from_secs(5),
+            idempotency_window: Duration::from_secs(86_400),
+            outbid_filter: false,
+            updates_live: Arc::new(AtomicBool::new(false)),
+            max_subscriptions: 1_000,
+        };
+        RedisShard::new(cfg, Arc::new(Metrics::new(1)))
+    }
+
+    fn open(id: u64) -> Op {
+        Op::OpenAuction(OpenAuctionRequest {
+            auction_id: id,
+            reserve: 0,
+            min_increment: 1,
+            ends_at_ms: 0,
+        })
+    }
+
+    fn bid(id: u64, amount: u64) -> Op {
+        Op::Bid(BidRequest {
+            auction_id: id,
+            bidder_id: 7,
+            amount,
+            bid_id: amount,
+        })
+    }
+
+    type Answer = (u32, Result<(Status, bool), ErrorCode>);
+
+    /// Sends `rounds` back to back (several in flight), then waits for
+    /// every answer; returns (request_id, (status, replayed) or error) in
+    /// answer order.
+    fn run(s: &mut RedisShard, rounds: &[Vec<Op>]) -> Vec<Answer> {
+        let mut fx = Effects::new(1);
+        let mut n = 0;
+        for ops in rounds {
+            let cmds: Vec<Command> = ops
+                .iter()
+                .map(|op| {
+                    n += 1;
+                    Command {
+                        conn: C,
+                        request_id: n,
+                        op: *op,
+                        t0_us: 0,
+                        kind: 0,
+                    }
+                })
+                .collect();
+            s.execute(&cmds, 1, &mut fx);
+        }
+        let rx = s.events().expect("pipelined");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while fx.replies[0].len() < n as usize {
+            assert!(Instant::now() < deadline, "answers missing");
+            if let Ok(ev) = rx.recv_timeout(Duration::from_millis(50)) {
+                s.on_event(ev, &mut fx);
+            }
+            s.tick(&mut fx);
+        }
+        fx.replies[0]
+            .iter()
+            .map(|o| match o.reply {
+                Reply::Result {
+                    request_id,
+                    result,
+                    flags,
+                } => (
+                    request_id,
+                    Ok((result.status, flags & gavel_protocol::FLAG_REPLAYED != 0)),
+                ),
+                Reply::Error { request_id, code } => (request_id, Err(code)),
+                r => panic!("{r:?}"),
+            })
+            .collect()
+    }
+
+    /// A cluster round is split by master and pipelined: several rounds in
+    /// flight over the three masters' connections, every answer in request
+    /// order.
+    #[test]
+    fn cluster_rounds_are_pipelined_and_answered_in_order() {
+        let c = RedisCluster::start();
+        let mut s = shard(c.urls());
+        let ids: Vec<u64> = (1..=60).collect();
+        let opened = run(&mut s, &[ids.iter().map(|&id| open(id)).collect()]);
+        assert!(
+            opened.iter().all(|(_, r)| *r == Ok((Status::Ok, false))),
+            "{opened:?}"
+        );
+        assert_eq!(s.lanes.len(), 3, "one connection per master");
+        let rounds: Vec<Vec<Op>> = (1..=4u64)
+            .map(|k| ids.iter().map(|&id| bid(id, k * 10)).collect())
+            .collect();
+        let got = run(&mut s, &rounds);
+        let want: Vec<_> = (1..=240).map(|n| (n, Ok((Status::Ok, false)))).collect();
+        assert_eq!(got, want);
+        assert!(s.in_flight.is_empty());
+        assert!(s.lanes.iter().all(|l| l.expect.is_empty()));
+    }
+
+    /// A master that lost its scripts refuses its ops (UNAVAILABLE: they did
+    /// not run, so a retry is no replay); the other masters' ops stand; the
+    /// shard reconnects, reloads, and the retries run.
+    #[test]
+    fn a_master_without_the_scripts_refuses_only_its_part() {
+        let c = RedisCluster::start();
+        let urls = c.urls();
+        let mut s = shard(urls.clone());
+        let ids: Vec<u64> = (1..=60).collect();
+        run(&mut s, &[ids.iter().map(|&id| open(id)).collect()]);
+        let port = urls[0].rsplit(':').next().unwrap();
+        let map = s.conn.as_ref().unwrap().slot_map().unwrap();
+        let flushed = |id: u64| {
+            let slot = gavel_redis::scripts::slot(&ROp::Bid(BidRequest {
+                auction_id: id,
+                bidder_id: 7,
+                amount: 10,
+                bid_id: 10,
+            }));
+            map.iter()
+                .any(|(a, b, url)| (*a..=*b).contains(&slot) && url.ends_with(&format!(":{port}")))
+        };
+        let reply =
+            gavel_testkit::redis::raw_command(port.parse().unwrap(), "SCRIPT FLUSH").unwrap();
+        assert!(reply.starts_with("+OK"), "{reply}");
+        let got = run(&mut s, &[ids.iter().map(|&id| bid(id, 10)).collect()]);
+        let mut refused = 0;
+        for (&id, (_, r)) in ids.iter().zip(&got) {
+            if flushed(id) {
+                assert_eq!(*r, Err(ErrorCode::Unavailable), "auction {id}");
+                refused += 1;
+            } else {
+                assert_eq!(*r, Ok((Status::Ok, false)), "auction {id}");
+            }
+        }
+        assert!(refused > 0 && refused < ids.len(), "{refused} refused");
+        // Back after the backoff: the refused bids run now (OK, not
+        // replays), the others replay.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let again = loop {
+            let again = run(&mut s, &[ids.iter().map(|&id| bid(id, 10)).collect()]);
+            if again.iter().all(|(_, r)| r.is_ok()) {
+                break again;
+            }
+            assert!(Instant::now() < deadline, "no recovery: {again:?}");
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        for (&id, (_, r)) in ids.iter().zip(&again) {
+            assert_eq!(*r, Ok((Status::Ok, !flushed(id))), "auction {id}");
+        }
     }
 }

@@ -5,14 +5,20 @@ use crossbeam_channel::Sender;
 use redis::Value;
 
 /// The replies one read of a pipelined connection brought (in order), tagged
-/// with the connection's epoch; an error ends the connection.
-pub type RedisReply = (u64, Result<Vec<Value>, String>);
+/// with the connections' epoch and this connection's lane (the node, or one
+/// master of a cluster); an error ends the connection.
+pub type RedisReply = (u64, usize, Result<Vec<Value>, String>);
 
 /// The reader thread of a pipelined connection: reads what Redis sent,
 /// parses every complete reply in it and hands them to the shard in one
 /// message per read (not one per reply: fewer wake-ups). Ends on EOF, on an
 /// I/O or parse error (reported), or when the shard is gone.
-pub fn read_replies(mut sock: std::net::TcpStream, epoch: u64, tx: &Sender<RedisReply>) {
+pub fn read_replies(
+    mut sock: std::net::TcpStream,
+    epoch: u64,
+    lane: usize,
+    tx: &Sender<RedisReply>,
+) {
     use std::io::Read;
     let mut buf = vec![0u8; 64 * 1024];
     let (mut start, mut end) = (0, 0);
@@ -30,13 +36,13 @@ pub fn read_replies(mut sock: std::net::TcpStream, epoch: u64, tx: &Sender<Redis
         }
         let n = match sock.read(&mut buf[end..]) {
             Ok(0) => {
-                let _ = tx.send((epoch, Err("redis closed the connection".into())));
+                let _ = tx.send((epoch, lane, Err("redis closed the connection".into())));
                 return;
             }
             Ok(n) => n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(e) => {
-                let _ = tx.send((epoch, Err(format!("read: {e}"))));
+                let _ = tx.send((epoch, lane, Err(format!("read: {e}"))));
                 return;
             }
         };
@@ -44,15 +50,15 @@ pub fn read_replies(mut sock: std::net::TcpStream, epoch: u64, tx: &Sender<Redis
         match parse_all(&buf[..end], &mut start) {
             Ok(batch) if batch.is_empty() => {}
             Ok(batch) => {
-                if tx.send((epoch, Ok(batch))).is_err() {
+                if tx.send((epoch, lane, Ok(batch))).is_err() {
                     return;
                 }
             }
             Err((batch, e)) => {
                 if !batch.is_empty() {
-                    let _ = tx.send((epoch, Ok(batch)));
+                    let _ = tx.send((epoch, lane, Ok(batch)));
                 }
-                let _ = tx.send((epoch, Err(format!("unreadable reply: {e}"))));
+                let _ = tx.send((epoch, lane, Err(format!("unreadable reply: {e}"))));
                 return;
             }
         }
