@@ -20,6 +20,13 @@ With --before ROOT (another checkout with its own target/release), every
 Gavel target also runs with that checkout's binaries (and so its scripts),
 as `target@before`, alternating with the current build in the same sitting.
 
+With --cluster, a 3-master Redis Cluster (all on this box) is started too,
+and the gavel targets also run against it (`gavel-1/cluster`, ...:
+--redis-cluster, the scripts spread over the masters by slot); Redis µs per
+call is then the masters' EVALSHA time over their calls, and Redis CPU the
+sum over the masters: the figure that predicts scaling on hardware where
+each master has its own core (here all share two).
+
 Workloads (100 connections x pipeline 16 in total, --duration S each):
 
   climb-1     one auction, rising bids (client-bench's default)
@@ -157,21 +164,56 @@ def run_result(rps=NAN, p99=NAN, ok=NAN, us=NAN, cpu_call=NAN, cpu_ok=NAN):
             "cpu_ok": cpu_ok}
 
 
+def start_cluster(tmp):
+    """Three cluster-enabled redis-servers joined as masters; [(port, Popen)]."""
+    nodes = []
+    for i in range(3):
+        port, bus = free_port(), free_port()
+        d = os.path.join(tmp, f"cluster{i}")
+        os.mkdir(d)
+        p = subprocess.Popen(["redis-server", "--port", str(port), "--cluster-port", str(bus),
+                              "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+                              "--cluster-node-timeout", "5000", "--save", "",
+                              "--appendonly", "no", "--dir", d],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        nodes.append((port, p))
+    for port, p in nodes:
+        wait_port(port, p, "redis-server (cluster)")
+    subprocess.run(["redis-cli", "--cluster", "create",
+                    *[f"127.0.0.1:{port}" for port, _ in nodes],
+                    "--cluster-replicas", "0", "--cluster-yes"],
+                   check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 30
+    while not all("cluster_state:ok" in redis_cli(port, "CLUSTER", "INFO") for port, _ in nodes):
+        if time.time() > deadline:
+            sys.exit("the cluster did not reach cluster_state:ok within 30 s")
+        time.sleep(0.2)
+    return nodes
+
+
 class Sitting:
-    def __init__(self, args, tmp, redis_port, redis_pid):
+    def __init__(self, args, tmp, redis_port, redis_pid, cluster=()):
         self.args, self.tmp = args, tmp
         self.port, self.pid = redis_port, redis_pid
+        self.cluster = [(port, p.pid) for port, p in cluster]
         self.cas_sha = redis_cli(redis_port, "SCRIPT", "LOAD", CAS_LUA).strip()
         self.cas_rps = {}
 
-    def reset(self):
-        redis_cli(self.port, "FLUSHALL")
+    def servers(self, target):
+        """[(port, pid)] of the Redis `target` runs against."""
+        return self.cluster if target.split("@")[0].endswith("/cluster") else [(self.port,
+                                                                                   self.pid)]
+
+    def reset(self, target):
+        for port, _ in self.servers(target):
+            redis_cli(port, "FLUSHALL")
+            redis_cli(port, "CONFIG", "RESETSTAT")
         redis_cli(self.port, "SCRIPT", "LOAD", CAS_LUA)
-        redis_cli(self.port, "CONFIG", "RESETSTAT")
 
     def one_run(self, target, workload):
-        self.reset()
-        c0 = cpu_ticks(self.pid)
+        self.reset(target)
+        servers = self.servers(target)
+        c0 = sum(cpu_ticks(pid) for _, pid in servers)
         if target in CAS_KEYS:
             res = self.cas_run(target)
             if res is None:
@@ -180,9 +222,12 @@ class Sitting:
             ok = answered = None
         else:
             rps, p99, ok, answered = self.load_run(target, workload)
-        cpu = (cpu_ticks(self.pid) - c0) * TICK_US
-        stats = commandstats(self.port)
-        calls, us = stats.get("evalsha", (0, NAN))
+        cpu = (sum(cpu_ticks(pid) for _, pid in servers) - c0) * TICK_US
+        per = [commandstats(port) for port, _ in servers]
+        calls = sum(st.get("evalsha", (0, NAN))[0] for st in per)
+        us = (sum(st["evalsha"][0] * st["evalsha"][1] for st in per if "evalsha" in st)
+              / calls if calls else NAN)
+        stats = per[0]
         if target in CAS_KEYS:
             ok = stats.get("set", (0, NAN))[0]
             answered = calls
@@ -197,7 +242,7 @@ class Sitting:
             if probe is None:
                 return None
             est = probe[0]
-            self.reset()
+            self.reset(target)
         r = self.redis_benchmark(target, max(est * self.args.duration, CONNS * PIPELINE * 4))
         if r is not None:
             self.cas_rps[target] = r[0]
@@ -229,6 +274,11 @@ class Sitting:
         bin_dir = self.args.before_bin if build == "before" else self.args.bin_dir
         load = WORKLOADS[workload]
         url = f"redis://127.0.0.1:{self.port}"
+        redis_flag = ["--redis", url]
+        if name.endswith("/cluster"):
+            name = name[:-len("/cluster")]
+            redis_flag = ["--redis-cluster",
+                          ",".join(f"redis://127.0.0.1:{port}" for port, _ in self.cluster)]
         if name == "redis":
             p, out = bench(bin_dir, self.args, CONNS,
                            ["--target", "redis", "--redis-url", url, *load], self.tmp, 0)
@@ -241,7 +291,7 @@ class Sitting:
             for n in range(nodes):
                 port = free_port()
                 cmd = [os.path.join(bin_dir, "gavel-server"), "--listen", f"127.0.0.1:{port}",
-                       "--store", "memory", "--redis", url, "--node-id", str(n)]
+                       "--store", "memory", *redis_flag, "--node-id", str(n)]
                 if name.endswith("+filter"):
                     cmd += ["--outbid-filter", "true"]
                 s = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -449,6 +499,8 @@ def main():
     ap.add_argument("--no-cas", action="store_true", help="skip the redis-benchmark CAS rows")
     ap.add_argument("--memory", action="store_true",
                     help="also measure bytes per auction and per remembered key")
+    ap.add_argument("--cluster", action="store_true",
+                    help="also run the gavel targets against a 3-master Redis Cluster")
     args = ap.parse_args()
     need = ["redis-server", "redis-cli"] + ([] if args.no_cas else ["redis-benchmark"])
     for tool in need:
@@ -465,6 +517,8 @@ def main():
         if w not in WORKLOADS:
             sys.exit(f"unknown workload {w}")
     gavel = ["redis"] + [t for t in args.targets.split(",") if t and t != "redis"]
+    if args.cluster:
+        gavel += [f"{t}/cluster" for t in gavel if t.startswith("gavel")]
     targets = [] if args.no_cas else list(CAS_KEYS)
     for t in gavel:
         targets += ([f"{t}@before"] if args.before else []) + [t]
@@ -477,9 +531,12 @@ def main():
     version = subprocess.run(["redis-server", "--version"], capture_output=True,
                              text=True).stdout.split()[2]
     mem = []
+    cluster = []
     try:
         wait_port(redis_port, redis, "redis-server")
-        sitting = Sitting(args, tmp, redis_port, redis.pid)
+        if args.cluster:
+            cluster = start_cluster(tmp)
+        sitting = Sitting(args, tmp, redis_port, redis.pid, cluster)
         rows = []
         for w in workloads:
             cells = {t: [] for t in targets}
@@ -497,8 +554,9 @@ def main():
                 mem.append(("before", memory(args.before, redis_port)))
             mem.append(("current", memory(ROOT, redis_port)))
     finally:
-        redis.terminate()
-        redis.wait()
+        for p in [redis] + [p for _, p in cluster]:
+            p.terminate()
+            p.wait()
         shutil.rmtree(tmp, ignore_errors=True)
 
     def med(xs, k):
@@ -526,7 +584,9 @@ def main():
           "Redis µs/call: EVALSHA usec_per_call from INFO commandstats (cas rows: the "
           "minimal CAS script; OK there = share of calls that wrote). Redis CPU: "
           "redis-server's utime+stime over the run, per EVALSHA and per OK outcome (cas: per "
-          f"write). {os.cpu_count()} cores shared by clients, servers and Redis.")
+          f"write). Targets ending /cluster: a 3-master Redis Cluster, µs per call over all "
+          "masters' calls, CPU summed over the masters (their req/s ratio is still to `redis`, "
+          f"one Redis alone). {os.cpu_count()} cores shared by clients, servers and Redis.")
     if mem:
         print_memory(mem)
 
