@@ -3,7 +3,7 @@
 
 use std::fmt;
 
-use gavel_protocol::{ErrorCode, Status};
+use gavel_protocol::{BidRequest, BuyRequest, ErrorCode, Request, Status};
 
 /// One keyed request. Retries reuse it unchanged (same key, same fields).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -20,6 +20,36 @@ pub enum OpKind {
         qty: u32,
         order_id: u64,
     },
+}
+
+impl OpKind {
+    /// The request to send (every attempt sends the same one).
+    pub fn request(&self) -> Request {
+        match *self {
+            OpKind::Bid {
+                auction,
+                bidder,
+                amount,
+                bid_id,
+            } => Request::Bid(BidRequest {
+                auction_id: auction,
+                bidder_id: bidder,
+                amount,
+                bid_id,
+            }),
+            OpKind::Buy {
+                sku,
+                buyer,
+                qty,
+                order_id,
+            } => Request::Buy(BuyRequest {
+                sku_id: sku,
+                buyer_id: buyer,
+                quantity: qty,
+                order_id,
+            }),
+        }
+    }
 }
 
 impl fmt::Display for OpKind {

@@ -36,9 +36,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context as _};
 use clap::{Parser, ValueEnum};
-use gavel_protocol::{
-    BidRequest, BuyRequest, Client, ClientError, ErrorCode, Request, Response, Status,
-};
+use gavel_protocol::{Client, ClientError, ErrorCode, Request, Response, Status};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
@@ -996,33 +994,6 @@ fn snapshot(addr: SocketAddr, setup: &Setup) -> anyhow::Result<Snapshot> {
     Ok(s)
 }
 
-fn request_of(kind: &OpKind) -> Request {
-    match *kind {
-        OpKind::Bid {
-            auction,
-            bidder,
-            amount,
-            bid_id,
-        } => Request::Bid(BidRequest {
-            auction_id: auction,
-            bidder_id: bidder,
-            amount,
-            bid_id,
-        }),
-        OpKind::Buy {
-            sku,
-            buyer,
-            qty,
-            order_id,
-        } => Request::Buy(BuyRequest {
-            sku_id: sku,
-            buyer_id: buyer,
-            quantity: qty,
-            order_id,
-        }),
-    }
-}
-
 /// Answers to record (op index, attempt), and the ops left without one.
 type ReplayOut = (Vec<(usize, Attempt)>, Vec<usize>);
 
@@ -1083,7 +1054,7 @@ fn replay_chunk(addr: SocketAddr, epoch: Instant, ops: &[Op], mut todo: Vec<usiz
             let c = conn.as_mut().expect("connected");
             let rids: Vec<u32> = batch
                 .iter()
-                .map(|&i| c.send(&request_of(&ops[i].kind)))
+                .map(|&i| c.send(&ops[i].kind.request()))
                 .collect();
             if c.flush().is_err() {
                 conn = None;

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use gavel_protocol::{BidRequest, BuyRequest, Client, ClientError, Request, Response};
+use gavel_protocol::{Client, ClientError, Request, Response};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
@@ -138,30 +138,7 @@ impl Worker {
 
     /// Sends `ops[idx]` until it gets a RESULT (or the give-up time passes).
     fn resolve(&mut self, idx: usize) {
-        let req = match self.ops[idx].kind {
-            OpKind::Bid {
-                auction,
-                bidder,
-                amount,
-                bid_id,
-            } => Request::Bid(BidRequest {
-                auction_id: auction,
-                bidder_id: bidder,
-                amount,
-                bid_id,
-            }),
-            OpKind::Buy {
-                sku,
-                buyer,
-                qty,
-                order_id,
-            } => Request::Buy(BuyRequest {
-                sku_id: sku,
-                buyer_id: buyer,
-                quantity: qty,
-                order_id,
-            }),
-        };
+        let req = self.ops[idx].kind.request();
         let mut backoff_ms = 10u64;
         loop {
             let give_up = self.shared.give_up_at_ms.load(Ordering::Relaxed);
