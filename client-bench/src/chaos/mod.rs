@@ -697,17 +697,25 @@ impl Nemesis<'_> {
 
     /// A gavel-server exit the nemesis did not cause is a finding; restart.
     fn check_crash(&mut self) -> anyhow::Result<()> {
-        if let Some(st) = self.server.poll_exit() {
-            self.bump();
-            let msg = format!(
-                "gavel-server exited by itself ({st}); its log ends:\n{}",
-                self.server.log_tail(20)
-            );
-            log(self.epoch, &msg);
-            self.crashes.push(msg);
+        if self.record_unplanned_exit() {
             self.ensure_server()?;
         }
         Ok(())
+    }
+
+    /// Records a gavel-server exit nobody caused (a finding); true if so.
+    fn record_unplanned_exit(&mut self) -> bool {
+        let Some(st) = self.server.poll_exit() else {
+            return false;
+        };
+        self.bump();
+        let msg = format!(
+            "gavel-server exited by itself ({st}); its log ends:\n{}",
+            self.server.log_tail(20)
+        );
+        log(self.epoch, &msg);
+        self.crashes.push(msg);
+        true
     }
 
     fn begin(&mut self, f: FaultKind, cycle: u32) -> anyhow::Result<()> {
@@ -800,15 +808,7 @@ impl Nemesis<'_> {
     /// it needs is down is retried when the store is back; otherwise it is
     /// fatal.
     fn ensure_server(&mut self) -> anyhow::Result<()> {
-        if let Some(st) = self.server.poll_exit() {
-            self.bump();
-            let msg = format!(
-                "gavel-server exited by itself ({st}); its log ends:\n{}",
-                self.server.log_tail(20)
-            );
-            log(self.epoch, &msg);
-            self.crashes.push(msg);
-        }
+        self.record_unplanned_exit();
         if self.server.running() {
             return Ok(());
         }
