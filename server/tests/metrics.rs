@@ -3,6 +3,8 @@
 
 mod common;
 
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use common::Server;
@@ -124,4 +126,58 @@ fn sigterm_exits_zero_with_metrics_enabled() {
     assert_eq!(s.http_get("/metrics").0, 200);
     let status = s.terminate();
     assert!(status.success(), "{status:?}");
+}
+
+/// `GET path` on a new connection whose reads time out after `limit`, so a
+/// server that does not answer fails the test instead of hanging it.
+fn get_within(addr: SocketAddr, path: &str, limit: Duration) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).expect("connect to metrics");
+    s.set_read_timeout(Some(limit)).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut resp = String::new();
+    if let Err(e) = s.read_to_string(&mut resp) {
+        panic!("GET {path}: no complete answer within {limit:?} ({e}); got {resp:?}");
+    }
+    let code = resp[9..12].parse().unwrap();
+    let body = resp.split_once("\r\n\r\n").map_or("", |x| x.1).to_string();
+    (code, body)
+}
+
+/// Connections that send nothing, or half a request line, hold only
+/// themselves: /readyz, /metrics and /healthz answer at once on another
+/// connection while they stay open. (The old single-threaded server read
+/// each of them in turn for up to 2 s before accepting the next, so these
+/// answers came after ~8 s.)
+#[test]
+fn silent_scrapers_do_not_block_other_requests() {
+    let s = Server::start(&["--metrics-listen", "127.0.0.1:0"]);
+    let addr = s.metrics_addr.unwrap();
+    let mut held: Vec<TcpStream> = (0..3)
+        .map(|_| TcpStream::connect(addr).expect("connect"))
+        .collect();
+    let mut half = TcpStream::connect(addr).expect("connect");
+    half.write_all(b"GET /metr").unwrap();
+    held.push(half);
+
+    let limit = Duration::from_secs(3);
+    assert_eq!(get_within(addr, "/readyz", limit), (200, "ready\n".into()));
+    let (code, body) = get_within(addr, "/metrics", limit);
+    assert_eq!(code, 200);
+    assert!(body.contains("gavel_connections_open"), "{body}");
+    assert_eq!(get_within(addr, "/healthz", limit), (200, "ok\n".into()));
+
+    // Still bounded: the server closes each of them once its request head
+    // is overdue (5 s), well before this read gives up.
+    for mut c in held {
+        c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let mut buf = [0u8; 256];
+        match c.read(&mut buf) {
+            Ok(0) => {}
+            Ok(n) => panic!(
+                "unexpected answer: {:?}",
+                String::from_utf8_lossy(&buf[..n])
+            ),
+            Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{e}"),
+        }
+    }
 }
