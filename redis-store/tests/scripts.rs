@@ -524,6 +524,49 @@ const AUCTION_FIELDS: [&str; 8] = [
     "bar", "bidder", "closed", "count", "ends", "high", "inc", "reserve",
 ];
 
+/// PROTOCOL.md §7, for BUY as for BID: a rejected purchase stores no key
+/// (a retry is evaluated afresh, and may then be OK); an accepted one does,
+/// and replays (or conflicts).
+#[test]
+fn rejected_buys_store_nothing_and_retries_are_evaluated_afresh() {
+    use Status::*;
+    let r = RedisServer::start();
+    let mut g = connect(&[r.url()], false);
+    let mut c = raw(&r);
+    let sale = Op::OpenSale(OpenSaleRequest {
+        sku_id: 1,
+        stock: 3,
+        per_buyer_limit: 2,
+        starts_at_ms: 10,
+        ends_at_ms: 0,
+    });
+    one(&mut g, sale, 1);
+    assert_eq!(one(&mut g, buy(1, 1, 1, 1), 9), (NotStarted, 3, 0, false));
+    assert_eq!(
+        one(&mut g, buy(1, 1, 3, 2), 10),
+        (LimitExceeded, 3, 0, false)
+    );
+    assert_eq!(one(&mut g, buy(1, 2, 2, 3), 10), (Ok, 1, 2, false));
+    assert_eq!(one(&mut g, buy(1, 3, 2, 4), 10), (SoldOut, 1, 0, false));
+    let mut keys: Vec<String> = redis::cmd("KEYS").arg("*").query(&mut c).unwrap();
+    keys.sort();
+    assert_eq!(
+        keys,
+        ["gavel:{s:1}", "gavel:{s:1}:held", "gavel:{s:1}:order:3"],
+        "only the accepted purchase's key"
+    );
+    // Retried: evaluated again (NOT_STARTED is now OK), never replayed;
+    // other fields are no conflict.
+    assert_eq!(one(&mut g, buy(1, 1, 1, 1), 10), (Ok, 0, 1, false));
+    assert_eq!(one(&mut g, buy(1, 1, 1, 1), 10), (Ok, 0, 1, true));
+    assert_eq!(one(&mut g, buy(1, 3, 1, 4), 10), (SoldOut, 0, 0, false));
+    assert_eq!(one(&mut g, buy(1, 1, 2, 2), 10), (SoldOut, 0, 1, false));
+    assert_eq!(
+        g.execute(&[buy(1, 2, 1, 3)], 10).unwrap()[0],
+        OpResult::Conflict
+    );
+}
+
 /// PROTOCOL.md §7: a rejected bid's key may be forgotten. These scripts
 /// keep nothing for it: a retry is evaluated afresh, even with other fields.
 /// Accepted keys are fields of the auction's hash, and still replay (or
