@@ -7,6 +7,8 @@
 #   redis-server, redis-cli    redis-server, redis-tools   (cross-node tests)
 #   PostgreSQL 15 server       postgresql-15               (PostgreSQL store tests)
 #   tshark                     tshark                      (Wireshark dissector test)
+#   chromium                   chromium                    (client-bench --report test,
+#                                                          renders the page headless)
 #
 # PostgreSQL is looked for where the tests look (gavel_testkit::pg): in
 # $GAVEL_PG_BIN_DIR when set (then nothing is installed for it), else in
@@ -33,6 +35,7 @@ command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 command -v redis-cli >/dev/null 2>&1 || need+=(redis-tools)
 has_postgres || need+=(postgresql-15)
 command -v tshark >/dev/null 2>&1 || need+=(tshark)
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
 
 if [ "${#need[@]}" -gt 0 ]; then
     echo "test.sh: installing ${need[*]}"

@@ -348,6 +348,22 @@ pub struct BenchConfig {
     #[arg(long, env = "GAVEL_BENCH_HIST")]
     pub hist: Option<PathBuf>,
 
+    /// Write a self-contained HTML report to this file: the latency
+    /// percentile spectrum, replies per second, outcomes and errors, and the
+    /// run's configuration (inline SVG, no network access needed to view it).
+    #[arg(long, env = "GAVEL_BENCH_REPORT", value_name = "HTML")]
+    pub report: Option<PathBuf>,
+
+    /// With --report: overlay another run, read from the file its `--json`
+    /// wrote (before/after, or Gavel vs Redis). Read before the run starts.
+    #[arg(
+        long,
+        env = "GAVEL_BENCH_COMPARE",
+        value_name = "JSON",
+        requires = "report"
+    )]
+    pub compare: Option<PathBuf>,
+
     /// After the run, read every auction and sale back and check it against the
     /// acknowledged outcomes; exit 2 on any mismatch.
     #[arg(long, env = "GAVEL_BENCH_VERIFY")]

@@ -180,6 +180,8 @@ struct Ctx<'a> {
     registry: &'a Registry,
     addr: SocketAddr,
     deadline: Option<Instant>,
+    /// Start of the load phase, for the per-second reply counts.
+    started: Instant,
     active: &'a mut usize,
 }
 
@@ -286,6 +288,7 @@ impl Worker {
                     registry: poll.registry(),
                     addr: *addr,
                     deadline: *deadline,
+                    started: *started,
                     active,
                 };
                 fire_timers(&mut cx, conns, now);
@@ -326,6 +329,7 @@ impl Worker {
                 registry: poll.registry(),
                 addr: *addr,
                 deadline: *deadline,
+                started: *started,
                 active,
             };
             for ev in events.iter() {
@@ -681,6 +685,7 @@ fn handle_reply(cx: &mut Ctx<'_>, c: &mut Conn, reply: Reply, now: Instant) {
         return;
     };
     let latency_us = now.saturating_duration_since(p.at).as_micros() as u64;
+    let second = now.saturating_duration_since(cx.started).as_secs();
     match reply.kind {
         ReplyKind::Result {
             status,
@@ -689,9 +694,13 @@ fn handle_reply(cx: &mut Ctx<'_>, c: &mut Conn, reply: Reply, now: Instant) {
             ..
         } => {
             c.gen.observe(&p.op, value);
+            cx.stats.per_second.add(second, false);
             cx.stats.record_result(&p.op, status, replayed, latency_us)
         }
-        ReplyKind::Error { code } => cx.stats.record_error(code, latency_us),
+        ReplyKind::Error { code } => {
+            cx.stats.per_second.add(second, true);
+            cx.stats.record_error(code, latency_us)
+        }
         ReplyKind::Welcome | ReplyKind::Other(_) | ReplyKind::Push => cx.stats.unexpected += 1,
     }
     if let Pacing::Closed { think } = cx.plan.pacing {

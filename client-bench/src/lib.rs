@@ -16,6 +16,9 @@
 //! * [`setup`]: opening the auctions and sales a run uses;
 //! * [`verify`]: reading the server's state back and comparing;
 //! * [`report`]: the text summary, `--json` and `--hist` outputs;
+//! * [`html_report`]: `--report`, the self-contained HTML page of a run
+//!   (latency spectrum, replies per second, outcomes, configuration), with
+//!   `--compare` overlaying another run's `--json`;
 //! * [`progress`]: the live progress line on a terminal;
 //! * [`timer`]: sub-millisecond wakeups of the poll loop;
 //! * [`transport`]: the driver's non-blocking stream, plain TCP or TLS;
@@ -27,6 +30,7 @@ pub mod chaos;
 pub mod cli;
 pub mod config;
 pub mod driver;
+pub mod html_report;
 pub mod inflight;
 pub mod progress;
 pub mod report;

@@ -9,6 +9,7 @@ use clap::Parser;
 
 use client_bench::config::BenchConfig;
 use client_bench::driver::Run;
+use client_bench::html_report::{self, RunDoc};
 use client_bench::report::{write_hist, Summary};
 use client_bench::setup::{self, SetupReport};
 use client_bench::stats::Live;
@@ -37,6 +38,8 @@ fn main() -> ExitCode {
 
 fn run(config: &BenchConfig) -> anyhow::Result<ExitCode> {
     let plan = Arc::new(config.plan().map_err(|e| anyhow!(e))?);
+    // Read before the run, so a bad file fails fast.
+    let compare = config.compare.as_deref().map(RunDoc::load).transpose()?;
     let setup = if config.no_setup {
         if plan.redis.is_some() {
             // The load's EVALSHAs need the scripts loaded.
@@ -71,6 +74,11 @@ fn run(config: &BenchConfig) -> anyhow::Result<ExitCode> {
     }
     if let Some(path) = &config.hist {
         write_hist(&out.stats.hist, path)?;
+    }
+    if let Some(path) = &config.report {
+        let mut runs = vec![RunDoc::from_summary(&summary)?];
+        runs.extend(compare);
+        html_report::write(path, &runs)?;
     }
 
     if verified.as_ref().is_some_and(|v| !v.ok()) {

@@ -5,7 +5,10 @@
 //! (code name → count), `outcomes` (status name → count), `min_us`, `p50_us`,
 //! `p90_us`, `p99_us`, `p999_us`, `max_us`, `duration_s`, and `config` (the
 //! flags of the run, without the auth token), plus the extra counters of
-//! [`Summary`]. `in_doubt` counts the requests answered ERROR `IN_DOUBT`
+//! [`Summary`]. Added later (absent from older files, which readers must
+//! accept): `latency_spectrum` (HdrHistogram's percentile distribution as
+//! `{quantile, value_us}` points) and `per_second` (`results` and `errors`:
+//! replies by second of the run), which `--report` plots. `in_doubt` counts the requests answered ERROR `IN_DOUBT`
 //! (also in `failed` and in `errors`): unlike every other ERROR, they may
 //! have been applied.
 
@@ -16,11 +19,12 @@ use std::path::Path;
 
 use anyhow::Context as _;
 use hdrhistogram::Histogram;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::config::{BenchConfig, Pacing, Plan, Stop};
 use crate::driver::RunOutput;
 use crate::setup::SetupReport;
+use crate::stats::PerSecond;
 use crate::verify::VerifyReport;
 
 /// `--verify` result as reported.
@@ -90,6 +94,50 @@ pub struct Summary {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub verify: Option<VerifySummary>,
     pub config: BenchConfig,
+    /// The latency percentile spectrum (HdrHistogram's distribution, 5
+    /// ticks per half distance), as `--hist` prints it.
+    pub latency_spectrum: Vec<SpectrumPoint>,
+    /// Replies by second of the load phase.
+    pub per_second: PerSecondSummary,
+}
+
+/// One point of the latency percentile spectrum.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct SpectrumPoint {
+    /// Fraction of the answered requests at or below `value_us` (0 to 1).
+    pub quantile: f64,
+    pub value_us: u64,
+}
+
+/// Replies per second of the load phase, as in `--json`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PerSecondSummary {
+    /// RESULT replies that arrived in second `i` of the run.
+    pub results: Vec<u64>,
+    /// ERROR replies that arrived in second `i` of the run.
+    pub errors: Vec<u64>,
+}
+
+impl From<&PerSecond> for PerSecondSummary {
+    fn from(p: &PerSecond) -> Self {
+        PerSecondSummary {
+            results: p.results.clone(),
+            errors: p.errors.clone(),
+        }
+    }
+}
+
+/// HdrHistogram's percentile spectrum of `h` (empty when `h` is).
+pub fn spectrum(h: &Histogram<u64>) -> Vec<SpectrumPoint> {
+    if h.is_empty() {
+        return Vec::new();
+    }
+    h.iter_quantiles(5)
+        .map(|v| SpectrumPoint {
+            quantile: v.quantile_iterated_to(),
+            value_us: v.value_iterated_to(),
+        })
+        .collect()
 }
 
 impl Summary {
@@ -170,6 +218,8 @@ impl Summary {
                 mismatches: v.mismatches.clone(),
             }),
             config: config.clone(),
+            latency_spectrum: spectrum(h),
+            per_second: PerSecondSummary::from(&s.per_second),
         }
     }
 
@@ -397,6 +447,21 @@ mod tests {
         assert!(last.contains("1000"), "{last}");
         let empty = percentile_distribution(&Histogram::<u64>::new(3).unwrap());
         assert!(empty.contains("Total count    =            0"));
+    }
+
+    #[test]
+    fn spectrum_points() {
+        assert!(spectrum(&Histogram::<u64>::new(3).unwrap()).is_empty());
+        let mut h = Histogram::<u64>::new_with_bounds(1, 1_000_000, 3).unwrap();
+        for v in 1..=1000 {
+            h.record(v).unwrap();
+        }
+        let s = spectrum(&h);
+        assert!(s.len() > 10, "{}", s.len());
+        assert!(s.windows(2).all(|w| w[0].quantile <= w[1].quantile));
+        assert!(s.windows(2).all(|w| w[0].value_us <= w[1].value_us));
+        let last = s.last().unwrap();
+        assert_eq!((last.quantile, last.value_us), (1.0, h.max()));
     }
 
     #[test]

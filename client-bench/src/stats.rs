@@ -9,7 +9,8 @@
 //! request's. Latencies are recorded only
 //! for requests that got a reply. Each driver thread keeps its own [`Stats`];
 //! they are merged at the end. [`Live`] holds the few shared counters the
-//! progress line reads while the run is going.
+//! progress line reads while the run is going. [`PerSecond`] counts replies
+//! by the second of the run they arrived in (for `--report`'s throughput plot).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -106,7 +107,50 @@ pub struct Stats {
     /// Open loop: how late requests were sent after their intended time, µs.
     /// Large values mean the generator (or its machine) could not keep up.
     pub send_lag: Histogram<u64>,
+    /// Replies (RESULT / ERROR) by the second of the load phase they arrived in.
+    pub per_second: PerSecond,
     pub expect: Expectations,
+}
+
+/// Replies counted by the second of the load phase they arrived in: index
+/// `i` holds the replies of `[i s, i+1 s)`. The vectors grow once per second
+/// of the run, never per request.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PerSecond {
+    /// RESULT replies (any business outcome).
+    pub results: Vec<u64>,
+    /// ERROR replies to workload requests.
+    pub errors: Vec<u64>,
+}
+
+impl PerSecond {
+    /// Counts one reply that arrived `second` whole seconds into the run.
+    #[inline]
+    pub fn add(&mut self, second: u64, error: bool) {
+        let i = second as usize;
+        if i >= self.results.len() {
+            self.results.resize(i + 1, 0);
+            self.errors.resize(i + 1, 0);
+        }
+        if error {
+            self.errors[i] += 1;
+        } else {
+            self.results[i] += 1;
+        }
+    }
+
+    fn merge(&mut self, o: &PerSecond) {
+        if o.results.len() > self.results.len() {
+            self.results.resize(o.results.len(), 0);
+            self.errors.resize(o.results.len(), 0);
+        }
+        for (a, b) in self.results.iter_mut().zip(&o.results) {
+            *a += b;
+        }
+        for (a, b) in self.errors.iter_mut().zip(&o.errors) {
+            *a += b;
+        }
+    }
 }
 
 impl Stats {
@@ -134,6 +178,7 @@ impl Stats {
             hist: Histogram::new_with_bounds(1, HIST_MAX_US, 3).expect("valid histogram bounds"),
             send_lag: Histogram::new_with_bounds(1, HIST_MAX_US, 2)
                 .expect("valid histogram bounds"),
+            per_second: PerSecond::default(),
             expect: Expectations::new(auctions, sales),
         }
     }
@@ -227,6 +272,7 @@ impl Stats {
         self.send_lag
             .add(&o.send_lag)
             .expect("histograms share bounds");
+        self.per_second.merge(&o.per_second);
         self.expect.merge(&o.expect);
     }
 
@@ -347,6 +393,25 @@ mod tests {
         live.publish(&a, &mut p);
         live.publish(&a, &mut p);
         assert_eq!(live.snapshot(), [6, 4, 1, 1]);
+    }
+
+    #[test]
+    fn per_second_counts_and_merges() {
+        let mut a = Stats::new(1, 0);
+        a.per_second.add(0, false);
+        a.per_second.add(2, false);
+        a.per_second.add(2, true);
+        assert_eq!(a.per_second.results, vec![1, 0, 1]);
+        assert_eq!(a.per_second.errors, vec![0, 0, 1]);
+        let mut b = Stats::new(1, 0);
+        b.per_second.add(3, false);
+        b.per_second.add(0, true);
+        a.merge(&b);
+        assert_eq!(a.per_second.results, vec![1, 0, 1, 1]);
+        assert_eq!(a.per_second.errors, vec![1, 0, 1, 0]);
+        let mut c = Stats::new(1, 0);
+        c.merge(&Stats::new(1, 0));
+        assert!(c.per_second.results.is_empty());
     }
 
     #[test]
