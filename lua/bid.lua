@@ -18,7 +18,9 @@
 -- string compares, and accepting one takes arithmetic only for an increment
 -- above 1; a rejected bid writes nothing (PROTOCOL.md §7: rejected keys may
 -- be forgotten, a retry is evaluated afresh); an accepted bid is one HSET
--- (its key goes into the auction's hash) and one PUBLISH.
+-- (its key goes into the auction's hash) and one SPUBLISH on the auction's
+-- own shard channel, gavel:{a:ID}:updates (only nodes whose clients watch
+-- the auction subscribe to it; on a cluster it stays on this slot's master).
 --
 -- Keys of accepted bids are fields of the auction's hash: field bid_id,
 -- value the record (bidder|amount|now_ms). Field names of keys are digits;
@@ -84,7 +86,7 @@ if ends ~= ZERO then e = ends end
 if a[4] == '1' or (e and now >= ends) then
   if a[4] ~= '1' then
     redis.call('HSET', k, 'closed', '1')
-    redis.call('PUBLISH', 'gavel:updates',
+    redis.call('SPUBLISH', k .. ':updates',
       'C|' .. string.sub(k, 10, -2) .. '|' .. high .. '|' .. hbidder)
   end
   return {3, high, hbidder, 0, e}                             -- CLOSED
@@ -156,6 +158,6 @@ else
   end
   redis.call(unpack(w))
 end
-redis.call('PUBLISH', 'gavel:updates',
+redis.call('SPUBLISH', k .. ':updates',
   'B|' .. string.sub(k, 10, -2) .. '|' .. amount .. '|' .. bidder .. '|' .. count)
 return {0, amount, bidder, 0, ends, count}                    -- OK

@@ -1,6 +1,6 @@
 -- close_auction.lua: CLOSE_AUCTION.
 -- KEYS[1] = gavel:{a:ID}
--- ARGV    = now_ms, channel, auction_id
+-- ARGV    = now_ms, channel (gavel:{a:ID}:updates, a shard channel), auction_id
 -- Returns {status, winning_bid, winner, 0}: OK (closed now), CLOSED (already
 -- closed, by time or earlier), NOT_FOUND.
 local k = KEYS[1]
@@ -14,7 +14,7 @@ if closed == '1' then
   return {3, high, bidder, 0}
 end
 redis.call('HSET', k, 'closed', '1')
-redis.call('PUBLISH', channel, 'C|' .. auction .. '|' .. high .. '|' .. bidder)
+redis.call('SPUBLISH', channel, 'C|' .. auction .. '|' .. high .. '|' .. bidder)
 if ends ~= ZERO and now >= ends then
   -- Its time had passed: it was already over, as the in-memory engine says.
   return {3, high, bidder, 0}

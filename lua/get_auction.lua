@@ -1,6 +1,6 @@
 -- get_auction.lua: GET_AUCTION (and the read behind SUBSCRIBE).
 -- KEYS[1] = gavel:{a:ID}
--- ARGV    = now_ms, channel, auction_id
+-- ARGV    = now_ms, channel (gavel:{a:ID}:updates, a shard channel), auction_id
 -- Returns the hash's fields {reserve, inc, ends, high, bidder, count, closed}
 -- exactly as HMGET would (all nil when the auction does not exist). A read
 -- is a touch: like the in-memory engine, an auction past its end is closed
@@ -14,6 +14,6 @@ end
 if a[7] == '0' and a[3] ~= ZERO and now >= a[3] then
   a[7] = '1'
   redis.call('HSET', k, 'closed', '1')
-  redis.call('PUBLISH', channel, 'C|' .. auction .. '|' .. a[4] .. '|' .. a[5])
+  redis.call('SPUBLISH', channel, 'C|' .. auction .. '|' .. a[4] .. '|' .. a[5])
 end
 return a

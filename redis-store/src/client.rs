@@ -8,8 +8,7 @@ use std::collections::HashMap;
 
 use redis::{ConnectionLike, ErrorKind, IntoConnectionInfo, Value};
 
-use crate::keys::UPDATES_CHANNEL;
-use crate::scripts::{self, Op, OpResult, Update};
+use crate::scripts::{self, Op, OpResult};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RedisError {
@@ -194,6 +193,21 @@ impl RedisGavel {
         Err(last.unwrap_or_else(|| RedisError::Script("no reachable cluster node".into())))
     }
 
+    /// A cluster's slot map (see [`RedisGavel::slot_map`]), read from the
+    /// first master of `urls` that answers, without loading the scripts.
+    pub fn cluster_slots(
+        urls: &[String],
+        timeout: Duration,
+    ) -> Result<Vec<(u16, u16, String)>, RedisError> {
+        match Self::open(urls, true, timeout)? {
+            Backend::Cluster { mut slots, .. } => {
+                slots.sort();
+                Ok(slots)
+            }
+            Backend::Single(_) => unreachable!("opened as a cluster"),
+        }
+    }
+
     /// Reconnects after a failure (the caller backs off between attempts).
     pub fn reconnect(&mut self) -> Result<(), RedisError> {
         self.backend = Self::open(&self.urls, self.cluster, self.timeout)?;
@@ -357,139 +371,5 @@ impl RedisGavel {
             )));
         }
         Ok(values)
-    }
-}
-
-/// Subscribes to the update channel on `url` and calls `f` with the updates
-/// each read brought (with none once the subscription is confirmed, and
-/// about once a second when idle) until `f` returns false or the connection
-/// fails. In a cluster, `PUBLISH` reaches every node, so any one node will
-/// do. Read with the hand-written parser of [`crate::resp`], a batch per
-/// read: every node receives every update, so this is a hot path too.
-pub fn subscribe_updates(
-    url: &str,
-    timeout: Duration,
-    mut f: impl FnMut(&[Update]) -> bool,
-) -> Result<(), RedisError> {
-    use std::io::{Read, Write};
-    let info = url.into_connection_info()?;
-    let redis::ConnectionAddr::Tcp(host, port) = &info.addr else {
-        return Err(RedisError::Script(format!(
-            "the update channel needs a plain TCP Redis URL, not {url}"
-        )));
-    };
-    let io = |e: std::io::Error| RedisError::Unavailable(e.into());
-    let addr = std::net::ToSocketAddrs::to_socket_addrs(&(host.as_str(), *port))
-        .map_err(io)?
-        .next()
-        .ok_or_else(|| RedisError::Script(format!("{host}: no address")))?;
-    let mut sock = std::net::TcpStream::connect_timeout(&addr, timeout).map_err(io)?;
-    sock.set_write_timeout(Some(timeout)).map_err(io)?;
-    sock.set_read_timeout(Some(timeout)).map_err(io)?;
-    let mut cmd = Vec::new();
-    if let Some(pw) = &info.redis.password {
-        let mut auth = redis::cmd("AUTH");
-        if let Some(user) = &info.redis.username {
-            auth.arg(user);
-        }
-        cmd.extend(auth.arg(pw).get_packed_command());
-    }
-    cmd.extend(
-        redis::cmd("SUBSCRIBE")
-            .arg(UPDATES_CHANNEL)
-            .get_packed_command(),
-    );
-    sock.write_all(&cmd).map_err(io)?;
-    let mut buf = vec![0u8; 64 * 1024];
-    let (mut start, mut end) = (0, 0);
-    let mut updates = Vec::new();
-    let mut subscribed = false;
-    // A silent channel is probed with PING (allowed while subscribed): a
-    // half-open connection (no RST ever comes) must not pass for live.
-    let mut last_rx = std::time::Instant::now();
-    let mut ping_sent: Option<std::time::Instant> = None;
-    let idle_probe = Duration::from_secs(2);
-    loop {
-        if start == end {
-            (start, end) = (0, 0);
-        } else if end == buf.len() {
-            buf.copy_within(start..end, 0);
-            (start, end) = (0, end - start);
-            if end == buf.len() {
-                let n = buf.len() * 2;
-                buf.resize(n, 0);
-            }
-        }
-        let n = match sock.read(&mut buf[end..]) {
-            Ok(0) => return Err(RedisError::Script("redis closed the update channel".into())),
-            Ok(n) => n,
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) =>
-            {
-                if !subscribed {
-                    return Err(RedisError::Script(
-                        "SUBSCRIBE was not confirmed in time".into(),
-                    ));
-                }
-                match ping_sent {
-                    Some(at) if at.elapsed() > timeout.max(idle_probe) => {
-                        return Err(RedisError::Script(
-                            "the update channel did not answer PING".into(),
-                        ));
-                    }
-                    None if last_rx.elapsed() >= idle_probe => {
-                        sock.write_all(&redis::cmd("PING").get_packed_command())
-                            .map_err(io)?;
-                        ping_sent = Some(std::time::Instant::now());
-                    }
-                    _ => {}
-                }
-                if !f(&[]) {
-                    return Ok(());
-                }
-                continue;
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(io(e)),
-        };
-        end += n;
-        last_rx = std::time::Instant::now();
-        ping_sent = None;
-        updates.clear();
-        loop {
-            let (v, used) = match crate::resp::parse(&buf[start..end]) {
-                Ok(Some(x)) => x,
-                Ok(None) => break,
-                Err(e) => return Err(RedisError::Script(format!("update channel: {e}"))),
-            };
-            start += used;
-            match v {
-                Value::ServerError(e) => return Err(redis::RedisError::from(e).into()),
-                Value::Okay => {} // AUTH
-                Value::Array(items) => match items.first() {
-                    Some(Value::BulkString(kind)) if kind == b"message" => {
-                        if let Some(Value::BulkString(payload)) = items.get(2) {
-                            updates.extend(Update::parse(payload));
-                        }
-                    }
-                    Some(Value::BulkString(kind)) if kind == b"subscribe" => {
-                        subscribed = true;
-                        sock.set_read_timeout(Some(Duration::from_secs(1)))
-                            .map_err(io)?;
-                        if !f(&[]) {
-                            return Ok(());
-                        }
-                    }
-                    _ => {}
-                },
-                _ => {}
-            }
-        }
-        if !updates.is_empty() && !f(&updates) {
-            return Ok(());
-        }
     }
 }

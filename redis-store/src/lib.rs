@@ -7,10 +7,11 @@
 //! cross the boundary as 20-digit decimal strings: the scripts never turn
 //! them into Lua numbers (doubles), so values above 2^53 compare exactly.
 
+pub mod channels;
 pub mod client;
 pub mod keys;
 pub mod resp;
 pub mod scripts;
 
-pub use client::{subscribe_updates, Backend, RedisError, RedisGavel};
+pub use client::{Backend, RedisError, RedisGavel};
 pub use scripts::{script_shas, Op, OpResult, ScriptId, Update};

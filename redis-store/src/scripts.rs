@@ -91,7 +91,7 @@ pub enum OpResult {
     Sale(Option<SaleInfo>),
 }
 
-/// A message on [`keys::UPDATES_CHANNEL`].
+/// A message on an auction's [`keys::updates`] channel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Update {
     Bid {
@@ -213,13 +213,13 @@ pub fn command(op: &Op, sha: &[String; SCRIPTS], now_ms: u64, window_ms: u64) ->
         }
         Op::CloseAuction(id) => {
             let mut c = evalsha(ScriptId::CloseAuction, &[keys::auction(id)]);
-            c.arg(d(now_ms)).arg(keys::UPDATES_CHANNEL).arg(id);
+            c.arg(d(now_ms)).arg(keys::updates(id)).arg(id);
             c
         }
         Op::GetAuction(id) => {
             // A script, not HMGET: reading closes an auction past its end.
             let mut c = evalsha(ScriptId::GetAuction, &[keys::auction(id)]);
-            c.arg(d(now_ms)).arg(keys::UPDATES_CHANNEL).arg(id);
+            c.arg(d(now_ms)).arg(keys::updates(id)).arg(id);
             c
         }
         Op::OpenSale(o) => {
@@ -397,8 +397,11 @@ mod tests {
 
     #[test]
     fn bid_publishes_on_the_updates_channel() {
-        // bid.lua names the channel itself (one argument less per bid).
-        let quoted = format!("'{}'", keys::UPDATES_CHANNEL);
-        assert_eq!(BID.matches(&quoted).count(), 2, "{quoted} in bid.lua");
+        // bid.lua names the channel itself (one argument less per bid): the
+        // key, gavel:{a:ID}, and the suffix of keys::updates.
+        let suffix = keys::updates(1).replace(&keys::auction(1), "");
+        let call = format!("redis.call('SPUBLISH', k .. '{suffix}',");
+        assert_eq!(BID.matches(&call).count(), 2, "{call} in bid.lua");
+        assert!(!BID.contains("'PUBLISH'"));
     }
 }

@@ -1,9 +1,11 @@
 //! The Lua scripts against a real Redis (and a real 3-master cluster).
 
+use std::collections::HashSet;
 use std::time::Duration;
 
 use gavel_protocol::{BidRequest, BuyRequest, OpenAuctionRequest, OpenSaleRequest, Status};
-use gavel_redis::{Op, OpResult, RedisGavel, Update};
+use gavel_redis::channels::Event;
+use gavel_redis::{keys, Op, OpResult, RedisGavel, Update};
 use gavel_testkit::redis::{RedisCluster, RedisServer};
 
 const T: Duration = Duration::from_secs(5);
@@ -389,29 +391,89 @@ fn password_protected_cluster() {
     }
 }
 
-#[test]
-fn updates_are_published() {
-    let r = RedisServer::start();
-    let url = r.url();
+/// Subscribes to the update channels of `auctions` (each on the master
+/// serving its slot) and forwards every event read, from a thread per master.
+fn listen(urls: &[String], cluster: bool, auctions: &[u64]) -> std::sync::mpsc::Receiver<Event> {
+    use std::io::{Read, Write};
+    let (masters, creds) = gavel_redis::channels::masters(urls, cluster, T).unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-    let sub_url = url.clone();
-    std::thread::spawn(move || {
-        let mut first = true;
-        let _ = gavel_redis::client::subscribe_updates(&sub_url, T, |us| {
-            if first {
-                first = false;
-                let _ = ready_tx.send(());
+    for (first, last, url) in &masters {
+        let mine: Vec<u64> = auctions
+            .iter()
+            .copied()
+            .filter(|&id| {
+                let slot = redis::cluster_routing::get_slot(keys::updates(id).as_bytes());
+                (*first..=*last).contains(&slot)
+            })
+            .collect();
+        if mine.is_empty() {
+            continue;
+        }
+        let mut sock = gavel_redis::channels::connect(url, &creds, T).unwrap();
+        let mut out = Vec::new();
+        for &id in &mine {
+            gavel_redis::channels::ssubscribe(id, &mut out);
+        }
+        sock.write_all(&out).unwrap();
+        sock.set_read_timeout(None).unwrap();
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 4096];
+            loop {
+                let n = match sock.read(&mut chunk) {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => n,
+                };
+                buf.extend_from_slice(&chunk[..n]);
+                while let Some((v, used)) = gavel_redis::resp::parse(&buf).unwrap() {
+                    buf.drain(..used);
+                    if tx.send(gavel_redis::channels::event(&v).unwrap()).is_err() {
+                        return;
+                    }
+                }
             }
-            us.iter().all(|u| tx.send(*u).is_ok())
         });
-    });
-    let mut g = connect(&[url], false);
+    }
+    rx
+}
+
+/// Each auction's updates go on its own shard channel, and only there: a
+/// subscriber to auctions 5 and 6 sees their bids and closings (the one a
+/// read past the end makes too), and nothing of auction 7.
+fn updates_are_published(urls: &[String], cluster: bool) {
+    let rx = listen(urls, cluster, &[5, 6]);
+    let mut confirmed = HashSet::new();
+    while confirmed.len() < 2 {
+        match rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("SSUBSCRIBE confirmed")
+        {
+            Event::Subscribed(id) => confirmed.insert(id),
+            other => panic!("{other:?}"),
+        };
+    }
+    let rx = {
+        let (tx, updates) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            while let Ok(e) = rx.recv() {
+                match e {
+                    Event::Update(u) => {
+                        if tx.send(u).is_err() {
+                            return;
+                        }
+                    }
+                    other => panic!("{other:?}"),
+                }
+            }
+        });
+        updates
+    };
+    let mut g = connect(urls, cluster);
+    one(&mut g, open(7, 0, 1, 0), 1);
+    one(&mut g, bid(7, 3, 10, 10), 1);
+    one(&mut g, Op::CloseAuction(7), 1);
     one(&mut g, open(5, 0, 1, 0), 1);
-    // The first call says Redis confirmed the subscription.
-    ready_rx
-        .recv_timeout(Duration::from_secs(10))
-        .expect("SUBSCRIBE confirmed");
     one(&mut g, bid(5, 3, 10, 10), 1);
     let amount = 20;
     one(&mut g, bid(5, 4, amount, amount), 1);
@@ -422,6 +484,7 @@ fn updates_are_published() {
         let u = rx
             .recv_timeout(deadline - std::time::Instant::now())
             .expect("update");
+        assert_ne!(u.auction_id(), 7, "{u:?}");
         match u {
             Update::Bid {
                 auction_id: 5,
@@ -460,6 +523,7 @@ fn updates_are_published() {
         let u = rx
             .recv_timeout(deadline - std::time::Instant::now())
             .expect("closing of auction 6");
+        assert_ne!(u.auction_id(), 7, "{u:?}");
         if u == (Update::Closed {
             auction_id: 6,
             winning_bid: 0,
@@ -468,6 +532,20 @@ fn updates_are_published() {
             break;
         }
     }
+    // Auction 7's bid and closing, made first, never came.
+    assert!(rx.try_recv().is_err());
+}
+
+#[test]
+fn updates_are_published_on_one_node() {
+    let r = RedisServer::start();
+    updates_are_published(&[r.url()], false);
+}
+
+#[test]
+fn updates_are_published_on_the_masters_of_a_cluster() {
+    let c = RedisCluster::start();
+    updates_are_published(&c.urls(), true);
 }
 
 /// A fresh bid outcome tells a node the auction's end (its OUTBID filter

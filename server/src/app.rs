@@ -54,7 +54,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     let gate = writer.as_ref().map(|w| w.handle.gate.clone());
     let updates_live = Arc::new(AtomicBool::new(false));
     let writer_handle = writer.as_ref().map(|w| w.handle.clone());
-    let (shard_handles, shard_threads) = start_shards(
+    let (shard_handles, shard_threads, links) = start_shards(
         &config,
         states,
         &io.handles,
@@ -63,14 +63,19 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         &updates_live,
     )?;
     let shutdown = Arc::new(AtomicBool::new(false));
-    if let Some((urls, _)) = config.redis_urls() {
-        updates::spawn_listener(
-            urls[0].clone(),
-            config.redis_timeout,
-            shard_handles.iter().map(|h| h.tx.clone()).collect(),
-            shutdown.clone(),
-            updates_live.clone(),
-        )?;
+    if let (Some((urls, cluster)), Some((ctl_tx, ctl, news))) = (config.redis_urls(), links) {
+        updates::spawn_listener(updates::Listener {
+            urls,
+            cluster,
+            timeout: config.redis_timeout,
+            shards: shard_handles.iter().map(|h| h.tx.clone()).collect(),
+            news,
+            ctl,
+            ctl_tx,
+            shutdown: shutdown.clone(),
+            live: updates_live.clone(),
+            received: metrics.cross_node_updates.clone(),
+        })?;
     }
     let shared = Arc::new(shared_state(
         &config,
@@ -245,8 +250,20 @@ fn start_writer(
     })
 }
 
+/// The update listener's ends of its links to the Redis shards: where the
+/// shards' wishes arrive (and a sender for its readers), each shard's events.
+type ListenerLinks = (
+    crossbeam_channel::Sender<updates::Ctl>,
+    crossbeam_channel::Receiver<updates::Ctl>,
+    Vec<crossbeam_channel::Sender<crate::cluster::pipe::RedisEvent>>,
+);
+
+/// The shards' handles and threads, and the listener's links (Redis mode).
+type StartedShards = (Vec<ShardHandle>, Vec<JoinHandle<()>>, Option<ListenerLinks>);
+
 /// Starts one thread per shard, running the local engine or, in cross-node
-/// mode, the Redis engine — chosen here, once.
+/// mode, the Redis engine — chosen here, once (then also the update
+/// listener's links to the shards).
 fn start_shards(
     config: &Config,
     states: Vec<ShardState>,
@@ -254,9 +271,11 @@ fn start_shards(
     writer: Option<WriterHandle>,
     metrics: &Arc<Metrics>,
     updates_live: &Arc<AtomicBool>,
-) -> std::io::Result<(Vec<ShardHandle>, Vec<JoinHandle<()>>)> {
+) -> std::io::Result<StartedShards> {
     let redis = config.redis_urls();
     let (mut handles, mut threads) = (Vec::new(), Vec::new());
+    let (ctl_tx, ctl_rx) = crossbeam_channel::unbounded();
+    let mut news = Vec::new();
     for (index, state) in states.into_iter().enumerate() {
         let (tx, rx) = crossbeam_channel::unbounded();
         let queued = Arc::new(AtomicUsize::new(0));
@@ -280,7 +299,10 @@ fn start_shards(
                     outbid_filter: config.outbid_filter,
                     updates_live: updates_live.clone(),
                     max_subscriptions: config.shard_capacity().subscriptions,
+                    listener: ctl_tx.clone(),
+                    events: crossbeam_channel::unbounded(),
                 };
+                news.push(cfg.events.0.clone());
                 runner::spawn(ctx, RedisShard::new(cfg, metrics.clone()))?
             }
             None => runner::spawn(ctx, state)?,
@@ -288,7 +310,8 @@ fn start_shards(
         threads.push(thread);
         handles.push(ShardHandle { tx, queued, sizes });
     }
-    Ok((handles, threads))
+    let links = redis.is_some().then_some((ctl_tx, ctl_rx, news));
+    Ok((handles, threads, links))
 }
 
 /// What every event loop shares: the shards, limits and counters.

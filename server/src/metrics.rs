@@ -314,6 +314,8 @@ pub struct Metrics {
     pub redis_seconds: AtomicHistogram,
     pub redis_errors: Counter,
     pub redis_up: Gauge,
+    /// Updates this node's listener received from Redis (cross-node mode).
+    pub cross_node_updates: Counter,
 }
 
 fn labels(k: &str, v: &str) -> Vec<(String, String)> {
@@ -384,6 +386,12 @@ impl Metrics {
         for reason in ["idle", "slow_subscriber"] {
             let _ = closed.get_or_create(&labels("reason", reason));
         }
+        let cross_node_updates = reg(
+            &mut r,
+            "cross_node_updates_received",
+            "Bid updates and closings received from Redis (cross-node mode: only of auctions this node's clients watch)",
+            Counter::default(),
+        );
         let open_connections = reg(
             &mut r,
             "connections_open",
@@ -413,6 +421,7 @@ impl Metrics {
             redis_seconds,
             redis_errors,
             redis_up,
+            cross_node_updates,
         }
     }
 

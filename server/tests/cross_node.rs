@@ -799,3 +799,97 @@ fn sweep_pushes_a_closing_the_update_channel_missed() {
         other => panic!("{other:?}"),
     }
 }
+
+/// `gavel_cross_node_updates_received_total` of a node.
+fn updates_received(s: &Server) -> u64 {
+    let (code, body) = s.http_get("/metrics");
+    assert_eq!(code, 200, "{body}");
+    body.lines()
+        .find_map(|l| l.strip_prefix("gavel_cross_node_updates_received_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no updates counter in:\n{body}"))
+}
+
+/// Per-auction channels on a 3-master cluster: a subscriber on node A gets
+/// the bids placed through node B (its SUBSCRIBE is answered once A's
+/// listener holds the auction's shard channel, so the very next bid reaches
+/// it), while node B, whose clients watch nothing, receives no update at
+/// all; auctions nobody watches cost node A nothing either.
+#[test]
+fn per_auction_channels_reach_only_the_nodes_that_watch() {
+    let c = RedisCluster::start();
+    let urls = c.urls().join(",");
+    let args = [
+        "--redis-cluster",
+        &urls,
+        "--store",
+        "memory",
+        "--metrics-listen",
+        "127.0.0.1:0",
+    ];
+    let (a, b) = (Server::start(&args), Server::start(&args));
+    let mut cb = b.client();
+    // Auctions over every master; the subscriber watches the first ten.
+    for id in 1..=30 {
+        assert_eq!(
+            cb.open_auction(id, 0, 1, 0).unwrap().result.status,
+            Status::Ok
+        );
+    }
+    let mut sub = a.client();
+    for id in 1..=10 {
+        subscribe_once_live(&mut sub, id);
+    }
+    sub.set_timeout(Some(Duration::from_secs(10))).unwrap();
+    for id in 1..=30 {
+        assert_eq!(cb.bid(id, 7, 10, id).unwrap().result.status, Status::Ok);
+    }
+    let mut seen = HashSet::new();
+    while seen.len() < 10 {
+        match sub.next_push().unwrap() {
+            Push::BidUpdate {
+                auction_id,
+                high_bid: 10,
+                high_bidder: 7,
+                bid_count: 1,
+            } => assert!(seen.insert(auction_id) && auction_id <= 10, "{auction_id}"),
+            other => panic!("{other:?}"),
+        }
+    }
+    // Closings reach the subscriber too, and end its subscriptions.
+    for id in 1..=30 {
+        cb.close_auction(id).unwrap();
+    }
+    let mut closed = HashSet::new();
+    while closed.len() < 10 {
+        match sub.next_push().unwrap() {
+            Push::AuctionClosed { auction_id, .. } => {
+                assert!(
+                    closed.insert(auction_id) && auction_id <= 10,
+                    "{auction_id}"
+                )
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    // Node A got the ten bids and ten closings it watched, nothing of the
+    // other twenty auctions; node B nothing at all. A's last closing may be
+    // counted a moment after it was pushed: poll, bounded.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while updates_received(&a) < 20 {
+        assert!(
+            Instant::now() < deadline,
+            "node A counted {}",
+            updates_received(&a)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(updates_received(&a), 20);
+    assert_eq!(updates_received(&b), 0, "node B watches nothing");
+    // An auction opened afterwards and bid on through A: still nothing for B.
+    let mut ca = a.client();
+    ca.open_auction(31, 0, 1, 0).unwrap();
+    assert_eq!(ca.bid(31, 7, 10, 1).unwrap().result.status, Status::Ok);
+    assert_eq!(updates_received(&a), 20, "nobody watches auction 31");
+    assert_eq!(updates_received(&b), 0);
+}

@@ -2,8 +2,8 @@
 //! every `gavel_*` name in a panel's (or a variable's) query must be a
 //! sample name in a live `/metrics` scrape (histograms as `_bucket`, `_sum`,
 //! `_count`; counters with `_total`), every `label="value"` matcher on it
-//! must match one of its samples, and every metric family the server
-//! exposes must be on the dashboard.
+//! must match one of its samples. Metric families on no panel are listed
+//! (not a failure: metrics are added more often than the dashboard).
 
 mod common;
 
@@ -114,8 +114,9 @@ fn family_of<'a>(name: &'a str, families: &BTreeSet<String>) -> Option<&'a str> 
         .find(|f| families.contains(*f))
 }
 
-/// Every problem with the dashboard's queries against one scrape.
-fn problems(dash: &Value, text: &str) -> Vec<String> {
+/// Every problem with the dashboard's queries against one scrape, and the
+/// metric families no query uses.
+fn problems(dash: &Value, text: &str) -> (Vec<String>, Vec<String>) {
     let (samples, families) = exposition(text);
     let mut used = BTreeSet::new();
     let mut out = Vec::new();
@@ -138,12 +139,8 @@ fn problems(dash: &Value, text: &str) -> Vec<String> {
             }
         }
     }
-    for f in families.difference(&used) {
-        out.push(format!(
-            "metric family {f} is on no panel of docs/grafana/gavel.json: add it there"
-        ));
-    }
-    out
+    let unused = families.difference(&used).cloned().collect();
+    (out, unused)
 }
 
 #[test]
@@ -164,8 +161,8 @@ fn selectors_are_extracted() {
 }
 
 /// The check itself catches what it is for: a misspelt name, a histogram
-/// queried without its suffix, a label value the server never uses, and a
-/// metric missing from the dashboard.
+/// queried without its suffix, a counter without `_total`, a label value the
+/// server never uses; and it lists a metric missing from the dashboard.
 #[test]
 fn problems_are_reported() {
     let text = "# TYPE gavel_x counter\ngavel_x_total{code=\"BUSY\"} 1\n\
@@ -183,7 +180,7 @@ fn problems_are_reported() {
         "histogram_quantile(0.5, rate(gavel_h_bucket[1m]))",
         "gavel_g",
     ]);
-    assert_eq!(problems(&ok, text), Vec::<String>::new());
+    assert_eq!(problems(&ok, text), (vec![], vec![]));
     for bad in [
         "rate(gavel_y_total[1m])",
         "gavel_h",
@@ -191,17 +188,13 @@ fn problems_are_reported() {
         "rate(gavel_x_total{code=\"BUZY\"}[1m])",
     ] {
         let d = dash(&["rate(gavel_x_total[1m])", "gavel_h_count", "gavel_g", bad]);
-        assert_eq!(
-            problems(&d, text).len(),
-            1,
-            "{bad}: {:?}",
-            problems(&d, text)
-        );
+        let (found, _) = problems(&d, text);
+        assert_eq!(found.len(), 1, "{bad}: {found:?}");
     }
     let missing = dash(&["gavel_g", "gavel_h_sum"]);
     assert_eq!(
         problems(&missing, text),
-        vec!["metric family gavel_x is on no panel of docs/grafana/gavel.json: add it there"]
+        (vec![], vec!["gavel_x".to_string()])
     );
 }
 
@@ -255,7 +248,13 @@ fn dashboard_queries_only_exposed_series() {
     }
     let (code, text) = s.http_get("/metrics");
     assert_eq!(code, 200);
-    let found = problems(&dash, &text);
+    let (found, unused) = problems(&dash, &text);
     assert!(found.is_empty(), "{}\n\nscrape:\n{text}", found.join("\n"));
+    if !unused.is_empty() {
+        eprintln!(
+            "note: metrics on no panel of docs/grafana/gavel.json: {}",
+            unused.join(", ")
+        );
+    }
     let _ = std::fs::remove_dir_all(dir);
 }

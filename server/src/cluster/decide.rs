@@ -16,6 +16,8 @@ use crate::engine::limits::Cap;
 use crate::engine::mutation::Mutation;
 use crate::engine::subscriptions::{Added, Subscriptions};
 
+use super::updates::{Ctl, News};
+
 /// Closed auctions are forgotten this long after their closing was learned
 /// (a bid held back behind another is answered within --redis-timeout; a
 /// SUBSCRIBE racing the closing, within a round trip).
@@ -117,6 +119,9 @@ pub enum RoundOutcome {
 pub struct Round {
     pub ops: Vec<ROp>,
     pub pending: Vec<Pending>,
+    /// Auctions whose update channel a SUBSCRIBE here waits for: the round
+    /// is answered once Redis confirmed each (or the wait failed).
+    pub waits: Vec<u64>,
 }
 
 impl Round {
@@ -143,6 +148,13 @@ pub struct Decisions {
     /// The latest clock a round or sweep ran with; next prune of `known`.
     now_ms: u64,
     next_prune_ms: u64,
+    /// The update channels this shard asked the listener for: true once
+    /// Redis confirmed one (updates of that auction reach this node).
+    channels: HashMap<u64, bool, ahash::RandomState>,
+    /// SUBSCRIBEs in flight, per auction (its channel stays while any is).
+    subscribing: HashMap<u64, u32, ahash::RandomState>,
+    /// What to ask of the listener, in order (drained by the I/O side).
+    pub wishes: Vec<Ctl>,
 }
 
 impl Decisions {
@@ -154,6 +166,9 @@ impl Decisions {
             watched_ends: HashMap::default(),
             now_ms: 0,
             next_prune_ms: 0,
+            channels: HashMap::default(),
+            subscribing: HashMap::default(),
+            wishes: Vec::new(),
         }
     }
 
@@ -174,6 +189,16 @@ impl Decisions {
             Op::Subscribe(id) => {
                 round.ops.push(ROp::GetAuction(id));
                 round.pending.push(Pending::Subscribe(*c));
+                *self.subscribing.entry(id).or_default() += 1;
+                match self.channels.entry(id) {
+                    Entry::Occupied(e) if *e.get() => {}
+                    Entry::Occupied(_) => round.waits.push(id),
+                    Entry::Vacant(e) => {
+                        e.insert(false);
+                        self.wishes.push(Ctl::Want(id));
+                        round.waits.push(id);
+                    }
+                }
             }
             Op::Unsubscribe(id) => round.pending.push(Pending::Unsubscribe(*c, id)),
         }
@@ -220,6 +245,67 @@ impl Decisions {
             round.ops.push(ROp::GetAuction(id));
             round.pending.push(Pending::Touch(id, ends));
         }
+        // Channels nobody here watches any more (their subscribers'
+        // connections closed, or a SUBSCRIBE that asked for one failed).
+        let idle: Vec<u64> = self
+            .channels
+            .keys()
+            .copied()
+            .filter(|&id| self.channel_idle(id))
+            .collect();
+        for id in idle {
+            self.let_go(id);
+        }
+    }
+
+    /// News of this shard's channels from the listener. Returns whether it
+    /// confirmed a channel a SUBSCRIBE may be waiting for: the I/O side
+    /// then reads the auction again ([`Decisions::plan_recheck`]).
+    pub fn on_channel(&mut self, news: News) -> bool {
+        match news {
+            News::Live(id) => match self.channels.get_mut(&id) {
+                Some(live) if !*live => {
+                    *live = true;
+                    true
+                }
+                _ => false,
+            },
+            News::Down => {
+                self.channels.values_mut().for_each(|live| *live = false);
+                false
+            }
+        }
+    }
+
+    /// A read of an auction whose channel was just confirmed. The
+    /// SUBSCRIBE's own read may have run before the channel was subscribed,
+    /// so a closing in between reached nobody: this read, sent after the
+    /// confirmation, finds it (and pushes it, as a sweep's touch does).
+    pub fn plan_recheck(&mut self, id: u64, round: &mut Round) {
+        round.ops.push(ROp::GetAuction(id));
+        round.pending.push(Pending::Touch(id, 0));
+    }
+
+    /// Whether updates of the auction reach this node.
+    pub fn channel_live(&self, id: u64) -> bool {
+        self.channels.get(&id).copied().unwrap_or(false)
+    }
+
+    /// A channel nobody here watches or is subscribing to.
+    fn channel_idle(&self, id: u64) -> bool {
+        !self.subscriptions.is_watched(id) && !self.subscribing.contains_key(&id)
+    }
+
+    /// Lets the auction's channel go if nobody here needs it.
+    fn drop_channel_if_idle(&mut self, id: u64) {
+        if self.channels.contains_key(&id) && self.channel_idle(id) {
+            self.let_go(id);
+        }
+    }
+
+    fn let_go(&mut self, id: u64) {
+        self.channels.remove(&id);
+        self.wishes.push(Ctl::Drop(id));
     }
 
     /// Answers every request of a round, in order.
@@ -258,6 +344,10 @@ impl Decisions {
         now_ms: u64,
         fx: &mut Effects,
     ) {
+        if let Pending::Subscribe(c) = p {
+            self.answer_subscription(c, r, fx);
+            return;
+        }
         match (p, r) {
             (Pending::Touch(id, ends), r) => self.touched(*id, *ends, r, fx),
             (Pending::Local(c, r), _) => {
@@ -268,27 +358,52 @@ impl Decisions {
             (Pending::Dominated(c, b), _) => self.answer_dominated(c, b, fx),
             (Pending::Unsubscribe(c, id), _) => {
                 let gone = self.subscriptions.remove(*id, c.conn);
+                self.drop_channel_if_idle(*id);
                 fx.stamp(c);
                 fx.subscription_result(c.conn, c.request_id, OK, -(gone as i8));
             }
-            (Pending::Op(c, _) | Pending::Subscribe(c), Some(OpResult::Busy)) => {
-                refuse(fx, c, ErrorCode::Busy)
-            }
+            (Pending::Op(c, _), Some(OpResult::Busy)) => refuse(fx, c, ErrorCode::Busy),
             (Pending::Op(c, op), Some(r)) => {
                 fx.stamp(c);
                 self.answer_op(c, op, r, now_ms, fx)
             }
-            (Pending::Subscribe(c), Some(r)) => {
-                fx.stamp(c);
-                self.answer_subscribe(c, r, fx)
-            }
+            (Pending::Subscribe(_), _) => unreachable!("answered above"),
             (Pending::Op(c, _), None) if lost && c.op.is_mutating() => {
                 refuse(fx, c, ErrorCode::InDoubt)
             }
-            (Pending::Op(c, _) | Pending::Subscribe(c), None) => {
-                refuse(fx, c, ErrorCode::Unavailable)
+            (Pending::Op(c, _), None) => refuse(fx, c, ErrorCode::Unavailable),
+        }
+    }
+
+    /// A SUBSCRIBE: its read's result, once its channel is confirmed or the
+    /// wait failed (then UNAVAILABLE: no update would reach the subscriber).
+    fn answer_subscription(&mut self, c: &Command, r: Option<OpResult>, fx: &mut Effects) {
+        let Op::Subscribe(id) = c.op else {
+            unreachable!("Pending::Subscribe holds a SUBSCRIBE")
+        };
+        if let Entry::Occupied(mut e) = self.subscribing.entry(id) {
+            *e.get_mut() -= 1;
+            if *e.get() == 0 {
+                e.remove();
             }
         }
+        match r {
+            Some(OpResult::Busy) => refuse(fx, c, ErrorCode::Busy),
+            // Open (or not known closed) with no live channel: refused.
+            Some(OpResult::Auction(Some(a)))
+                if a.state != AuctionState::Closed
+                    && !self.known.get(&id).is_some_and(|k| k.closed)
+                    && !self.channel_live(id) =>
+            {
+                refuse(fx, c, ErrorCode::Unavailable)
+            }
+            Some(r) => {
+                fx.stamp(c);
+                self.answer_subscribe(c, r, fx)
+            }
+            None => refuse(fx, c, ErrorCode::Unavailable),
+        }
+        self.drop_channel_if_idle(id);
     }
 
     /// A bid held behind a higher one: it loses unless that one was not
@@ -438,7 +553,8 @@ impl Decisions {
                 self.closed_push(id, a.high_bid, a.high_bidder, fx)
             }
             Some(OpResult::Auction(None)) => {}
-            _ if self.subscriptions.is_watched(id) => {
+            // A recheck (see plan_recheck), or an end not reached yet.
+            _ if ends != 0 && self.subscriptions.is_watched(id) => {
                 self.watched_ends.insert(id, ends);
             }
             _ => {}
@@ -466,6 +582,7 @@ impl Decisions {
         for s in self.subscriptions.take(auction_id) {
             fx.send(s, Reply::Push(push));
         }
+        self.drop_channel_if_idle(auction_id);
     }
 
     /// Emits what this node's store should log of an outcome.
@@ -755,8 +872,13 @@ mod tests {
             min_increment: 1,
             ends_at_ms: 0,
         };
+        // The first SUBSCRIBE asks for the auction's channel; answered
+        // before Redis confirmed it, it is UNAVAILABLE (and the channel is
+        // let go: nobody watches).
         let mut r = Round::default();
         d.plan(&sub, 1_000, true, &mut r);
+        assert_eq!(d.wishes, [Ctl::Want(7)]);
+        assert_eq!(r.waits, [7]);
         let mut fx = Effects::new(1);
         let read = OpResult::Auction(Some(open));
         d.finish_round(
@@ -765,7 +887,33 @@ mod tests {
             1_000,
             &mut fx,
         );
+        assert_eq!(answer(&fx.replies[0][0]), (1, Err(ErrorCode::Unavailable)));
+        assert_eq!(d.wishes, [Ctl::Want(7), Ctl::Drop(7)]);
+        d.wishes.clear();
+
+        let mut r = Round::default();
+        d.plan(&sub, 1_000, true, &mut r);
+        assert!(d.on_channel(News::Live(7)), "a SUBSCRIBE may wait for it");
+        let mut fx = Effects::new(1);
+        d.finish_round(
+            &r.pending,
+            RoundOutcome::Answered(vec![read]),
+            1_000,
+            &mut fx,
+        );
         assert_eq!(answer(&fx.replies[0][0]), (1, Ok(OK)));
+        // Subscribed again: the channel is live, nothing to ask or wait for.
+        let mut r = Round::default();
+        d.plan(&sub, 1_000, true, &mut r);
+        assert!(r.waits.is_empty());
+        let mut fx = Effects::new(1);
+        d.finish_round(
+            &r.pending,
+            RoundOutcome::Answered(vec![read]),
+            1_000,
+            &mut fx,
+        );
+        assert_eq!(d.wishes, [Ctl::Want(7)]);
 
         let mut fx = Effects::new(1);
         let closed = Push::AuctionClosed {
@@ -778,6 +926,7 @@ mod tests {
         assert_eq!(fx.replies[0].len(), 1, "one AUCTION_CLOSED per subscriber");
         assert_eq!(fx.replies[0][0].slot, S.slot);
         assert!(d.known(7).is_some_and(|k| k.closed));
+        assert_eq!(d.wishes, [Ctl::Want(7), Ctl::Drop(7)], "closed: let go");
     }
 
     #[test]

@@ -9,13 +9,14 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
-use crossbeam_channel::{Receiver, Sender};
+use crossbeam_channel::Receiver;
 use gavel_protocol::Push;
 use gavel_redis::{Op as ROp, OpResult, RedisError, RedisGavel};
 use redis::Value;
 
 use super::decide::{Decisions, Pending, Round, RoundOutcome};
-use super::pipe::{plain_addr, read_replies, RedisReply};
+use super::pipe::{plain_addr, read_replies, RedisEvent};
+use super::updates::News;
 use super::RedisConfig;
 use crate::backoff::Backoff;
 use crate::engine::command::{Command, ConnRef};
@@ -45,7 +46,7 @@ pub struct RedisShard {
     /// A cluster's slot ranges and the lane of the master serving each,
     /// sorted by first slot (empty on a single node).
     slots: Vec<(u16, u16, usize)>,
-    replies: Option<(Sender<RedisReply>, Receiver<RedisReply>)>,
+    pipelined: bool,
     in_flight: VecDeque<InFlight>,
     first_seq: u64,
     epoch: u64,
@@ -74,11 +75,13 @@ struct InFlight {
     /// forgotten once it is answered (a SUBSCRIBE in it subscribes when
     /// its read comes back, so forgetting them before would leak it).
     disconnects: Vec<ConnRef>,
+    /// Update channels its SUBSCRIBEs wait for (confirmed by the listener).
+    waits: Vec<u64>,
 }
 
 impl InFlight {
     fn complete(&self) -> bool {
-        self.filled == self.ops.len()
+        self.filled == self.ops.len() && self.waits.is_empty()
     }
 }
 
@@ -102,7 +105,7 @@ impl RedisShard {
             metrics,
             lanes: Vec::new(),
             slots: Vec::new(),
-            replies: pipelined.then(crossbeam_channel::unbounded),
+            pipelined,
             in_flight: VecDeque::new(),
             first_seq: 0,
             epoch: 0,
@@ -154,20 +157,84 @@ impl RedisShard {
         if self.round.is_empty() {
             return;
         }
-        let Round { ops, pending } = std::mem::take(&mut self.round);
+        self.tell_listener();
+        let Round {
+            ops,
+            pending,
+            mut waits,
+        } = std::mem::take(&mut self.round);
         if self.pipelined() {
-            return self.send_round(ops, pending, now_ms, fx);
+            return self.send_round(ops, pending, waits, now_ms, fx);
         }
+        // Synchronous: wait for the channels first, so the SUBSCRIBEs' reads
+        // run after Redis confirmed them.
+        self.wait_for_channels(&mut waits);
         let outcome = if ops.is_empty() {
             RoundOutcome::NotSent
         } else {
             self.round_trip(&ops, now_ms)
         };
         self.decide.finish_round(&pending, outcome, now_ms, fx);
+        self.tell_listener();
         // Keep the buffers for the next round.
-        self.round = Round { ops, pending };
+        self.round = Round {
+            ops,
+            pending,
+            waits,
+        };
         self.round.ops.clear();
         self.round.pending.clear();
+        self.round.waits.clear();
+    }
+
+    /// Passes the shard's wishes (channels wanted, let go) to the listener.
+    fn tell_listener(&mut self) {
+        for w in self.decide.wishes.drain(..) {
+            let _ = self.cfg.listener.send(w);
+        }
+    }
+
+    /// Synchronous mode: waits, up to the timeout, for Redis to confirm the
+    /// channels in `waits` (or the listener to go down).
+    fn wait_for_channels(&mut self, waits: &mut Vec<u64>) {
+        let deadline = Instant::now() + self.cfg.timeout;
+        waits.retain(|&id| !self.decide.channel_live(id));
+        while !waits.is_empty() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.cfg.events.1.recv_timeout(left) {
+                Ok(RedisEvent::Channel(news)) => {
+                    self.decide.on_channel(news);
+                    if news == News::Down {
+                        return;
+                    }
+                    waits.retain(|&id| !self.decide.channel_live(id));
+                }
+                Ok(RedisEvent::Replies(..)) => {} // none in this mode
+                Err(_) => return,
+            }
+        }
+    }
+
+    /// News of this shard's channels: rounds waiting for a confirmed channel
+    /// go on (and the auction is read again, see
+    /// [`Decisions::plan_recheck`]); when the listener went down, the
+    /// waiting SUBSCRIBEs are refused.
+    fn on_channel(&mut self, news: News, fx: &mut Effects) {
+        let fresh = self.decide.on_channel(news);
+        let mut waited = false;
+        for r in &mut self.in_flight {
+            let before = r.waits.len();
+            match news {
+                News::Live(id) => r.waits.retain(|&w| w != id),
+                News::Down => r.waits.clear(),
+            }
+            waited |= r.waits.len() != before;
+        }
+        if let (News::Live(id), true, true) = (news, fresh, waited) {
+            self.decide.plan_recheck(id, &mut self.round);
+            self.dispatch(crate::clock::now_ms(), fx);
+        }
+        self.finish_ready(fx);
     }
 
     /// One synchronous round trip.
@@ -197,7 +264,7 @@ impl RedisShard {
     /// sent on that master's connection; the round is answered once every
     /// part is, and rounds are answered in order.
     fn pipelined(&self) -> bool {
-        self.replies.is_some()
+        self.pipelined
     }
 
     /// Pops the front round in flight.
@@ -207,8 +274,17 @@ impl RedisShard {
         Some(r)
     }
 
-    fn send_round(&mut self, ops: Vec<ROp>, pending: Vec<Pending>, now_ms: u64, fx: &mut Effects) {
+    fn send_round(
+        &mut self,
+        ops: Vec<ROp>,
+        pending: Vec<Pending>,
+        mut waits: Vec<u64>,
+        now_ms: u64,
+        fx: &mut Effects,
+    ) {
+        waits.retain(|&id| !self.decide.channel_live(id));
         let round = InFlight {
+            waits,
             pending,
             values: vec![None; ops.len()],
             filled: 0,
@@ -295,7 +371,7 @@ impl RedisShard {
         }
         self.epoch += 1;
         let epoch = self.epoch;
-        let tx = self.replies.as_ref().expect("pipelined").0.clone();
+        let tx = self.cfg.events.0.clone();
         let mut lanes = Vec::with_capacity(addrs.len());
         for (i, addr) in addrs.iter().enumerate() {
             let opened = connect(addr, self.cfg.timeout).and_then(|stream| {
@@ -468,10 +544,10 @@ fn connect(addr: &str, timeout: std::time::Duration) -> std::io::Result<std::net
 }
 
 impl Backend for RedisShard {
-    type Event = RedisReply;
+    type Event = RedisEvent;
 
-    fn events(&self) -> Option<Receiver<RedisReply>> {
-        self.replies.as_ref().map(|(_, rx)| rx.clone())
+    fn events(&self) -> Option<Receiver<RedisEvent>> {
+        Some(self.cfg.events.1.clone())
     }
 
     /// At the in-flight cap the runner waits for replies only.
@@ -489,8 +565,12 @@ impl Backend for RedisShard {
         self.dispatch(now_ms, fx);
     }
 
-    fn on_event(&mut self, (epoch, lane, vs): RedisReply, fx: &mut Effects) {
-        self.on_replies(epoch, lane, vs, fx);
+    fn on_event(&mut self, e: RedisEvent, fx: &mut Effects) {
+        match e {
+            RedisEvent::Replies(epoch, lane, vs) => self.on_replies(epoch, lane, vs, fx),
+            RedisEvent::Channel(news) => self.on_channel(news, fx),
+        }
+        self.tell_listener();
     }
 
     fn on_remote(&mut self, pushes: Vec<Push>, fx: &mut Effects) {
@@ -516,17 +596,22 @@ impl Backend for RedisShard {
     /// Drains replies that arrived meanwhile; a round waiting longer than
     /// the timeout fails the connection (never a hang).
     fn tick(&mut self, fx: &mut Effects) {
-        while let Some(Ok((epoch, lane, vs))) = self.replies.as_ref().map(|(_, rx)| rx.try_recv()) {
-            self.on_replies(epoch, lane, vs, fx);
+        while let Ok(e) = self.cfg.events.1.try_recv() {
+            self.on_event(e, fx);
         }
-        if self
-            .in_flight
-            .front()
-            .is_some_and(|r| !r.complete() && r.sent.elapsed() > self.cfg.timeout)
-        {
-            self.fail_pipe("no reply within --redis-timeout", fx);
+        if let Some(r) = self.in_flight.front_mut() {
+            if !r.complete() && r.sent.elapsed() > self.cfg.timeout {
+                if r.filled == r.ops.len() {
+                    // Redis answered; a channel was not confirmed in time:
+                    // its SUBSCRIBEs are refused, the rest stands.
+                    r.waits.clear();
+                } else {
+                    self.fail_pipe("no reply within --redis-timeout", fx);
+                }
+            }
         }
         self.finish_ready(fx);
+        self.tell_listener();
     }
 
     /// Touches the watched auctions past their end.
@@ -534,6 +619,7 @@ impl Backend for RedisShard {
         fx.unstamp();
         self.decide.plan_sweep(now_ms, &mut self.round);
         self.dispatch(now_ms, fx);
+        self.tell_listener();
     }
 }
 
@@ -561,6 +647,8 @@ mod tests {
             outbid_filter: false,
             updates_live: Arc::new(AtomicBool::new(false)),
             max_subscriptions: 1_000,
+            listener: crossbeam_channel::unbounded().0,
+            events: crossbeam_channel::unbounded(),
         };
         RedisShard::new(cfg, Arc::new(Metrics::new(1)))
     }

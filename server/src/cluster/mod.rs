@@ -14,7 +14,8 @@
 //! - [`engine`]: [`engine::RedisShard`], the shard [`crate::shard::Backend`]:
 //!   connections, rounds in flight, reconnects.
 //! - [`pipe`]: the pipelined connection's reader thread.
-//! - [`updates`]: the listener on the update channel, feeding every shard.
+//! - [`updates`]: the listener on the per-auction update channels this
+//!   node's subscribers need, feeding the shards.
 
 pub mod decide;
 pub mod engine;
@@ -38,4 +39,12 @@ pub struct RedisConfig {
     pub updates_live: Arc<AtomicBool>,
     /// This shard's share of `--max-subscriptions`.
     pub max_subscriptions: usize,
+    /// Where the shard asks for update channels (the node's listener).
+    pub listener: crossbeam_channel::Sender<updates::Ctl>,
+    /// The shard's event channel: its pipelined connections' replies and
+    /// the listener's news of its channels.
+    pub events: (
+        crossbeam_channel::Sender<pipe::RedisEvent>,
+        crossbeam_channel::Receiver<pipe::RedisEvent>,
+    ),
 }

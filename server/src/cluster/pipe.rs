@@ -4,10 +4,16 @@
 use crossbeam_channel::Sender;
 use redis::Value;
 
-/// The replies one read of a pipelined connection brought (in order), tagged
-/// with the connections' epoch and this connection's lane (the node, or one
-/// master of a cluster); an error ends the connection.
-pub type RedisReply = (u64, usize, Result<Vec<Value>, String>);
+/// What a Redis shard waits for besides commands.
+#[derive(Debug)]
+pub enum RedisEvent {
+    /// The replies one read of a pipelined connection brought (in order),
+    /// tagged with the connections' epoch and this connection's lane (the
+    /// node, or one master of a cluster); an error ends the connection.
+    Replies(u64, usize, Result<Vec<Value>, String>),
+    /// From the update listener: news of this shard's channels.
+    Channel(super::updates::News),
+}
 
 /// The reader thread of a pipelined connection: reads what Redis sent,
 /// parses every complete reply in it and hands them to the shard in one
@@ -17,7 +23,7 @@ pub fn read_replies(
     mut sock: std::net::TcpStream,
     epoch: u64,
     lane: usize,
-    tx: &Sender<RedisReply>,
+    tx: &Sender<RedisEvent>,
 ) {
     use std::io::Read;
     let mut buf = vec![0u8; 64 * 1024];
@@ -36,13 +42,17 @@ pub fn read_replies(
         }
         let n = match sock.read(&mut buf[end..]) {
             Ok(0) => {
-                let _ = tx.send((epoch, lane, Err("redis closed the connection".into())));
+                let _ = tx.send(RedisEvent::Replies(
+                    epoch,
+                    lane,
+                    Err("redis closed the connection".into()),
+                ));
                 return;
             }
             Ok(n) => n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(e) => {
-                let _ = tx.send((epoch, lane, Err(format!("read: {e}"))));
+                let _ = tx.send(RedisEvent::Replies(epoch, lane, Err(format!("read: {e}"))));
                 return;
             }
         };
@@ -50,15 +60,22 @@ pub fn read_replies(
         match parse_all(&buf[..end], &mut start) {
             Ok(batch) if batch.is_empty() => {}
             Ok(batch) => {
-                if tx.send((epoch, lane, Ok(batch))).is_err() {
+                if tx
+                    .send(RedisEvent::Replies(epoch, lane, Ok(batch)))
+                    .is_err()
+                {
                     return;
                 }
             }
             Err((batch, e)) => {
                 if !batch.is_empty() {
-                    let _ = tx.send((epoch, lane, Ok(batch)));
+                    let _ = tx.send(RedisEvent::Replies(epoch, lane, Ok(batch)));
                 }
-                let _ = tx.send((epoch, lane, Err(format!("unreadable reply: {e}"))));
+                let _ = tx.send(RedisEvent::Replies(
+                    epoch,
+                    lane,
+                    Err(format!("unreadable reply: {e}")),
+                ));
                 return;
             }
         }
