@@ -24,11 +24,12 @@ use crate::net::auth::AuthTokens;
 use crate::net::event_loop::{EventLoop, Shared};
 use crate::net::{listener, tls};
 use crate::outbox::{self, LoopHandle};
+use crate::shard::local::{KeyLookups, LocalShard};
 use crate::shard::runner::{self, ShardContext};
 use crate::shard::{ShardHandle, SizeGauges, Sizes};
 use crate::store::gate::StoreGate;
 use crate::store::writer::{self, WriterConfig, WriterHandle};
-use crate::store::{self, materializer, recovery, Journal};
+use crate::store::{self, lookup, materializer, recovery, Journal};
 
 /// Runs the server until a signal stops it.
 pub fn run(config: Config) -> anyhow::Result<()> {
@@ -54,11 +55,18 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     let gate = writer.as_ref().map(|w| w.handle.gate.clone());
     let updates_live = Arc::new(AtomicBool::new(false));
     let writer_handle = writer.as_ref().map(|w| w.handle.clone());
+    let key_lookups = match &writer {
+        Some(w) if config.redis_urls().is_none() => {
+            Some(start_key_lookups(&config, &w.handle.gate, &metrics)?)
+        }
+        _ => None,
+    };
     let (shard_handles, shard_threads, links) = start_shards(
         &config,
         states,
         &io.handles,
         writer_handle,
+        key_lookups,
         &metrics,
         &updates_live,
     )?;
@@ -250,6 +258,36 @@ fn start_writer(
     })
 }
 
+/// With a durable store and the local engine: the thread that looks up
+/// idempotency keys that left memory, on its own connection to the tables,
+/// and each shard's link to it.
+fn start_key_lookups(
+    config: &Config,
+    gate: &Arc<StoreGate>,
+    metrics: &Arc<Metrics>,
+) -> anyhow::Result<Vec<KeyLookups>> {
+    let durable = config.ack == AckMode::Durable;
+    let tables = store::open_tables(&config.store, durable, config.store_timeout)
+        .with_context(|| format!("cannot open {} for key lookups", config.store))?
+        .context("key lookups need a store")?;
+    let (answers, rxs): (Vec<_>, Vec<_>) = (0..config.shard_count())
+        .map(|_| crossbeam_channel::unbounded())
+        .unzip();
+    let window_ms = config.idempotency_window.as_millis() as u64;
+    // Detached: it ends when the shards drop their request senders.
+    let (requests, _thread) = lookup::spawn(tables, answers, window_ms, metrics.clone())?;
+    Ok(rxs
+        .into_iter()
+        .enumerate()
+        .map(|(shard, answers)| KeyLookups {
+            shard,
+            gate: gate.clone(),
+            requests: requests.clone(),
+            answers,
+        })
+        .collect())
+}
+
 /// The update listener's ends of its links to the Redis shards: where the
 /// shards' wishes arrive (and a sender for its readers), each shard's events.
 type ListenerLinks = (
@@ -269,6 +307,7 @@ fn start_shards(
     states: Vec<ShardState>,
     loops: &[LoopHandle],
     writer: Option<WriterHandle>,
+    key_lookups: Option<Vec<KeyLookups>>,
     metrics: &Arc<Metrics>,
     updates_live: &Arc<AtomicBool>,
 ) -> std::io::Result<StartedShards> {
@@ -276,6 +315,7 @@ fn start_shards(
     let (mut handles, mut threads) = (Vec::new(), Vec::new());
     let (ctl_tx, ctl_rx) = crossbeam_channel::unbounded();
     let mut news = Vec::new();
+    let mut key_lookups = key_lookups.map(Vec::into_iter);
     for (index, state) in states.into_iter().enumerate() {
         let (tx, rx) = crossbeam_channel::unbounded();
         let queued = Arc::new(AtomicUsize::new(0));
@@ -305,7 +345,10 @@ fn start_shards(
                 news.push(cfg.events.0.clone());
                 runner::spawn(ctx, RedisShard::new(cfg, metrics.clone()))?
             }
-            None => runner::spawn(ctx, state)?,
+            None => {
+                let lookups = key_lookups.as_mut().and_then(Iterator::next);
+                runner::spawn(ctx, LocalShard::new(state, lookups))?
+            }
         };
         threads.push(thread);
         handles.push(ShardHandle { tx, queued, sizes });
@@ -379,14 +422,15 @@ fn serve_metrics(
         let mut held = Sizes::default();
         for (i, s) in live.shards.iter().enumerate() {
             m.set_shard_queue(i, s.queued.load(Ordering::Relaxed));
-            let z = s.sizes.load();
-            held.auctions += z.auctions;
-            held.sales += z.sales;
-            held.subscriptions += z.subscriptions;
+            held.add(s.sizes.load());
         }
         m.bounds.auctions.set(held.auctions as i64);
         m.bounds.sales.set(held.sales as i64);
         m.bounds.subscriptions.set(held.subscriptions as i64);
+        m.keys.in_memory.set(held.keys as i64);
+        m.keys.spilled.set(held.spilled_keys as i64);
+        m.keys.filter_bytes.set(held.filter_bytes as i64);
+        m.keys.parked.set(held.parked as i64);
         m.sync_refused("per_ip", live.refused_per_ip.load(Ordering::Relaxed));
         match &refresh_gate {
             Some(g) => {

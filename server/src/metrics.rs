@@ -310,6 +310,7 @@ pub struct Metrics {
     shard_queue: Family<Vec<(String, String)>, Gauge>,
     pub bounds: BoundMetrics,
     pub store: StoreMetrics,
+    pub keys: KeyMetrics,
     pub redis_round_trips: Counter,
     pub redis_seconds: AtomicHistogram,
     pub redis_errors: Counter,
@@ -401,6 +402,7 @@ impl Metrics {
         let shard_queue = shard_queue_gauges(&mut r, shards);
         let bounds = BoundMetrics::new(&mut r);
         let store = StoreMetrics::new(&mut r);
+        let keys = KeyMetrics::new(&mut r);
         let (redis_round_trips, redis_seconds, redis_errors, redis_up) = redis_metrics(&mut r);
         Metrics {
             registry: r,
@@ -417,6 +419,7 @@ impl Metrics {
             shard_queue,
             bounds,
             store,
+            keys,
             redis_round_trips,
             redis_seconds,
             redis_errors,
@@ -683,6 +686,75 @@ impl StoreMetrics {
                 hist(&BATCH_BOUNDS, 1.0),
             ),
         }
+    }
+}
+
+/// Idempotency keys: how many memory holds, how many left it for the
+/// store, and the lookups that ask the store about them.
+pub struct KeyMetrics {
+    pub in_memory: Gauge,
+    pub spilled: Gauge,
+    pub filter_bytes: Gauge,
+    pub parked: Gauge,
+    lookups: Family<Vec<(String, String)>, Counter>,
+    pub lookup_seconds: AtomicHistogram,
+}
+
+impl KeyMetrics {
+    fn new(r: &mut Registry) -> Self {
+        let lookups = Family::<Vec<(String, String)>, Counter>::default();
+        for result in ["found", "absent", "failed"] {
+            let _ = lookups.get_or_create(&labels("result", result));
+        }
+        KeyMetrics {
+            in_memory: reg(
+                r,
+                "idempotency_keys",
+                "Idempotency keys held in memory (accepted and rejected)",
+                Gauge::default(),
+            ),
+            spilled: reg(
+                r,
+                "idempotency_spilled_keys",
+                "Accepted keys inside the window that left memory for the store (found by lookup)",
+                Gauge::default(),
+            ),
+            filter_bytes: reg(
+                r,
+                "idempotency_filter_bytes",
+                "Memory of the filters of keys that left memory",
+                Gauge::default(),
+            ),
+            parked: reg(
+                r,
+                "idempotency_parked_commands",
+                "Commands waiting for a key lookup in the store",
+                Gauge::default(),
+            ),
+            lookups: reg(
+                r,
+                "idempotency_lookups",
+                "Key lookups in the store, by result",
+                lookups,
+            ),
+            lookup_seconds: reg(
+                r,
+                "idempotency_lookup_seconds",
+                "Duration of one key lookup in the store",
+                AtomicHistogram::new(&LATENCY_BOUNDS_US, 1e-6),
+            ),
+        }
+    }
+
+    /// Counts one lookup's result.
+    pub fn count(&self, result: crate::engine::idempotency::KeyLookup) {
+        use crate::engine::idempotency::KeyLookup;
+        let label = match result {
+            KeyLookup::Found(_) => "found",
+            KeyLookup::Absent => "absent",
+            KeyLookup::Refused(_) => "failed",
+        };
+        self.lookups.get_or_create(&labels("result", label)).inc();
     }
 }
 

@@ -16,6 +16,20 @@ use common::Server;
 use gavel_protocol::{Client, ErrorCode, Response, Status};
 use gavel_testkit::pg::Postgres;
 
+/// Accepted keys past the cap leave memory for PostgreSQL and are found
+/// there, before and after a restart (see tests/key_spill.rs).
+#[test]
+fn postgres_keeps_accepted_keys_past_the_cap_and_across_a_restart() {
+    let pg = Postgres::start();
+    let argv = common::spill::args(&pg.url());
+    let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+    let mut s = Server::start(&argv);
+    let (orders, bids) = common::spill::accept_past_the_cap(&s);
+    assert!(s.terminate().success());
+    let s = Server::start(&argv);
+    common::spill::check_replays(&s, &orders, &bids);
+}
+
 #[test]
 fn postgres_survives_sigkill_five_times() {
     let pg = Postgres::start();

@@ -7,6 +7,7 @@
 use gavel_protocol::{ErrorCode, ResultPayload, FLAG_REPLAYED};
 
 use super::command::{Command, ConnRef, Outgoing, Reply};
+use super::idempotency::Key;
 use super::limits::Cap;
 use super::mutation::Mutation;
 
@@ -15,6 +16,9 @@ pub struct Effects {
     /// Replies and pushes, one list per event loop.
     pub replies: Vec<Vec<Outgoing>>,
     pub mutations: Vec<Mutation>,
+    /// Keys to look up in the store before their commands can run (the
+    /// local engine with a durable store; see `engine::parked`).
+    pub lookups: Vec<Key>,
     /// Stamp of the command being answered, copied into its replies (for
     /// the latency histogram and per-type metrics).
     cur: (u32, u8),
@@ -25,6 +29,7 @@ impl Effects {
         Effects {
             replies: (0..io_loops).map(|_| Vec::new()).collect(),
             mutations: Vec::new(),
+            lookups: Vec::new(),
             cur: (0, 0),
         }
     }

@@ -3,12 +3,33 @@
 
 use gavel_protocol::ErrorCode;
 
-/// How much a shard holds: auctions, sales, subscriptions.
+/// How much a shard holds: auctions, sales, subscriptions, idempotency keys.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Sizes {
     pub auctions: usize,
     pub sales: usize,
     pub subscriptions: usize,
+    /// Keys in memory, accepted and rejected.
+    pub keys: usize,
+    /// Accepted keys that left memory for the store (inside the window).
+    pub spilled_keys: usize,
+    /// Memory of the filter of those keys.
+    pub filter_bytes: usize,
+    /// Commands waiting for a key lookup.
+    pub parked: usize,
+}
+
+impl Sizes {
+    /// Adds another shard's sizes.
+    pub fn add(&mut self, o: Sizes) {
+        self.auctions += o.auctions;
+        self.sales += o.sales;
+        self.subscriptions += o.subscriptions;
+        self.keys += o.keys;
+        self.spilled_keys += o.spilled_keys;
+        self.filter_bytes += o.filter_bytes;
+        self.parked += o.parked;
+    }
 }
 
 /// A cap a request was refused at: answered ERROR `BUSY` with the cap's

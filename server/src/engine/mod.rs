@@ -7,6 +7,8 @@
 //! - [`mutation`]: one state change, as the store persists it.
 //! - [`auction`], [`sale`]: one auction's and one sale's rules.
 //! - [`idempotency`]: remembered outcomes of keyed requests.
+//! - [`spilled_keys`]: the filter of accepted keys that left memory for the store.
+//! - [`parked`]: commands waiting for a key's lookup in the store.
 //! - [`subscriptions`]: who watches which auction.
 //! - [`limits`]: the caps on what a shard holds, and what it holds.
 //! - [`state`]: [`state::ShardState`], the local engine tying them together.
@@ -17,6 +19,8 @@ pub mod effects;
 pub mod idempotency;
 pub mod limits;
 pub mod mutation;
+pub mod parked;
 pub mod sale;
+pub mod spilled_keys;
 pub mod state;
 pub mod subscriptions;

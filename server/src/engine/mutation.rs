@@ -1,11 +1,10 @@
-//! The seam between shards and persistence.
-//!
-//! A shard does not know who persists its work: after each batch it hands the
-//! [`Mutation`]s it made, together with the replies that depend on them, to a
-//! [`ShardOutlet`]. The in-memory outlet releases the replies at once; a
-//! durable store releases them only after its transaction commits.
+//! One state change, as the store persists it: the seam between shards and
+//! persistence. A shard emits [`Mutation`]s through its effects; the
+//! journal writer records them, the materializer applies them to the tables.
 
 use gavel_protocol::{OpenAuctionRequest, OpenSaleRequest};
+
+use super::command::{shard_of, Op};
 
 /// One state change made by a shard, in the order it was made.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,4 +40,17 @@ pub enum Mutation {
         held_after: u64,
         at_ms: u64,
     },
+}
+
+impl Mutation {
+    /// For a mutation that records an accepted idempotency key (an accepted
+    /// bid or purchase): the shard, of `shards`, that owns the key.
+    pub fn key_shard(&self, shards: usize) -> Option<usize> {
+        let routing = match *self {
+            Mutation::BidAccepted { auction_id, .. } => Op::GetAuction(auction_id).routing_key(),
+            Mutation::Purchase { sku_id, .. } => Op::GetSale(sku_id).routing_key(),
+            _ => return None,
+        };
+        Some(shard_of(routing, shards))
+    }
 }

@@ -16,9 +16,10 @@ use gavel_protocol::{
 use super::auction::{Auction, BidOutcome};
 use super::command::{Command, ConnRef, Op, Reply};
 use super::effects::Effects;
-use super::idempotency::{IdempotencyStore, Key, KeyBudget, KeyKind, Seen};
+use super::idempotency::{IdempotencyStore, Key, KeyBudget, KeyKind, KeyLookup, Seen};
 use super::limits::{Cap, Capacity, Sizes};
 use super::mutation::Mutation;
+use super::parked::{scope_of, Parked, Scope};
 use super::sale::Sale;
 use super::subscriptions::{Added, Subscriptions};
 
@@ -32,7 +33,12 @@ pub struct ShardState {
     subscriptions: Subscriptions,
     /// This shard's share of `--max-auctions` / `--max-sales`.
     cap: Capacity,
+    /// Commands waiting for a key lookup in the store.
+    parked: Parked,
 }
+
+/// Most commands a shard holds while their keys are looked up.
+const PARKED_MAX: usize = 65_536;
 
 const NONE: ResultPayload = ResultPayload::new(Status::NotFound, 0, 0);
 const OK: ResultPayload = ResultPayload::new(Status::Ok, 0, 0);
@@ -46,11 +52,72 @@ impl ShardState {
             deadlines: BinaryHeap::new(),
             subscriptions: Subscriptions::default(),
             cap: Capacity::UNLIMITED,
+            parked: Parked::new(PARKED_MAX),
         }
     }
 
-    /// Executes one command; its replies and mutations go to `fx`.
+    /// With a durable store: accepted keys may leave memory for the store
+    /// once its tables hold them (see `engine::idempotency`).
+    pub fn enable_key_spill(&mut self) {
+        self.idempotency.enable_spill();
+    }
+
+    /// The materializer's count of this shard's keyed mutations in the tables.
+    pub fn keys_applied(&mut self, applied: u64) {
+        self.idempotency.keys_applied(applied);
+    }
+
+    /// Executes one command; its replies, mutations and lookups go to `fx`.
+    /// A command on an auction or sale whose earlier command waits for a
+    /// key lookup waits behind it.
     pub fn execute(&mut self, cmd: &Command, now_ms: u64, fx: &mut Effects) {
+        if !self.parked.is_empty() {
+            let scope = scope_of(&cmd.op);
+            if self.parked.holds(scope) {
+                return self.park(cmd, scope, fx);
+            }
+        }
+        self.run(cmd, now_ms, fx);
+    }
+
+    fn park(&mut self, cmd: &Command, scope: Scope, fx: &mut Effects) {
+        if !self.parked.push(scope, *cmd) {
+            fx.stamp(cmd);
+            fx.error(cmd, ErrorCode::Busy);
+        }
+    }
+
+    /// The store's answer about `key`: the command that asked runs now
+    /// (replayed if found), then every command that waited behind it, in
+    /// order — until one of them must wait for a lookup of its own.
+    pub fn looked_up(&mut self, key: Key, answer: KeyLookup, now_ms: u64, fx: &mut Effects) {
+        let mut waiting = self.parked.take((key.kind, key.scope));
+        let Some(first) = waiting.pop_front() else {
+            debug_assert!(false, "an answer without a waiting command: {key:?}");
+            return;
+        };
+        match answer {
+            KeyLookup::Found(stored) => {
+                let stock = self.sales.get(&key.scope).map_or(0, |s| s.stock);
+                let (fields, result) = stored.entry(stock);
+                self.idempotency
+                    .remember_stored(key, fields, result, stored.at_ms());
+            }
+            KeyLookup::Absent => self.idempotency.looked_up_absent(key),
+            KeyLookup::Refused(code) => {
+                fx.stamp(&first);
+                fx.error(&first, code);
+            }
+        }
+        if !matches!(answer, KeyLookup::Refused(_)) {
+            self.run(&first, now_ms, fx);
+        }
+        for c in waiting {
+            self.execute(&c, now_ms, fx);
+        }
+    }
+
+    fn run(&mut self, cmd: &Command, now_ms: u64, fx: &mut Effects) {
         fx.stamp(cmd);
         match cmd.op {
             Op::OpenAuction(o) => self.open_auction(cmd, o, now_ms, fx),
@@ -120,7 +187,7 @@ impl ShardState {
 
     /// Looks a keyed request up: `true` when it is new and must execute;
     /// otherwise it has been answered (replay or conflict).
-    fn first_time(&self, c: &Command, key: Key, fields: (u64, u64), fx: &mut Effects) -> bool {
+    fn first_time(&mut self, c: &Command, key: Key, fields: (u64, u64), fx: &mut Effects) -> bool {
         match self.idempotency.check(key, fields) {
             Seen::New => true,
             Seen::Replay(r) => {
@@ -134,6 +201,15 @@ impl ShardState {
             // Accepted keys are never dropped to make room: not executed.
             Seen::Full => {
                 fx.error(c, ErrorCode::Busy);
+                false
+            }
+            // It may have left memory: ask the store, and wait.
+            Seen::Lookup => {
+                if self.parked.push((key.kind, key.scope), *c) {
+                    fx.lookups.push(key);
+                } else {
+                    fx.error(c, ErrorCode::Busy);
+                }
                 false
             }
         }
@@ -351,7 +427,7 @@ impl ShardState {
     /// Recovery: an accepted request inside the idempotency window, so a
     /// retry after a restart replays `OK` with the values first sent.
     pub fn restore_key(&mut self, key: Key, fields: (u64, u64), result: ResultPayload, at_ms: u64) {
-        self.idempotency.remember(key, fields, result, at_ms);
+        self.idempotency.remember_stored(key, fields, result, at_ms);
     }
 
     pub fn auction_count(&self) -> usize {
@@ -370,6 +446,10 @@ impl ShardState {
             auctions: self.auctions.len(),
             sales: self.sales.len(),
             subscriptions: self.subscriptions.len(),
+            keys: self.idempotency.len(),
+            spilled_keys: self.idempotency.spilled_len(),
+            filter_bytes: self.idempotency.filter_bytes(),
+            parked: self.parked.len(),
         }
     }
 }
@@ -378,6 +458,7 @@ impl ShardState {
 mod tests {
     use super::*;
     use crate::engine::command::Outgoing;
+    use crate::engine::idempotency::StoredOutcome;
     use gavel_protocol::FLAG_REPLAYED;
 
     const KEYS: KeyBudget = KeyBudget {
@@ -593,5 +674,151 @@ mod tests {
             0,
         );
         assert_eq!(result(&out).0.status, Status::AlreadyExists);
+    }
+
+    fn run_as(st: &mut ShardState, request_id: u32, op: Op, fx: &mut Effects) {
+        let c = Command {
+            conn: C,
+            request_id,
+            op,
+            t0_us: 0,
+            kind: 0,
+        };
+        st.execute(&c, 0, fx);
+    }
+
+    fn answered(fx: &mut Effects) -> Vec<(u32, Reply)> {
+        fx.replies[0]
+            .drain(..)
+            .map(|o| match o.reply {
+                Reply::Result { request_id, .. } | Reply::Auction { request_id, .. } => {
+                    (request_id, o.reply)
+                }
+                Reply::Error { request_id, .. } => (request_id, o.reply),
+                r => panic!("{r:?}"),
+            })
+            .collect()
+    }
+
+    /// A key that left memory is looked up while its command, and later
+    /// ones on the same auction, wait; other auctions keep flowing; the
+    /// answer releases them in order.
+    #[test]
+    fn a_spilled_key_waits_for_its_lookup_and_holds_its_auction_only() {
+        let mut st = ShardState::new(
+            1_000_000,
+            KeyBudget {
+                accepted: 1,
+                rejected: 10,
+            },
+        );
+        st.enable_key_spill();
+        for id in [1, 2] {
+            let open = OpenAuctionRequest {
+                auction_id: id,
+                reserve: 0,
+                min_increment: 1,
+                ends_at_ms: 0,
+            };
+            run(&mut st, Op::OpenAuction(open), 0);
+        }
+        let first = result(&run(&mut st, bid(1, 7, 10, 100), 0).0).0;
+        st.keys_applied(1);
+        run(&mut st, bid(1, 7, 20, 101), 0); // key 100 leaves memory
+        let mut fx = Effects::new(1);
+        run_as(&mut st, 1, bid(1, 7, 10, 100), &mut fx); // retry of 100
+        run_as(&mut st, 2, Op::GetAuction(1), &mut fx); // waits behind it
+        run_as(&mut st, 3, Op::GetAuction(2), &mut fx); // another auction
+        assert_eq!(
+            fx.lookups,
+            vec![Key {
+                kind: KeyKind::Bid,
+                scope: 1,
+                key: 100
+            }]
+        );
+        let ids: Vec<u32> = answered(&mut fx).iter().map(|r| r.0).collect();
+        assert_eq!(ids, vec![3], "only the other auction answered");
+        let stored = StoredOutcome::Bid {
+            bidder_id: 7,
+            amount: 10,
+            at_ms: 0,
+        };
+        st.looked_up(
+            fx.lookups.pop().unwrap(),
+            KeyLookup::Found(stored),
+            0,
+            &mut fx,
+        );
+        let out = answered(&mut fx);
+        assert_eq!(
+            out.iter().map(|r| r.0).collect::<Vec<_>>(),
+            vec![1, 2],
+            "in order"
+        );
+        assert_eq!(
+            out[0].1,
+            Reply::Result {
+                request_id: 1,
+                result: first,
+                flags: FLAG_REPLAYED
+            }
+        );
+        assert!(fx.mutations.is_empty(), "a replay changes nothing");
+    }
+
+    #[test]
+    fn an_absent_key_executes_and_a_failed_lookup_refuses() {
+        let mut st = ShardState::new(
+            1_000_000,
+            KeyBudget {
+                accepted: 1,
+                rejected: 10,
+            },
+        );
+        st.enable_key_spill();
+        let open = OpenAuctionRequest {
+            auction_id: 1,
+            reserve: 0,
+            min_increment: 1,
+            ends_at_ms: 0,
+        };
+        run(&mut st, Op::OpenAuction(open), 0);
+        run(&mut st, bid(1, 7, 10, 100), 0);
+        st.keys_applied(1);
+        run(&mut st, bid(1, 7, 20, 101), 0);
+        let key = Key {
+            kind: KeyKind::Bid,
+            scope: 1,
+            key: 100,
+        };
+        // The store failed: refused (not executed), the next one runs.
+        let mut fx = Effects::new(1);
+        run_as(&mut st, 1, bid(1, 7, 10, 100), &mut fx);
+        run_as(&mut st, 2, Op::GetAuction(1), &mut fx);
+        st.looked_up(key, KeyLookup::Refused(ErrorCode::Unavailable), 0, &mut fx);
+        let out = answered(&mut fx);
+        assert!(matches!(
+            out[0].1,
+            Reply::Error {
+                code: ErrorCode::Unavailable,
+                ..
+            }
+        ));
+        assert_eq!(out[1].0, 2);
+        // Absent (a false "maybe"): it executes — here OUTBID (10 < 20) —
+        // once key 101 may leave memory to make room.
+        st.keys_applied(2);
+        run_as(&mut st, 3, bid(1, 7, 10, 100), &mut fx);
+        st.looked_up(key, KeyLookup::Absent, 0, &mut fx);
+        let out = answered(&mut fx);
+        match out[0].1 {
+            Reply::Result {
+                request_id: 3,
+                result,
+                flags: 0,
+            } => assert_eq!(result.status, Status::Outbid),
+            ref r => panic!("{r:?}"),
+        }
     }
 }

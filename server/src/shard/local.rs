@@ -1,31 +1,109 @@
 //! The local engine as a shard [`Backend`]: state in this process's memory.
+//!
+//! With a durable store it is also linked to the key lookups
+//! ([`KeyLookups`]): the engine's lookups go to the lookup thread, its
+//! answers come back as backend events, and once per turn the engine learns
+//! how many of its keyed mutations the tables hold (so old accepted keys
+//! may leave memory).
 
-use std::convert::Infallible;
+use std::sync::Arc;
+
+use crossbeam_channel::{Receiver, Sender, TrySendError};
+use gavel_protocol::ErrorCode;
 
 use super::{Backend, Sizes};
+use crate::clock::now_ms;
 use crate::engine::command::{Command, ConnRef};
 use crate::engine::effects::Effects;
+use crate::engine::idempotency::KeyLookup;
 use crate::engine::state::ShardState;
+use crate::store::gate::StoreGate;
+use crate::store::lookup::{LookupAnswer, LookupRequest};
 
-impl Backend for ShardState {
-    type Event = Infallible;
+/// A shard's link to the store for keys that left memory.
+pub struct KeyLookups {
+    pub shard: usize,
+    pub gate: Arc<StoreGate>,
+    pub requests: Sender<LookupRequest>,
+    pub answers: Receiver<LookupAnswer>,
+}
+
+/// The local engine, with its store link when it has one.
+pub struct LocalShard {
+    state: ShardState,
+    lookups: Option<KeyLookups>,
+}
+
+impl LocalShard {
+    /// `lookups`: with a durable store; accepted keys then spill to it.
+    pub fn new(mut state: ShardState, lookups: Option<KeyLookups>) -> Self {
+        if lookups.is_some() {
+            state.enable_key_spill();
+        }
+        LocalShard { state, lookups }
+    }
+
+    /// Sends the round's lookups; one that cannot be queued is refused
+    /// BUSY at once (its command was not executed).
+    fn dispatch(&mut self, fx: &mut Effects) {
+        while let Some(key) = fx.lookups.pop() {
+            let Some(l) = &self.lookups else {
+                debug_assert!(false, "a lookup without a store");
+                continue;
+            };
+            let req = LookupRequest {
+                shard: l.shard,
+                key,
+            };
+            let refused = match l.requests.try_send(req) {
+                Ok(()) => continue,
+                Err(TrySendError::Full(_)) => ErrorCode::Busy,
+                Err(TrySendError::Disconnected(_)) => ErrorCode::Unavailable,
+            };
+            let answer = KeyLookup::Refused(refused);
+            self.state.looked_up(key, answer, now_ms(), fx);
+        }
+    }
+}
+
+impl Backend for LocalShard {
+    type Event = LookupAnswer;
+
+    fn events(&self) -> Option<Receiver<LookupAnswer>> {
+        self.lookups.as_ref().map(|l| l.answers.clone())
+    }
 
     fn execute(&mut self, cmds: &[Command], now_ms: u64, fx: &mut Effects) {
         for c in cmds {
-            ShardState::execute(self, c, now_ms, fx);
+            self.state.execute(c, now_ms, fx);
+        }
+        if !fx.lookups.is_empty() {
+            self.dispatch(fx);
         }
     }
 
+    fn on_event(&mut self, answer: LookupAnswer, fx: &mut Effects) {
+        self.state
+            .looked_up(answer.key, answer.result, now_ms(), fx);
+        self.dispatch(fx);
+    }
+
     fn disconnect(&mut self, conn: ConnRef) {
-        ShardState::disconnect(self, conn);
+        self.state.disconnect(conn);
+    }
+
+    fn tick(&mut self, _fx: &mut Effects) {
+        if let Some(l) = &self.lookups {
+            self.state.keys_applied(l.gate.keys_applied(l.shard));
+        }
     }
 
     fn sweep(&mut self, now_ms: u64, fx: &mut Effects) {
         fx.unstamp();
-        ShardState::sweep(self, now_ms, fx);
+        self.state.sweep(now_ms, fx);
     }
 
     fn sizes(&self) -> Sizes {
-        ShardState::sizes(self)
+        self.state.sizes()
     }
 }

@@ -45,20 +45,34 @@ pub struct SizeGauges {
     auctions: AtomicUsize,
     sales: AtomicUsize,
     subscriptions: AtomicUsize,
+    keys: AtomicUsize,
+    spilled_keys: AtomicUsize,
+    filter_bytes: AtomicUsize,
+    parked: AtomicUsize,
 }
 
 impl SizeGauges {
     pub fn store(&self, s: Sizes) {
-        self.auctions.store(s.auctions, Ordering::Relaxed);
-        self.sales.store(s.sales, Ordering::Relaxed);
-        self.subscriptions.store(s.subscriptions, Ordering::Relaxed);
+        let set = |a: &AtomicUsize, v| a.store(v, Ordering::Relaxed);
+        set(&self.auctions, s.auctions);
+        set(&self.sales, s.sales);
+        set(&self.subscriptions, s.subscriptions);
+        set(&self.keys, s.keys);
+        set(&self.spilled_keys, s.spilled_keys);
+        set(&self.filter_bytes, s.filter_bytes);
+        set(&self.parked, s.parked);
     }
 
     pub fn load(&self) -> Sizes {
+        let get = |a: &AtomicUsize| a.load(Ordering::Relaxed);
         Sizes {
-            auctions: self.auctions.load(Ordering::Relaxed),
-            sales: self.sales.load(Ordering::Relaxed),
-            subscriptions: self.subscriptions.load(Ordering::Relaxed),
+            auctions: get(&self.auctions),
+            sales: get(&self.sales),
+            subscriptions: get(&self.subscriptions),
+            keys: get(&self.keys),
+            spilled_keys: get(&self.spilled_keys),
+            filter_bytes: get(&self.filter_bytes),
+            parked: get(&self.parked),
         }
     }
 }

@@ -24,6 +24,10 @@ pub struct StoreGate {
     /// count is 0 may release a mutation-free round directly without
     /// overtaking anything.
     held: Vec<AtomicUsize>,
+    /// Per shard: how many of its keyed mutations (accepted bids and
+    /// purchases) the tables hold, counted in the order the shard emitted
+    /// them. Its accepted keys up to that ordinal may leave memory.
+    keys_applied: Vec<AtomicU64>,
 }
 
 impl StoreGate {
@@ -37,6 +41,7 @@ impl StoreGate {
             applied_seq: AtomicU64::new(0),
             durable,
             held: (0..shards).map(|_| AtomicUsize::new(0)).collect(),
+            keys_applied: (0..shards).map(|_| AtomicU64::new(0)).collect(),
         }
     }
 
@@ -93,6 +98,26 @@ impl StoreGate {
         debug_assert!(before >= n, "materializer lag went below zero");
         let prev = self.applied_seq.swap(seq, Ordering::AcqRel);
         debug_assert!(prev <= seq, "applied sequence went back");
+    }
+
+    pub fn shards(&self) -> usize {
+        self.keys_applied.len()
+    }
+
+    /// The materializer applied `counts[i]` more keyed mutations of shard `i`.
+    pub(super) fn keys_applied_add(&self, counts: &[u64]) {
+        debug_assert_eq!(counts.len(), self.keys_applied.len());
+        for (a, &n) in self.keys_applied.iter().zip(counts) {
+            if n > 0 {
+                a.fetch_add(n, Ordering::Release);
+            }
+        }
+    }
+
+    /// Shard `shard`'s keyed mutations the tables hold.
+    #[inline]
+    pub fn keys_applied(&self, shard: usize) -> u64 {
+        self.keys_applied[shard].load(Ordering::Acquire)
     }
 
     /// Recovery: the tables hold everything up to `seq`.

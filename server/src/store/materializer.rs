@@ -43,9 +43,10 @@ pub fn spawn(
     let (tx, rx) = crossbeam_channel::unbounded();
     let m = Materializer {
         tables,
-        gate,
+        gate: gate.clone(),
         metrics,
         batch: WriteBatch::default(),
+        keys: vec![0; gate.shards()],
         records: Vec::new(),
         last_seq: 0,
         oldest: None,
@@ -81,6 +82,9 @@ struct Materializer {
     gate: Arc<StoreGate>,
     metrics: Arc<Metrics>,
     batch: WriteBatch,
+    /// Per shard: keyed mutations (accepted bids, purchases) in `batch`,
+    /// reported to the gate once applied (see `engine::idempotency`).
+    keys: Vec<u64>,
     /// The records folded into `batch`, kept to isolate a bad one.
     records: Vec<Committed>,
     last_seq: u64,
@@ -148,6 +152,7 @@ impl Materializer {
         for m in &c.mutations {
             self.batch.add(m);
         }
+        count_keys(&c.mutations, &mut self.keys);
         self.last_seq = c.seq;
         self.oldest.get_or_insert(c.at);
         self.records.push(c);
@@ -156,6 +161,7 @@ impl Materializer {
     /// Empties the batch (its records are applied).
     fn reset(&mut self) {
         self.batch.clear();
+        self.keys.fill(0);
         self.records.clear();
         self.oldest = None;
         self.first_attempt = true;
@@ -182,6 +188,7 @@ impl Materializer {
                 let n = self.batch.mutations;
                 self.metrics.store.apply_batch.observe(n as u64);
                 self.gate.applied(n, self.last_seq);
+                self.gate.keys_applied_add(&self.keys);
                 self.reset();
                 true
             }
@@ -239,16 +246,31 @@ impl Materializer {
             r => r?,
         }
         self.gate.applied(c.mutations.len(), c.seq);
+        // A quarantined record counts too: its keys cannot be found in the
+        // tables, but holding them in memory forever would stop the shard.
+        let mut keys = vec![0; self.keys.len()];
+        count_keys(&c.mutations, &mut keys);
+        self.gate.keys_applied_add(&keys);
         Ok(())
     }
 
     /// Rebuilds the batch from records still to apply.
     fn refold(&mut self, records: impl Iterator<Item = Committed>) {
         self.batch.clear();
+        self.keys.fill(0);
         self.oldest = None;
         self.last_seq = 0;
         for c in records {
             self.fold(c);
+        }
+    }
+}
+
+/// Adds each shard's keyed mutations in `ms` to `counts`.
+fn count_keys(ms: &[Mutation], counts: &mut [u64]) {
+    for m in ms {
+        if let Some(shard) = m.key_shard(counts.len()) {
+            counts[shard] += 1;
         }
     }
 }

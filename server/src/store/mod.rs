@@ -17,6 +17,7 @@
 
 pub mod gate;
 pub mod journal;
+pub mod lookup;
 pub mod materializer;
 pub mod postgres;
 pub mod recovery;
@@ -28,6 +29,7 @@ use std::time::Duration;
 
 use gavel_protocol::{OpenAuctionRequest, OpenSaleRequest};
 
+use crate::engine::idempotency::{Key, StoredOutcome};
 use crate::engine::mutation::Mutation;
 
 /// Where state is kept, from `--store`.
@@ -160,6 +162,23 @@ pub trait Tables: Send {
     /// Everything needed to serve again after a restart: all auctions and
     /// sales, holdings, and bids/orders accepted at or after `since_ms`.
     fn load(&mut self, since_ms: u64) -> Result<Snapshot, StoreError>;
+    /// An accepted key's log row (bid or order), if the tables hold it: a
+    /// point lookup on the log's primary key.
+    fn find_key(&mut self, key: Key) -> Result<Option<StoredOutcome>, StoreError>;
+}
+
+/// Opens another connection to the configured store's tables (the key
+/// lookups use their own, so a lookup never waits behind a batch).
+pub fn open_tables(
+    url: &StoreUrl,
+    durable: bool,
+    timeout: Duration,
+) -> Result<Option<Box<dyn Tables>>, StoreError> {
+    Ok(match url {
+        StoreUrl::Memory => None,
+        StoreUrl::Sqlite(path) => Some(Box::new(sqlite::SqliteStore::open(path, durable)?)),
+        StoreUrl::Postgres(u) => Some(Box::new(postgres::PgStore::connect(u, timeout)?)),
+    })
 }
 
 /// A durable store, opened: its journal (for the writer) and its tables

@@ -23,6 +23,7 @@ use super::{
     from_sql, to_sql, AuctionRow, BidRow, Journal, OrderRow, SaleRow, Snapshot, StoreError, Tables,
     WriteBatch,
 };
+use crate::engine::idempotency::{Key, KeyKind, StoredOutcome};
 
 const SCHEMA: &str = include_str!("../../../schema.sql");
 /// Serialises schema application across nodes starting at once.
@@ -365,6 +366,39 @@ impl Tables for PgStore {
         })
     }
 
+    fn find_key(&mut self, key: Key) -> Result<Option<StoredOutcome>, StoreError> {
+        let pool = &self.pool;
+        self.run(async move {
+            let c = pool.get().await.map_err(pg)?;
+            let (scope, k) = (to_sql(key.scope), to_sql(key.key));
+            Ok(match key.kind {
+                KeyKind::Bid => {
+                    let st = c.prepare_cached(FIND_BID).await.map_err(pg)?;
+                    c.query_opt(&st, &[&scope, &k])
+                        .await
+                        .map_err(pg)?
+                        .map(|r| StoredOutcome::Bid {
+                            bidder_id: from_sql(r.get(0)),
+                            amount: from_sql(r.get(1)),
+                            at_ms: from_sql(r.get(2)),
+                        })
+                }
+                KeyKind::Order => {
+                    let st = c.prepare_cached(FIND_ORDER).await.map_err(pg)?;
+                    c.query_opt(&st, &[&scope, &k]).await.map_err(pg)?.map(|r| {
+                        StoredOutcome::Order {
+                            buyer_id: from_sql(r.get(0)),
+                            quantity: from_sql(r.get(1)),
+                            sold_after: from_sql(r.get(2)),
+                            held_after: from_sql(r.get(3)),
+                            at_ms: from_sql(r.get(4)),
+                        }
+                    })
+                }
+            })
+        })
+    }
+
     fn load(&mut self, since_ms: u64) -> Result<Snapshot, StoreError> {
         let pool = &self.pool;
         // Loading may take longer than one commit; allow it a generous bound.
@@ -385,6 +419,10 @@ const TRUNCATE: &str = "DELETE FROM journal WHERE seq <= $1";
 const READ_AFTER: &str = "SELECT seq, record FROM journal WHERE seq > $1 ORDER BY seq";
 const QUARANTINE: &str = "INSERT INTO quarantine (seq, record, error) VALUES ($1, $2, $3)
      ON CONFLICT (seq) DO UPDATE SET record = EXCLUDED.record, error = EXCLUDED.error";
+const FIND_BID: &str =
+    "SELECT bidder_id, amount, at_ms FROM bids WHERE auction_id = $1 AND bid_id = $2";
+const FIND_ORDER: &str = "SELECT buyer_id, quantity, sold_after, held_after, at_ms FROM orders
+     WHERE sku_id = $1 AND order_id = $2";
 const GET_APPLIED: &str = "SELECT applied_seq FROM materializer WHERE id = 1";
 const SET_APPLIED: &str =
     "UPDATE materializer SET applied_seq = $1 WHERE id = 1 AND applied_seq < $1";

@@ -3,7 +3,7 @@
 //! then [`restore`] hands the [`Snapshot`] read from the tables to the
 //! shards' engines, each row to the shard that owns its key.
 
-use gavel_protocol::{ResultPayload, Status};
+use gavel_protocol::ResultPayload;
 
 use super::{
     journal, AuctionRow, BidRow, Journal, OrderRow, SaleRow, Snapshot, StoreError, Tables,
@@ -11,7 +11,7 @@ use super::{
 };
 use crate::engine::auction::Auction;
 use crate::engine::command::{shard_of, Op};
-use crate::engine::idempotency::{Key, KeyKind};
+use crate::engine::idempotency::{Key, KeyKind, StoredOutcome};
 use crate::engine::mutation::Mutation;
 use crate::engine::sale::Sale;
 use crate::engine::state::ShardState;
@@ -127,8 +127,13 @@ fn bid_key(b: &BidRow) -> (Key, (u64, u64), ResultPayload) {
         scope: b.auction_id,
         key: b.bid_id,
     };
-    let result = ResultPayload::new(Status::Ok, b.amount, b.bidder_id);
-    (key, (b.bidder_id, b.amount), result)
+    let stored = StoredOutcome::Bid {
+        bidder_id: b.bidder_id,
+        amount: b.amount,
+        at_ms: b.at_ms,
+    };
+    let (fields, result) = stored.entry(0);
+    (key, fields, result)
 }
 
 /// An accepted order's key, fields and the RESULT first sent (units left
@@ -139,6 +144,13 @@ fn order_key(o: &OrderRow, stock: u64) -> (Key, (u64, u64), ResultPayload) {
         scope: o.sku_id,
         key: o.order_id,
     };
-    let result = ResultPayload::new(Status::Ok, stock.saturating_sub(o.sold_after), o.held_after);
-    (key, (o.buyer_id, o.quantity as u64), result)
+    let stored = StoredOutcome::Order {
+        buyer_id: o.buyer_id,
+        quantity: o.quantity as u64,
+        sold_after: o.sold_after,
+        held_after: o.held_after,
+        at_ms: o.at_ms,
+    };
+    let (fields, result) = stored.entry(stock);
+    (key, fields, result)
 }

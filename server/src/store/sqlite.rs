@@ -18,6 +18,7 @@ use super::{
     from_sql, to_sql, AuctionRow, BidRow, Journal, OrderRow, SaleRow, Snapshot, StoreError, Tables,
     WriteBatch,
 };
+use crate::engine::idempotency::{Key, KeyKind, StoredOutcome};
 
 const SCHEMA: &str = include_str!("sqlite_schema.sql");
 
@@ -285,6 +286,44 @@ impl Tables for SqliteStore {
             .collect::<Result<_, _>>()?;
         s.sort_logs_by_time();
         Ok(s)
+    }
+
+    fn find_key(&mut self, key: Key) -> Result<Option<StoredOutcome>, StoreError> {
+        let args = params![to_sql(key.scope), to_sql(key.key)];
+        let found = match key.kind {
+            KeyKind::Bid => self
+                .conn
+                .prepare_cached(
+                    "SELECT bidder_id, amount, at_ms FROM bids WHERE auction_id = ?1 AND bid_id = ?2",
+                )?
+                .query_row(args, |r| {
+                    Ok(StoredOutcome::Bid {
+                        bidder_id: from_sql(r.get(0)?),
+                        amount: from_sql(r.get(1)?),
+                        at_ms: from_sql(r.get(2)?),
+                    })
+                }),
+            KeyKind::Order => self
+                .conn
+                .prepare_cached(
+                    "SELECT buyer_id, quantity, sold_after, held_after, at_ms FROM orders
+                     WHERE sku_id = ?1 AND order_id = ?2",
+                )?
+                .query_row(args, |r| {
+                    Ok(StoredOutcome::Order {
+                        buyer_id: from_sql(r.get(0)?),
+                        quantity: from_sql(r.get(1)?),
+                        sold_after: from_sql(r.get(2)?),
+                        held_after: from_sql(r.get(3)?),
+                        at_ms: from_sql(r.get(4)?),
+                    })
+                }),
+        };
+        match found {
+            Ok(f) => Ok(Some(f)),
+            Err(rusqlite::Error::QueryReturnedNoRows) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
     }
 }
 

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod crash;
+pub mod spill;
 pub mod spread;
 
 use std::io::{BufRead, BufReader};

@@ -1,0 +1,117 @@
+//! Commands waiting for a key's lookup in the store.
+//!
+//! When a keyed request's key may have left memory for the store, the
+//! request waits for the answer, and so does every later command on the same
+//! auction or sale (so one connection's pipelined requests on it still run
+//! in order, and nothing overtakes the request that waits). Commands on
+//! other auctions keep flowing. The number waiting is capped per shard:
+//! past it a command is refused BUSY (not executed).
+
+use std::collections::{HashMap, VecDeque};
+
+use super::command::{Command, Op};
+use super::idempotency::KeyKind;
+
+/// An auction or a sale: what a lookup holds up.
+pub type Scope = (KeyKind, u64);
+
+/// The auction or sale a command acts on.
+pub fn scope_of(op: &Op) -> Scope {
+    match *op {
+        Op::OpenAuction(o) => (KeyKind::Bid, o.auction_id),
+        Op::Bid(b) => (KeyKind::Bid, b.auction_id),
+        Op::CloseAuction(id) | Op::GetAuction(id) | Op::Subscribe(id) | Op::Unsubscribe(id) => {
+            (KeyKind::Bid, id)
+        }
+        Op::OpenSale(o) => (KeyKind::Order, o.sku_id),
+        Op::Buy(b) => (KeyKind::Order, b.sku_id),
+        Op::GetSale(id) => (KeyKind::Order, id),
+    }
+}
+
+/// Commands held, per scope, oldest first; the first of each waits for
+/// its lookup.
+pub struct Parked {
+    by_scope: HashMap<Scope, VecDeque<Command>, ahash::RandomState>,
+    len: usize,
+    cap: usize,
+}
+
+impl Parked {
+    pub fn new(cap: usize) -> Self {
+        Parked {
+            by_scope: HashMap::default(),
+            len: 0,
+            cap: cap.max(1),
+        }
+    }
+
+    /// True when commands on `scope` wait (a later one must queue behind).
+    #[inline]
+    pub fn holds(&self, scope: Scope) -> bool {
+        !self.by_scope.is_empty() && self.by_scope.contains_key(&scope)
+    }
+
+    /// Queues `cmd` on `scope` (first or behind others); false when the
+    /// cap is reached and it must be refused instead.
+    pub fn push(&mut self, scope: Scope, cmd: Command) -> bool {
+        if self.len >= self.cap {
+            return false;
+        }
+        self.by_scope.entry(scope).or_default().push_back(cmd);
+        self.len += 1;
+        true
+    }
+
+    /// Everything waiting on `scope`, oldest first (its lookup is answered).
+    pub fn take(&mut self, scope: Scope) -> VecDeque<Command> {
+        let q = self.by_scope.remove(&scope).unwrap_or_default();
+        self.len -= q.len();
+        q
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::command::ConnRef;
+
+    fn get(id: u64) -> Command {
+        Command {
+            conn: ConnRef {
+                io: 0,
+                slot: 1,
+                gen: 1,
+            },
+            request_id: id as u32,
+            op: Op::GetAuction(id),
+            t0_us: 0,
+            kind: 0,
+        }
+    }
+
+    #[test]
+    fn holds_in_order_per_scope_and_caps() {
+        let mut p = Parked::new(3);
+        let a = (KeyKind::Bid, 1);
+        assert!(!p.holds(a));
+        assert!(p.push(a, get(1)));
+        assert!(p.push(a, get(2)));
+        assert!(p.holds(a));
+        assert!(!p.holds((KeyKind::Order, 1)), "a sale is another scope");
+        assert!(p.push((KeyKind::Bid, 2), get(3)));
+        assert!(!p.push(a, get(4)), "capped");
+        let q: Vec<u32> = p.take(a).iter().map(|c| c.request_id).collect();
+        assert_eq!(q, vec![1, 2]);
+        assert!(!p.holds(a));
+        assert_eq!(p.len(), 1);
+    }
+}
