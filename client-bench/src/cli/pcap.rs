@@ -1,22 +1,33 @@
-//! Just enough packet-capture parsing for `gavel-cli decode --pcap`: classic
-//! pcap (either byte order, µs or ns) and pcapng; Ethernet (with VLAN tags),
-//! Linux cooked (SLL, SLL2), BSD loopback and raw-IP link types; IPv4 and
-//! IPv6 (extension headers skipped, fragments ignored); TCP payloads, put back
-//! in sequence order per direction of each connection.
+//! Packet captures for `gavel-cli decode --pcap`. The file formats and the
+//! protocol headers are read by maintained crates: `pcap-file` (classic pcap
+//! in either byte order, µs or ns; pcapng with its sections, interfaces and
+//! options) and `etherparse` (Ethernet with VLAN tags, IPv4 and IPv6 with
+//! their extension headers, TCP). This module keeps what is Gavel's: which
+//! link layer a packet starts with, the TCP payloads put back in sequence
+//! order per direction of each connection, and which end is the server.
 //!
-//! Every read is bounds-checked: a damaged capture yields an error value,
-//! never a panic.
+//! A damaged capture yields an error value or a skipped packet with its
+//! reason, never a panic.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
+
+use etherparse::err::ip::{HeaderError as IpHeaderError, LaxHeaderSliceError};
+use etherparse::err::packet::SliceError;
+use etherparse::err::Layer;
+use etherparse::{EtherType, IpNumber, LaxNetSlice, LaxSlicedPacket, TransportSlice};
+use pcap_file::pcap::PcapParser;
+use pcap_file::pcapng::{Block, PcapNgParser};
+use pcap_file::{DataLink, PcapError};
 
 /// One captured packet: its 1-based number in the file (as Wireshark counts)
 /// and its bytes from the link-layer header on.
 #[derive(Debug, Clone)]
 pub struct Packet<'a> {
     pub number: usize,
-    pub linktype: u32,
-    pub data: &'a [u8],
+    pub linktype: DataLink,
+    pub data: Cow<'a, [u8]>,
 }
 
 /// The packets of a capture, plus a note when the file ends early (the
@@ -27,35 +38,26 @@ pub struct Capture<'a> {
     pub truncated: Option<String>,
 }
 
-fn u16_at(b: &[u8], at: usize, le: bool) -> Option<u16> {
-    let s: [u8; 2] = b.get(at..at + 2)?.try_into().ok()?;
-    Some(if le {
-        u16::from_le_bytes(s)
-    } else {
-        u16::from_be_bytes(s)
-    })
-}
-
-fn u32_at(b: &[u8], at: usize, le: bool) -> Option<u32> {
-    let s: [u8; 4] = b.get(at..at + 4)?.try_into().ok()?;
-    Some(if le {
-        u32::from_le_bytes(s)
-    } else {
-        u32::from_be_bytes(s)
-    })
+impl<'a> Capture<'a> {
+    fn push(&mut self, linktype: DataLink, data: Cow<'a, [u8]>) {
+        self.packets.push(Packet {
+            number: self.packets.len() + 1,
+            linktype,
+            data,
+        });
+    }
 }
 
 /// Splits a classic pcap or pcapng file into packets.
 pub fn read_capture(file: &[u8]) -> Result<Capture<'_>, String> {
-    if file.len() < 4 {
+    let Some(&[a, b, c, d]) = file.get(..4) else {
         return Err(format!(
             "not a capture file: {} bytes, too short for a header",
             file.len()
         ));
-    }
-    match u32_at(file, 0, false).unwrap_or(0) {
-        0xa1b2_c3d4 | 0xa1b2_3c4d => read_pcap(file, false),
-        0xd4c3_b2a1 | 0x4d3c_b2a1 => read_pcap(file, true),
+    };
+    match u32::from_be_bytes([a, b, c, d]) {
+        0xa1b2_c3d4 | 0xa1b2_3c4d | 0xd4c3_b2a1 | 0x4d3c_b2a1 => read_pcap(file),
         0x0a0d_0d0a => read_pcapng(file),
         m => Err(format!(
             "not a pcap or pcapng file (magic number 0x{m:08x} at offset 0)"
@@ -63,124 +65,94 @@ pub fn read_capture(file: &[u8]) -> Result<Capture<'_>, String> {
     }
 }
 
-fn read_pcap(file: &[u8], le: bool) -> Result<Capture<'_>, String> {
-    let linktype = u32_at(file, 20, le)
-        .ok_or("truncated pcap global header (needs 24 bytes)")?
-        // The upper bits may carry FCS information; the link type is the low 16.
-        & 0xffff;
+fn read_pcap(file: &[u8]) -> Result<Capture<'_>, String> {
+    let (mut rest, parser) = PcapParser::new(file).map_err(|e| match e {
+        PcapError::IncompleteBuffer => "truncated pcap global header (needs 24 bytes)".to_string(),
+        e => format!("bad pcap global header: {e}"),
+    })?;
+    // The upper bits may carry FCS information; the link type is the low 16.
+    let linktype = DataLink::from(u32::from(parser.header().datalink) & 0xffff);
     let mut cap = Capture::default();
-    let mut at = 24;
-    while at < file.len() {
-        let (Some(incl), Some(_orig)) = (u32_at(file, at + 8, le), u32_at(file, at + 12, le))
-        else {
-            cap.truncated = Some(format!(
-                "file ends inside the record header of packet {} (offset {at})",
-                cap.packets.len() + 1
-            ));
-            break;
-        };
-        let start = at + 16;
-        let Some(data) = file.get(start..start.saturating_add(incl as usize)) else {
-            cap.truncated = Some(format!(
-                "file ends inside packet {} (offset {at}: {incl} bytes announced, {} present)",
-                cap.packets.len() + 1,
-                file.len() - start
-            ));
-            break;
-        };
-        cap.packets.push(Packet {
-            number: cap.packets.len() + 1,
-            linktype,
-            data,
-        });
-        at = start + incl as usize;
+    while !rest.is_empty() {
+        let at = file.len() - rest.len();
+        // Raw records: their lengths are not checked against the snapshot
+        // length, which some writers do not honour; only against the file.
+        match parser.next_raw_packet(rest) {
+            Ok((next, raw)) => {
+                cap.push(linktype, raw.data);
+                rest = next;
+            }
+            Err(e) => {
+                let why = match e {
+                    PcapError::IncompleteBuffer => String::new(),
+                    e => format!(": {e}"),
+                };
+                cap.truncated = Some(format!(
+                    "file ends inside packet {} (offset {at}, only {} bytes left){why}",
+                    cap.packets.len() + 1,
+                    rest.len()
+                ));
+                break;
+            }
+        }
     }
     Ok(cap)
 }
 
 fn read_pcapng(file: &[u8]) -> Result<Capture<'_>, String> {
+    let (mut rest, mut parser) = PcapNgParser::new(file).map_err(|e| match e {
+        PcapError::IncompleteBuffer => "file ends inside the pcapng section header".to_string(),
+        e => format!("bad pcapng section header at offset 0: {e}"),
+    })?;
     let mut cap = Capture::default();
-    let mut le = true;
-    let mut interfaces: Vec<u32> = Vec::new();
-    let mut at = 0;
-    while at < file.len() {
-        let Some(btype) = u32_at(file, at, le) else {
-            cap.truncated = Some(format!("file ends inside a block header (offset {at})"));
-            break;
-        };
-        if btype == 0x0a0d_0d0a {
-            // Section header: its byte-order magic decides the endianness.
-            le = match file.get(at + 8..at + 12) {
-                Some([0x4d, 0x3c, 0x2b, 0x1a]) => true,
-                Some([0x1a, 0x2b, 0x3c, 0x4d]) => false,
-                _ => return Err(format!("bad pcapng section header at offset {at}")),
-            };
-            interfaces.clear();
-        }
-        let Some(blen) = u32_at(file, at + 4, le).map(|l| l as usize) else {
-            cap.truncated = Some(format!("file ends inside a block header (offset {at})"));
-            break;
-        };
-        if blen < 12 || blen % 4 != 0 {
-            return Err(format!(
-                "bad pcapng block length {blen} at offset {at} (must be a multiple of 4, at least 12)"
-            ));
-        }
-        let Some(block) = file.get(at..at + blen) else {
-            cap.truncated = Some(format!(
-                "file ends inside a block (offset {at}: {blen} bytes announced, {} present)",
-                file.len() - at
-            ));
-            break;
-        };
-        let body = &block[8..blen - 4];
-        let bad = || format!("bad pcapng block of type {btype} at offset {at}");
-        match btype {
-            // Interface description: link type of the next interface id.
-            1 => interfaces.push(u16_at(body, 0, le).ok_or_else(bad)? as u32),
-            // Enhanced packet.
-            6 => {
-                let iface = u32_at(body, 0, le).ok_or_else(bad)? as usize;
-                let caplen = u32_at(body, 12, le).ok_or_else(bad)? as usize;
-                let data = body.get(20..20 + caplen).ok_or_else(bad)?;
-                let linktype = *interfaces.get(iface).ok_or_else(|| {
-                    format!(
-                        "packet at offset {at} names interface {iface}, which was not described"
-                    )
-                })?;
-                cap.packets.push(Packet {
-                    number: cap.packets.len() + 1,
-                    linktype,
-                    data,
-                });
+    while !rest.is_empty() {
+        let at = file.len() - rest.len();
+        let block = match parser.next_block(rest) {
+            Ok((next, block)) => {
+                rest = next;
+                block
             }
-            // Simple packet: interface 0, captured length implied by the block.
-            3 => {
-                let orig = u32_at(body, 0, le).ok_or_else(bad)? as usize;
-                let data = &body[4..];
-                let data = &data[..orig.min(data.len())];
-                let linktype = *interfaces.first().ok_or_else(bad)?;
-                cap.packets.push(Packet {
-                    number: cap.packets.len() + 1,
-                    linktype,
-                    data,
-                });
+            Err(PcapError::IncompleteBuffer) => {
+                cap.truncated = Some(format!(
+                    "file ends inside a block (offset {at}, only {} bytes left)",
+                    rest.len()
+                ));
+                break;
             }
-            // Obsolete packet block.
-            2 => {
-                let iface = u16_at(body, 0, le).ok_or_else(bad)? as usize;
-                let caplen = u32_at(body, 12, le).ok_or_else(bad)? as usize;
-                let data = body.get(20..20 + caplen).ok_or_else(bad)?;
-                let linktype = *interfaces.get(iface).ok_or_else(bad)?;
-                cap.packets.push(Packet {
-                    number: cap.packets.len() + 1,
-                    linktype,
-                    data,
-                });
+            // Without a sound block the next one cannot be found: stop
+            // there, keeping the packets before it.
+            Err(e) => {
+                cap.truncated = Some(format!(
+                    "bad pcapng block at offset {at} ({e}); the rest of the file is not read"
+                ));
+                break;
             }
-            _ => {} // statistics, name resolution, custom blocks...
+        };
+        let link = |iface: u32| {
+            let idb = parser.interfaces().get(iface as usize).ok_or_else(|| {
+                format!("packet at offset {at} names interface {iface}, which was not described")
+            })?;
+            Ok::<_, String>(idb.linktype)
+        };
+        match block {
+            Block::EnhancedPacket(p) => cap.push(link(p.interface_id)?, p.data),
+            Block::Packet(p) => cap.push(link(u32::from(p.interface_id))?, p.data),
+            // Interface 0; the block's length includes padding, so cut the
+            // data at the original length.
+            Block::SimplePacket(p) => {
+                let linktype = link(0)?;
+                let keep = (p.original_len as usize).min(p.data.len());
+                let data = match p.data {
+                    Cow::Borrowed(d) => Cow::Borrowed(&d[..keep]),
+                    Cow::Owned(mut d) => {
+                        d.truncate(keep);
+                        Cow::Owned(d)
+                    }
+                };
+                cap.push(linktype, data);
+            }
+            _ => {} // section and interface headers (the parser keeps them), statistics, ...
         }
-        at += blen;
     }
     Ok(cap)
 }
@@ -205,154 +177,122 @@ pub enum Skip {
     Unusable(String),
 }
 
-/// Finds the IP packet inside a link-layer frame: (ethertype-like version, bytes).
-fn link_payload(linktype: u32, d: &[u8]) -> Result<&[u8], Skip> {
-    let ethertype_ip = |et: u16, rest: &'_ [u8]| -> Result<(), Skip> {
-        match et {
-            0x0800 | 0x86dd if !rest.is_empty() => Ok(()),
-            _ => Err(Skip::NotTcp),
-        }
-    };
-    let short = || Skip::Unusable("packet shorter than its link-layer header".into());
+fn short_link() -> Skip {
+    Skip::Unusable("packet shorter than its link-layer header".into())
+}
+
+/// The EtherType-like protocol field of a Linux cooked header and the bytes
+/// after the header: SLL v1 has it at offset 14 of 16 bytes, SLL2 at offset
+/// 0 of 20. Read here rather than by etherparse's SLL parser, which rejects
+/// the ARPHRD types other than Ethernet-like ones (a `tcpdump -i any`
+/// capture of loopback traffic is ARPHRD_LOOPBACK) and has no SLL2.
+fn cooked(d: &[u8], at: usize, len: usize) -> Result<(EtherType, &[u8]), Skip> {
+    match (d.get(at..at + 2), d.get(len..)) {
+        (Some(&[hi, lo]), Some(rest)) => Ok((EtherType(u16::from_be_bytes([hi, lo])), rest)),
+        _ => Err(short_link()),
+    }
+}
+
+/// Slices a packet that starts with its IP header.
+fn from_ip(ip: &[u8]) -> Result<LaxSlicedPacket<'_>, Skip> {
+    LaxSlicedPacket::from_ip(ip).map_err(|e| match e {
+        LaxHeaderSliceError::Len(_) => Skip::Unusable("IP packet truncated in the capture".into()),
+        LaxHeaderSliceError::Content(IpHeaderError::UnsupportedIpVersion { .. }) => Skip::NotTcp,
+        LaxHeaderSliceError::Content(e) => Skip::Unusable(e.to_string()),
+    })
+}
+
+/// Slices a packet from its link-layer header down to TCP.
+fn slice_packet(linktype: DataLink, d: &[u8]) -> Result<LaxSlicedPacket<'_>, Skip> {
     match linktype {
-        // Ethernet, with any number of 802.1Q / 802.1ad tags.
-        1 => {
-            let mut at = 12;
-            loop {
-                let et = u16_at(d, at, false).ok_or_else(short)?;
-                if matches!(et, 0x8100 | 0x88a8 | 0x9100) {
-                    at += 4;
-                    continue;
-                }
-                let rest = &d[at + 2..];
-                ethertype_ip(et, rest)?;
-                return Ok(rest);
-            }
+        // Ethernet, with up to three VLAN (802.1Q / 802.1ad) or MACsec tags.
+        DataLink::ETHERNET => LaxSlicedPacket::from_ethernet(d).map_err(|_| short_link()),
+        DataLink::LINUX_SLL => {
+            let (et, rest) = cooked(d, 14, 16)?;
+            Ok(LaxSlicedPacket::from_ether_type(et, rest))
         }
-        // BSD loopback: a 4-byte address family, host (0) or network (108) order.
-        0 | 108 => {
-            let fam = d.get(0..4).ok_or_else(short)?;
-            let v = u32::from_le_bytes(fam.try_into().unwrap_or_default());
-            let w = u32::from_be_bytes(fam.try_into().unwrap_or_default());
+        DataLink::LINUX_SLL2 => {
+            let (et, rest) = cooked(d, 0, 20)?;
+            Ok(LaxSlicedPacket::from_ether_type(et, rest))
+        }
+        // BSD loopback: a 4-byte address family, host (0) or network (108)
+        // order: AF_INET 2, AF_INET6 24, 28 or 30 depending on the BSD.
+        DataLink::NULL | DataLink::LOOP => {
+            let fam: [u8; 4] = d.get(..4).and_then(|f| f.try_into().ok()).ok_or_else(short_link)?;
+            let (v, w) = (u32::from_le_bytes(fam), u32::from_be_bytes(fam));
             if [v, w].iter().any(|f| matches!(f, 2 | 24 | 28 | 30)) {
-                Ok(&d[4..])
+                from_ip(&d[4..])
             } else {
                 Err(Skip::NotTcp)
             }
         }
-        // Raw IP.
-        101 | 12 | 14 | 228 | 229 => Ok(d),
-        // Linux cooked capture v1: protocol at 14, header 16 bytes.
-        113 => {
-            let et = u16_at(d, 14, false).ok_or_else(short)?;
-            let rest = d.get(16..).ok_or_else(short)?;
-            ethertype_ip(et, rest)?;
-            Ok(rest)
-        }
-        // Linux cooked capture v2: protocol at 0, header 20 bytes.
-        276 => {
-            let et = u16_at(d, 0, false).ok_or_else(short)?;
-            let rest = d.get(20..).ok_or_else(short)?;
-            ethertype_ip(et, rest)?;
-            Ok(rest)
-        }
+        // Raw IP (12 and 14 are raw IP on some BSDs).
+        DataLink::RAW | DataLink::IPV4 | DataLink::IPV6 => from_ip(d),
+        other if matches!(u32::from(other), 12 | 14) => from_ip(d),
         other => Err(Skip::Unusable(format!(
-            "unsupported link type {other} (supported: Ethernet 1, Linux cooked 113/276, loopback 0/108, raw IP 101)"
+            "unsupported link type {} (supported: Ethernet 1, Linux cooked 113/276, loopback 0/108, raw IP 101)",
+            u32::from(other)
         ))),
     }
 }
 
+/// Why slicing stopped, for the skipped-packet report.
+fn stop_reason(err: &SliceError, layer: Layer) -> Skip {
+    match (err, layer) {
+        (SliceError::Len(_), Layer::TcpHeader) => {
+            Skip::Unusable("TCP header truncated in the capture".into())
+        }
+        (SliceError::Len(_), _) => Skip::Unusable("IP packet truncated in the capture".into()),
+        (SliceError::Tcp(_), _) => Skip::Unusable("bad TCP data offset".into()),
+        // An EtherType that says IP over bytes of another IP version.
+        (SliceError::Ip(IpHeaderError::UnsupportedIpVersion { .. }), _) => Skip::NotTcp,
+        (e, layer) => Skip::Unusable(format!("bad {layer}: {e}")),
+    }
+}
+
 /// Extracts the TCP segment of one captured packet.
-pub fn tcp_segment<'a>(p: &Packet<'a>) -> Result<Segment<'a>, Skip> {
-    let ip = link_payload(p.linktype, p.data)?;
-    let truncated = || Skip::Unusable("IP packet truncated in the capture".into());
-    let (src, dst, tcp) = match ip.first().map(|b| b >> 4) {
-        Some(4) => {
-            let ihl = (ip[0] & 0x0f) as usize * 4;
-            let total = u16_at(ip, 2, false).ok_or_else(truncated)? as usize;
-            if ihl < 20 || ip.len() < ihl {
-                return Err(truncated());
-            }
-            if ip[9] != 6 {
-                return Err(Skip::NotTcp);
-            }
-            let frag = u16_at(ip, 6, false).ok_or_else(truncated)?;
-            if frag & 0x3fff != 0 {
-                return Err(Skip::Unusable(
-                    "fragmented IPv4 packet (not reassembled)".into(),
-                ));
-            }
-            let src = Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]);
-            let dst = Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]);
-            // Trim link-layer padding; keep what was captured if shorter. A
-            // total length of 0 comes from segmentation offload: take all.
-            let end = if total == 0 {
-                ip.len()
-            } else {
-                total.clamp(ihl, ip.len())
-            };
-            (IpAddr::V4(src), IpAddr::V4(dst), &ip[ihl..end])
-        }
-        Some(6) => {
-            if ip.len() < 40 {
-                return Err(truncated());
-            }
-            let plen = u16_at(ip, 4, false).ok_or_else(truncated)? as usize;
-            let a: [u8; 16] = ip[8..24].try_into().map_err(|_| truncated())?;
-            let b: [u8; 16] = ip[24..40].try_into().map_err(|_| truncated())?;
-            let mut next = ip[6];
-            let mut at = 40;
-            let end = (40 + plen).min(ip.len());
-            loop {
-                match next {
-                    6 => break,
-                    0 | 43 | 60 => {
-                        let h = ip.get(at..at + 2).ok_or_else(truncated)?;
-                        next = h[0];
-                        at += (h[1] as usize + 1) * 8;
-                    }
-                    51 => {
-                        let h = ip.get(at..at + 2).ok_or_else(truncated)?;
-                        next = h[0];
-                        at += (h[1] as usize + 2) * 4;
-                    }
-                    44 => {
-                        let h = ip.get(at..at + 8).ok_or_else(truncated)?;
-                        if u16::from_be_bytes([h[2], h[3]]) != 0 {
-                            return Err(Skip::Unusable(
-                                "fragmented IPv6 packet (not reassembled)".into(),
-                            ));
-                        }
-                        next = h[0];
-                        at += 8;
-                    }
-                    _ => return Err(Skip::NotTcp),
-                }
-            }
-            let tcp = ip.get(at..end.max(at)).ok_or_else(truncated)?;
-            (
-                IpAddr::V6(Ipv6Addr::from(a)),
-                IpAddr::V6(Ipv6Addr::from(b)),
-                tcp,
-            )
-        }
-        _ => return Err(Skip::NotTcp),
+pub fn tcp_segment<'p>(p: &'p Packet<'_>) -> Result<Segment<'p>, Skip> {
+    let sliced = slice_packet(p.linktype, &p.data)?;
+    let stopped = || match &sliced.stop_err {
+        Some((e, layer)) => stop_reason(e, *layer),
+        None => Skip::NotTcp,
     };
-    if tcp.len() < 20 {
-        return Err(Skip::Unusable("TCP header truncated in the capture".into()));
+    let (src, dst, payload) = match &sliced.net {
+        Some(LaxNetSlice::Ipv4(ip)) => (
+            IpAddr::V4(ip.header().source_addr()),
+            IpAddr::V4(ip.header().destination_addr()),
+            ip.payload(),
+        ),
+        Some(LaxNetSlice::Ipv6(ip)) => (
+            IpAddr::V6(ip.header().source_addr()),
+            IpAddr::V6(ip.header().destination_addr()),
+            ip.payload(),
+        ),
+        Some(LaxNetSlice::Arp(_)) => return Err(Skip::NotTcp),
+        None => return Err(stopped()),
+    };
+    if payload.ip_number != IpNumber::TCP {
+        return Err(Skip::NotTcp);
     }
-    let doff = (tcp[12] >> 4) as usize * 4;
-    if doff < 20 || doff > tcp.len() {
-        return Err(Skip::Unusable("bad TCP data offset".into()));
+    if payload.fragmented {
+        let v = if src.is_ipv4() { "IPv4" } else { "IPv6" };
+        return Err(Skip::Unusable(format!(
+            "fragmented {v} packet (not reassembled)"
+        )));
     }
-    let flags = tcp[13];
+    let Some(TransportSlice::Tcp(tcp)) = &sliced.transport else {
+        return Err(match stopped() {
+            Skip::NotTcp => Skip::Unusable("TCP header missing".into()),
+            why => why,
+        });
+    };
     Ok(Segment {
-        src: SocketAddr::new(src, u16::from_be_bytes([tcp[0], tcp[1]])),
-        dst: SocketAddr::new(dst, u16::from_be_bytes([tcp[2], tcp[3]])),
-        seq: u32::from_be_bytes([tcp[4], tcp[5], tcp[6], tcp[7]]),
-        syn: flags & 0x02 != 0,
-        ack: flags & 0x10 != 0,
-        payload: &tcp[doff..],
+        src: SocketAddr::new(src, tcp.source_port()),
+        dst: SocketAddr::new(dst, tcp.destination_port()),
+        seq: tcp.sequence_number(),
+        syn: tcp.syn(),
+        ack: tcp.ack(),
+        payload: tcp.payload(),
     })
 }
 
@@ -586,5 +526,259 @@ pub fn reassemble(cap: &Capture<'_>, port: Option<u16>) -> Reassembled {
     Reassembled {
         connections,
         skipped,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use etherparse::{PacketBuilder, VlanId};
+    use pcap_file::pcapng::blocks::enhanced_packet::{EnhancedPacketBlock, EnhancedPacketOption};
+    use pcap_file::pcapng::blocks::interface_description::InterfaceDescriptionBlock;
+    use pcap_file::pcapng::blocks::simple_packet::SimplePacketBlock;
+    use pcap_file::pcapng::PcapNgWriter;
+    use pcap_file::Endianness;
+    use std::time::Duration;
+
+    const A4: [u8; 4] = [10, 0, 0, 1];
+    const B4: [u8; 4] = [10, 0, 0, 2];
+
+    type TcpStep = etherparse::PacketBuilderStep<etherparse::TcpHeader>;
+
+    fn write(b: TcpStep, payload: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        b.write(&mut out, payload).unwrap();
+        out
+    }
+
+    /// IPv4 + TCP 40001 → 7070, seq 1000, with `payload`.
+    fn ip4_tcp(payload: &[u8]) -> Vec<u8> {
+        write(
+            PacketBuilder::ipv4(A4, B4, 64).tcp(40001, 7070, 1000, 512),
+            payload,
+        )
+    }
+
+    fn packet(linktype: DataLink, data: Vec<u8>) -> Packet<'static> {
+        Packet {
+            number: 1,
+            linktype,
+            data: Cow::Owned(data),
+        }
+    }
+
+    fn seg(linktype: DataLink, data: Vec<u8>) -> Result<(String, String, u32, Vec<u8>), Skip> {
+        let p = packet(linktype, data);
+        tcp_segment(&p).map(|s| {
+            (
+                s.src.to_string(),
+                s.dst.to_string(),
+                s.seq,
+                s.payload.to_vec(),
+            )
+        })
+    }
+
+    fn ok4(payload: &[u8]) -> Result<(String, String, u32, Vec<u8>), Skip> {
+        Ok((
+            "10.0.0.1:40001".into(),
+            "10.0.0.2:7070".into(),
+            1000,
+            payload.to_vec(),
+        ))
+    }
+
+    #[test]
+    fn ethernet_with_vlan_and_padding() {
+        let b = PacketBuilder::ethernet2([1; 6], [2; 6])
+            .single_vlan(VlanId::try_new(42).unwrap())
+            .ipv4(A4, B4, 64)
+            .tcp(40001, 7070, 1000, 512);
+        let mut frame = write(b, b"bid");
+        // Link-layer padding after the IP packet is not TCP payload.
+        frame.extend_from_slice(&[0; 6]);
+        assert_eq!(seg(DataLink::ETHERNET, frame), ok4(b"bid"));
+        assert_eq!(
+            seg(DataLink::ETHERNET, vec![0; 8]),
+            Err(Skip::Unusable(
+                "packet shorter than its link-layer header".into()
+            ))
+        );
+    }
+
+    #[test]
+    fn loopback_raw_ip_and_cooked() {
+        let mut null = 2u32.to_le_bytes().to_vec();
+        null.extend(ip4_tcp(b"x"));
+        assert_eq!(seg(DataLink::NULL, null), ok4(b"x"));
+        let mut lo6 = 30u32.to_be_bytes().to_vec();
+        lo6.extend(write(
+            PacketBuilder::ipv6([0xfd; 16], [0xfe; 16], 64).tcp(1, 7070, 5, 512),
+            b"v6",
+        ));
+        let s = seg(DataLink::LOOP, lo6).unwrap();
+        assert_eq!((s.2, s.3.as_slice()), (5, &b"v6"[..]));
+        assert!(s.0.starts_with("[fdfd:"), "{}", s.0);
+        assert_eq!(seg(DataLink::RAW, ip4_tcp(b"r")), ok4(b"r"));
+        assert_eq!(seg(DataLink::from(12), ip4_tcp(b"r")), ok4(b"r"));
+        // `tcpdump -i any` on loopback: ARPHRD_LOOPBACK (772) in SLL v1.
+        let mut sll = vec![0, 0, 0x03, 0x04, 0, 6, 0, 0, 0, 0, 0, 0, 0, 0, 0x08, 0x00];
+        sll.extend(ip4_tcp(b"any"));
+        assert_eq!(seg(DataLink::LINUX_SLL, sll), ok4(b"any"));
+        let mut sll2 = vec![0x08, 0x00, 0, 0, 0, 0, 0, 1, 0x03, 0x04, 0, 6];
+        sll2.extend_from_slice(&[0; 8]);
+        sll2.extend(ip4_tcp(b"any2"));
+        assert_eq!(seg(DataLink::LINUX_SLL2, sll2), ok4(b"any2"));
+    }
+
+    #[test]
+    fn what_is_not_usable_tcp() {
+        let udp = write_udp();
+        assert_eq!(seg(DataLink::RAW, udp), Err(Skip::NotTcp));
+        // ARP over Ethernet.
+        let mut arp = vec![0xff; 12];
+        arp.extend_from_slice(&[0x08, 0x06]);
+        arp.extend_from_slice(&[0; 28]);
+        assert_eq!(seg(DataLink::ETHERNET, arp), Err(Skip::NotTcp));
+        // More fragments follow.
+        let mut frag = ip4_tcp(b"part");
+        frag[6] |= 0x20;
+        assert_eq!(
+            seg(DataLink::RAW, frag),
+            Err(Skip::Unusable(
+                "fragmented IPv4 packet (not reassembled)".into()
+            ))
+        );
+        let cut = ip4_tcp(b"")[..30].to_vec();
+        assert_eq!(
+            seg(DataLink::RAW, cut),
+            Err(Skip::Unusable("TCP header truncated in the capture".into()))
+        );
+        assert_eq!(
+            seg(DataLink::RAW, ip4_tcp(b"")[..12].to_vec()),
+            Err(Skip::Unusable("IP packet truncated in the capture".into()))
+        );
+        let mut bad_offset = ip4_tcp(b"");
+        bad_offset[20 + 12] = 0x20;
+        assert_eq!(
+            seg(DataLink::RAW, bad_offset),
+            Err(Skip::Unusable("bad TCP data offset".into()))
+        );
+        match seg(DataLink::from(147), ip4_tcp(b"")) {
+            Err(Skip::Unusable(why)) => assert!(why.contains("unsupported link type 147"), "{why}"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn write_udp() -> Vec<u8> {
+        let mut out = Vec::new();
+        PacketBuilder::ipv4(A4, B4, 64)
+            .udp(1, 2)
+            .write(&mut out, b"u")
+            .unwrap();
+        out
+    }
+
+    /// A little-endian pcapng: interface (raw IP), an enhanced packet with
+    /// an option, a simple packet (padded), as `pcap-file` writes them.
+    fn pcapng() -> Vec<u8> {
+        let mut w = PcapNgWriter::with_endianness(Vec::new(), Endianness::Little).unwrap();
+        w.write_pcapng_block(InterfaceDescriptionBlock::new(DataLink::RAW, 65535))
+            .unwrap();
+        let one = ip4_tcp(b"one");
+        w.write_pcapng_block(EnhancedPacketBlock {
+            interface_id: 0,
+            timestamp: Duration::from_secs(1),
+            original_len: one.len() as u32,
+            data: Cow::Owned(one),
+            options: vec![EnhancedPacketOption::Comment("a comment".into())],
+        })
+        .unwrap();
+        let two = ip4_tcp(b"two!!");
+        w.write_pcapng_block(SimplePacketBlock {
+            original_len: two.len() as u32,
+            data: Cow::Owned(two),
+        })
+        .unwrap();
+        w.into_inner()
+    }
+
+    #[test]
+    fn pcapng_blocks() {
+        let file = pcapng();
+        let cap = read_capture(&file).unwrap();
+        assert_eq!(cap.truncated, None);
+        assert_eq!(cap.packets.len(), 2);
+        assert_eq!(cap.packets[1].number, 2);
+        assert_eq!(tcp_segment(&cap.packets[0]).unwrap().payload, b"one");
+        // The simple packet's padding is cut off at its original length.
+        assert_eq!(tcp_segment(&cap.packets[1]).unwrap().payload, b"two!!");
+
+        let cut = read_capture(&file[..file.len() - 3]).unwrap();
+        assert_eq!(cut.packets.len(), 1);
+        assert!(cut.truncated.unwrap().contains("file ends inside a block"));
+
+        // The enhanced packet names interface 3 (its first body field).
+        let len_at = |at: usize| u32::from_le_bytes(file[at + 4..at + 8].try_into().unwrap());
+        let shb = len_at(0) as usize;
+        let epb = shb + len_at(shb) as usize;
+        let mut bad = file.clone();
+        bad[epb + 8..epb + 12].copy_from_slice(&3u32.to_le_bytes());
+        let e = read_capture(&bad).unwrap_err();
+        assert!(
+            e.contains("names interface 3, which was not described"),
+            "{e}"
+        );
+
+        // A damaged block (its trailing length disagrees) ends the reading;
+        // the packets before it are kept.
+        let spb = epb + len_at(epb) as usize;
+        let mut bad = file.clone();
+        let end = spb + len_at(spb) as usize;
+        bad[end - 4] ^= 0x40;
+        let cap = read_capture(&bad).unwrap();
+        assert_eq!(cap.packets.len(), 1);
+        let why = cap.truncated.unwrap();
+        assert!(
+            why.starts_with(&format!("bad pcapng block at offset {spb}")),
+            "{why}"
+        );
+    }
+
+    #[test]
+    fn classic_pcap_big_endian_nanoseconds_with_fcs_bits() {
+        let frame = write(
+            PacketBuilder::ethernet2([1; 6], [2; 6])
+                .ipv4(A4, B4, 64)
+                .tcp(40001, 7070, 1000, 512),
+            b"ns",
+        );
+        let mut f = 0xa1b2_3c4du32.to_be_bytes().to_vec();
+        f.extend_from_slice(&[0, 2, 0, 4]);
+        f.extend_from_slice(&[0; 8]);
+        f.extend_from_slice(&65535u32.to_be_bytes());
+        // Ethernet, with "FCS length present, 1 × 16 bits" in the upper bits.
+        f.extend_from_slice(&0x3000_0001u32.to_be_bytes());
+        f.extend_from_slice(&[0; 8]);
+        f.extend_from_slice(&(frame.len() as u32).to_be_bytes());
+        f.extend_from_slice(&(frame.len() as u32).to_be_bytes());
+        f.extend_from_slice(&frame);
+        let cap = read_capture(&f).unwrap();
+        assert_eq!(cap.packets[0].linktype, DataLink::ETHERNET);
+        assert_eq!(tcp_segment(&cap.packets[0]).unwrap().payload, b"ns");
+
+        let cut = read_capture(&f[..f.len() - 1]).unwrap();
+        assert!(cut.packets.is_empty());
+        let why = cut.truncated.unwrap();
+        assert!(
+            why.starts_with("file ends inside packet 1 (offset 24"),
+            "{why}"
+        );
+        assert!(read_capture(&f[..20])
+            .unwrap_err()
+            .contains("truncated pcap global header"));
+        assert!(read_capture(b"GIF8")
+            .unwrap_err()
+            .contains("not a pcap or pcapng file (magic number 0x47494638"));
     }
 }
