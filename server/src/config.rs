@@ -108,21 +108,25 @@ pub struct Config {
     #[arg(long, env = "GAVEL_IDEMPOTENCY_WINDOW", default_value = "24h", value_parser = parse_duration)]
     pub idempotency_window: Duration,
 
-    /// Upper bound on remembered keys of *accepted* bids and orders across
-    /// all shards (split evenly). An accepted key is never forgotten inside
-    /// the window: when a shard's share is full, new BIDs/BUYs there are
-    /// answered ERROR BUSY (not executed) until old keys expire. ~140 bytes
-    /// per key.
-    #[arg(long, env = "GAVEL_IDEMPOTENCY_MAX_KEYS", default_value_t = 20_000_000)]
+    /// Keys of *accepted* bids and orders held in memory, across all shards
+    /// (split evenly). An accepted key is never forgotten inside the window:
+    /// with a durable store, past this cap the oldest accepted keys the
+    /// tables already hold leave memory for the store (a ~12-bit-per-key
+    /// filter tells which requests must be looked up there); with --store
+    /// memory, new BIDs/BUYs on a full shard are answered ERROR BUSY (not
+    /// executed) until old keys expire. ~230 bytes per key in memory: the
+    /// default holds ~0.46 GB.
+    #[arg(long, env = "GAVEL_IDEMPOTENCY_MAX_KEYS", default_value_t = 2_000_000)]
     pub idempotency_max_keys: usize,
 
     /// Upper bound on remembered keys of *rejected* bids and orders (OUTBID,
     /// SOLD_OUT, …) across all shards; the oldest are dropped first (a retry
     /// of a dropped one is evaluated afresh, which never applies it twice).
+    /// ~230 bytes per key: the default holds ~0.23 GB.
     #[arg(
         long,
         env = "GAVEL_IDEMPOTENCY_MAX_REJECTED_KEYS",
-        default_value_t = 2_000_000
+        default_value_t = 1_000_000
     )]
     pub idempotency_max_rejected_keys: usize,
 
