@@ -81,7 +81,8 @@ const BATCH_BOUNDS: [u64; 14] = [
 ];
 
 /// A histogram of `u64` observations with fixed bounds, updated with relaxed
-/// atomics (no lock), exposed in seconds or units by `scale`. Clones share
+/// atomics (no lock), exposed in seconds or units: recorded values are
+/// divided by `per_unit` (1e6 for microseconds → seconds). Clones share
 /// the same counts.
 #[derive(Debug, Clone)]
 pub struct AtomicHistogram(Arc<HistogramInner>);
@@ -92,7 +93,10 @@ pub struct HistogramInner {
     /// One count per bound plus +Inf.
     counts: Vec<AtomicU64>,
     sum: AtomicU64,
-    scale: f64,
+    /// Divisor from recorded values to exposed units. A division, not a
+    /// multiplication by 1e-6: bucket labels then print as `0.00005`
+    /// rather than `0.000049999999999999999`.
+    per_unit: f64,
 }
 
 impl std::ops::Deref for AtomicHistogram {
@@ -103,12 +107,12 @@ impl std::ops::Deref for AtomicHistogram {
 }
 
 impl AtomicHistogram {
-    fn new(bounds: &'static [u64], scale: f64) -> Self {
+    fn new(bounds: &'static [u64], per_unit: f64) -> Self {
         AtomicHistogram(Arc::new(HistogramInner {
             bounds,
             counts: (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect(),
             sum: AtomicU64::new(0),
-            scale,
+            per_unit,
         }))
     }
 
@@ -159,10 +163,10 @@ impl AtomicHistogram {
             let upper = self
                 .bounds
                 .get(i)
-                .map_or(f64::MAX, |&b| b as f64 * self.scale);
+                .map_or(f64::MAX, |&b| b as f64 / self.per_unit);
             buckets.push((upper, n));
         }
-        let sum = self.sum.load(Ordering::Relaxed) as f64 * self.scale;
+        let sum = self.sum.load(Ordering::Relaxed) as f64 / self.per_unit;
         encoder.encode_histogram::<()>(sum, total, &buckets, None)
     }
 }
@@ -617,7 +621,7 @@ pub struct StoreMetrics {
 
 impl StoreMetrics {
     fn new(r: &mut Registry) -> Self {
-        let hist = |bounds: &'static [u64], scale| AtomicHistogram::new(bounds, scale);
+        let hist = |bounds: &'static [u64], per_unit| AtomicHistogram::new(bounds, per_unit);
         StoreMetrics {
             batch_size: reg(
                 r,
@@ -629,7 +633,7 @@ impl StoreMetrics {
                 r,
                 "writer_flush_seconds",
                 "Duration of one journal append and sync (successful or not)",
-                hist(&LATENCY_BOUNDS_US, 1e-6),
+                hist(&LATENCY_BOUNDS_US, 1e6),
             ),
             journal_bytes: reg(
                 r,
@@ -671,7 +675,7 @@ impl StoreMetrics {
                 r,
                 "materializer_apply_seconds",
                 "Duration of one materializer transaction",
-                hist(&LATENCY_BOUNDS_US, 1e-6),
+                hist(&LATENCY_BOUNDS_US, 1e6),
             ),
             quarantined: reg(
                 r,
@@ -741,7 +745,7 @@ impl KeyMetrics {
                 r,
                 "idempotency_lookup_seconds",
                 "Duration of one key lookup in the store",
-                AtomicHistogram::new(&LATENCY_BOUNDS_US, 1e-6),
+                AtomicHistogram::new(&LATENCY_BOUNDS_US, 1e6),
             ),
         }
     }
@@ -770,7 +774,7 @@ fn redis_metrics(r: &mut Registry) -> (Counter, AtomicHistogram, Counter, Gauge)
         r,
         "redis_round_trip_seconds",
         "Duration of one pipelined Redis round trip",
-        AtomicHistogram::new(&LATENCY_BOUNDS_US, 1e-6),
+        AtomicHistogram::new(&LATENCY_BOUNDS_US, 1e6),
     );
     let redis_errors = reg(
         r,
@@ -806,7 +810,7 @@ fn counters_by<'a>(
 /// Request latency histograms, one per request type (the first 11 types).
 fn latency_by_type(r: &mut Registry) -> Vec<AtomicHistogram> {
     let latency: Vec<AtomicHistogram> = (0..11)
-        .map(|_| AtomicHistogram::new(&LATENCY_BOUNDS_US, 1e-6))
+        .map(|_| AtomicHistogram::new(&LATENCY_BOUNDS_US, 1e6))
         .collect();
     let names = MSG_TYPES.iter().take(11).map(|(_, n)| *n);
     r.register(
