@@ -175,7 +175,13 @@ impl RedisGavel {
                     continue;
                 }
             };
-            let v: Value = redis::cmd("CLUSTER").arg("SLOTS").query(&mut c)?;
+            let v: Value = match redis::cmd("CLUSTER").arg("SLOTS").query(&mut c) {
+                Ok(v) => v,
+                Err(e) => {
+                    last = Some(e.into());
+                    continue;
+                }
+            };
             let slots = parse_slots(&v)
                 .ok_or_else(|| RedisError::Script(format!("unreadable CLUSTER SLOTS: {v:?}")))?;
             // The masters take the seed URL's credentials.
@@ -193,19 +199,31 @@ impl RedisGavel {
         Err(last.unwrap_or_else(|| RedisError::Script("no reachable cluster node".into())))
     }
 
-    /// A cluster's slot map (see [`RedisGavel::slot_map`]), read from the
-    /// first master of `urls` that answers, without loading the scripts.
+    /// A cluster's slot map (see [`RedisGavel::slot_map`]), read with
+    /// `CLUSTER SLOTS` from the first node of `urls` that answers within
+    /// `timeout` (one that refuses, or accepts and stays silent, is skipped),
+    /// without connecting to the masters or loading the scripts: a master
+    /// that stopped answering does not keep the others' map from being read.
     pub fn cluster_slots(
         urls: &[String],
         timeout: Duration,
     ) -> Result<Vec<(u16, u16, String)>, RedisError> {
-        match Self::open(urls, true, timeout)? {
-            Backend::Cluster { mut slots, .. } => {
-                slots.sort();
-                Ok(slots)
+        let mut last = None;
+        for url in urls {
+            let read = connect_one(url, timeout).and_then(|mut c| {
+                let v: Value = redis::cmd("CLUSTER").arg("SLOTS").query(&mut c)?;
+                parse_slots(&v)
+                    .ok_or_else(|| RedisError::Script(format!("unreadable CLUSTER SLOTS: {v:?}")))
+            });
+            match read {
+                Ok(mut slots) => {
+                    slots.sort();
+                    return Ok(slots);
+                }
+                Err(e) => last = Some(e),
             }
-            Backend::Single(_) => unreachable!("opened as a cluster"),
         }
+        Err(last.unwrap_or_else(|| RedisError::Script("no Redis URL given".into())))
     }
 
     /// Reconnects after a failure (the caller backs off between attempts).

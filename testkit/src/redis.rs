@@ -145,6 +145,34 @@ impl Instance {
         }
     }
 
+    /// Sends SIGSTOP or SIGCONT (`sig`) and waits, bounded, until
+    /// `/proc/PID/stat` says the process is `stopped` (state `T`) or not.
+    fn signal(&mut self, sig: &str, stopped: bool) {
+        let pid = self.child.as_ref().expect("redis-server running").id();
+        let st = Command::new("kill")
+            .args([&format!("-{sig}"), &pid.to_string()])
+            .status()
+            .expect("run kill");
+        assert!(st.success(), "kill -{sig} {pid}: {st}");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            // "PID (comm) STATE ...": the state follows the last ')'.
+            let state = stat
+                .rsplit_once(')')
+                .and_then(|(_, r)| r.trim().chars().next());
+            if state.is_none() || (state == Some('T')) == stopped {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "redis-server {pid} not {} after kill -{sig}",
+                if stopped { "stopped" } else { "running" }
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
     fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
@@ -225,6 +253,11 @@ impl RedisCluster {
                 "nodes.conf",
                 "--cluster-node-timeout",
                 "5000",
+                // A master that stops answering must not take the others'
+                // slots down with it (CLUSTERDOWN after the node timeout):
+                // clients that route by slot keep the rest served.
+                "--cluster-require-full-coverage",
+                "no",
             ];
             if let Some(pw) = password {
                 args.extend(["--requirepass", pw, "--masterauth", pw]);
@@ -272,6 +305,23 @@ impl RedisCluster {
             nodes,
             password: password.map(str::to_string),
         }
+    }
+
+    /// The masters' ports, in the order of [`RedisCluster::urls`].
+    pub fn ports(&self) -> Vec<u16> {
+        self.nodes.iter().map(|n| n.port).collect()
+    }
+
+    /// Stops master `i` (SIGSTOP), as a hung or overloaded host: its socket
+    /// still accepts connections, nothing is answered. Returns once the
+    /// kernel reports the process stopped.
+    pub fn pause(&mut self, i: usize) {
+        self.nodes[i].signal("STOP", true);
+    }
+
+    /// Lets master `i` run again (SIGCONT); returns once it runs.
+    pub fn resume(&mut self, i: usize) {
+        self.nodes[i].signal("CONT", false);
     }
 
     pub fn urls(&self) -> Vec<String> {

@@ -112,6 +112,22 @@ pub enum RoundOutcome {
     /// Sent, and the answer never came (connection lost, timeout): each op
     /// may or may not have run.
     Lost,
+    /// One outcome per op (in order): on a cluster a round is split over
+    /// the masters, and one master failing decides only its own ops.
+    PerOp(Vec<OpOutcome>),
+}
+
+/// What became of one op of a round (see [`RoundOutcome::PerOp`]).
+#[derive(Debug)]
+pub enum OpOutcome {
+    /// Its master answered.
+    Answered(OpResult),
+    /// Not executed: never sent (its master was down or reconnecting), or
+    /// refused by Redis (`NOSCRIPT`, `MOVED`, a script error).
+    NotRun,
+    /// Written to its master, whose answer never came (the connection broke
+    /// or stayed silent past `--redis-timeout`): it may have run.
+    Lost,
 }
 
 /// One round's plan: the ops for Redis, and every command's place in line.
@@ -316,16 +332,25 @@ impl Decisions {
         now_ms: u64,
         fx: &mut Effects,
     ) {
-        let lost = matches!(outcome, RoundOutcome::Lost);
-        let mut results = match outcome {
-            RoundOutcome::Answered(r) => Some(r.into_iter()),
-            RoundOutcome::NotSent | RoundOutcome::Lost => None,
+        let mut per_op = match outcome {
+            RoundOutcome::PerOp(o) => o.into_iter(),
+            RoundOutcome::Answered(r) => r
+                .into_iter()
+                .map(OpOutcome::Answered)
+                .collect::<Vec<_>>()
+                .into_iter(),
+            RoundOutcome::NotSent => Vec::new().into_iter(),
+            RoundOutcome::Lost => {
+                let sent = pending.iter().filter(|p| p.in_pipeline()).count();
+                let lost: Vec<_> = (0..sent).map(|_| OpOutcome::Lost).collect();
+                lost.into_iter()
+            }
         };
         for p in pending {
-            let r = if p.in_pipeline() {
-                results.as_mut().and_then(Iterator::next)
-            } else {
-                None
+            let (r, lost) = match p.in_pipeline().then(|| per_op.next()).flatten() {
+                Some(OpOutcome::Answered(r)) => (Some(r), false),
+                Some(OpOutcome::Lost) => (None, true),
+                Some(OpOutcome::NotRun) | None => (None, false),
             };
             self.answer_one(p, r, lost, now_ms, fx);
         }
@@ -829,6 +854,118 @@ mod tests {
             (1, Err(ErrorCode::Unavailable)),
             "never sent"
         );
+    }
+
+    fn bid_on(request_id: u32, auction_id: u64, amount: u64) -> Command {
+        cmd(
+            request_id,
+            Op::Bid(BidRequest {
+                auction_id,
+                bidder_id: amount,
+                amount,
+                bid_id: amount,
+            }),
+        )
+    }
+
+    /// A cluster round split over three masters, one of which failed: its
+    /// ops that were written are IN_DOUBT if they write (they may have
+    /// run) and UNAVAILABLE if they read; its ops never written (the master
+    /// was already down) are UNAVAILABLE; the other masters' ops are
+    /// answered as usual, and every reply keeps its place in line.
+    #[test]
+    fn one_failed_master_decides_only_its_own_ops() {
+        let mut d = Decisions::new(false);
+        let info = AuctionInfo {
+            auction_id: 7,
+            state: AuctionState::Open,
+            high_bid: 100,
+            high_bidder: 100,
+            bid_count: 1,
+            reserve: 0,
+            min_increment: 1,
+            ends_at_ms: 0,
+        };
+        let cmds = [
+            bid_on(1, 7, 100),           // healthy master: answered
+            bid_on(2, 8, 100),           // failed master, written: lost
+            cmd(3, Op::GetAuction(8)),   // failed master, written: lost
+            bid_on(4, 9, 100),           // master down: never written
+            cmd(5, Op::CloseAuction(9)), // master down: never written
+            cmd(6, Op::GetAuction(7)),   // healthy master: answered
+            cmd(7, Op::Unsubscribe(8)),  // local
+        ];
+        let outcome = RoundOutcome::PerOp(vec![
+            OpOutcome::Answered(outcome(Status::Ok, 100, 100, false)),
+            OpOutcome::Lost,
+            OpOutcome::Lost,
+            OpOutcome::NotRun,
+            OpOutcome::NotRun,
+            OpOutcome::Answered(OpResult::Auction(Some(info))),
+        ]);
+        let out = round(&mut d, &cmds, outcome);
+        assert_eq!(out.len(), 7, "every request answered");
+        let got: Vec<_> = out[..5].iter().map(answer).collect();
+        assert_eq!(
+            got,
+            [
+                (1, Ok(ResultPayload::new(Status::Ok, 100, 100))),
+                (2, Err(ErrorCode::InDoubt)),
+                (3, Err(ErrorCode::Unavailable)),
+                (4, Err(ErrorCode::Unavailable)),
+                (5, Err(ErrorCode::Unavailable)),
+            ]
+        );
+        assert!(
+            matches!(out[5].reply, Reply::Auction { request_id: 6, info: i } if i == info),
+            "{:?}",
+            out[5]
+        );
+        assert_eq!(answer(&out[6]), (7, Ok(OK)));
+    }
+
+    /// With the filter on, a bid held behind one on a failed master follows
+    /// it (not executed: UNAVAILABLE, its own retry decides), while a bid
+    /// the filter answers locally, and the healthy masters' bids, stand.
+    #[test]
+    fn bids_held_behind_a_failed_masters_bid_are_not_executed() {
+        let mut d = Decisions::new(true);
+        round(
+            &mut d,
+            &[bid_on(1, 7, 100), bid_on(2, 8, 100)],
+            RoundOutcome::Answered(vec![
+                outcome(Status::Ok, 100, 100, false),
+                outcome(Status::Ok, 100, 100, false),
+            ]),
+        );
+        let cmds = [
+            bid_on(3, 8, 300), // failed master: lost
+            bid_on(4, 8, 200), // held behind 300
+            bid_on(5, 8, 50),  // below the known high: OUTBID here
+            bid_on(6, 7, 300), // healthy master
+            bid_on(7, 7, 250), // held behind 300 there
+        ];
+        let outcome = RoundOutcome::PerOp(vec![
+            OpOutcome::Lost,
+            OpOutcome::Answered(outcome(Status::Ok, 300, 300, false)),
+        ]);
+        let out = round(&mut d, &cmds, outcome);
+        let got: Vec<_> = out.iter().map(answer).collect();
+        assert_eq!(
+            got,
+            [
+                (3, Err(ErrorCode::InDoubt)),
+                (4, Err(ErrorCode::Unavailable)),
+                (5, Ok(ResultPayload::new(Status::Outbid, 100, 100))),
+                (6, Ok(ResultPayload::new(Status::Ok, 300, 300))),
+                (7, Ok(ResultPayload::new(Status::Outbid, 300, 300))),
+            ]
+        );
+        // The failed master's auction is filtered again from what was
+        // settled: the next bid above 100 goes to Redis.
+        let mut r = Round::default();
+        d.plan(&bid_on(8, 8, 150), 1_000, true, &mut r);
+        assert_eq!(r.ops.len(), 1);
     }
 
     #[test]

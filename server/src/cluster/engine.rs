@@ -3,19 +3,29 @@
 //! each master of a cluster), rounds in flight, and reconnecting with
 //! backoff. What to send and how to answer is decided in [`super::decide`];
 //! this file only moves bytes and keeps order.
+//!
+//! Pipelined, each connection (a "lane": the node, or one master) fails and
+//! comes back on its own: a lane that breaks or stays silent past
+//! `--redis-timeout` decides only the ops it carried (IN_DOUBT for writes it
+//! had sent, UNAVAILABLE for reads), the other masters' ops in the same
+//! round are answered as usual, and while it is down its slots' ops are
+//! answered UNAVAILABLE at once (never sent) as it reconnects with backoff
+//! on a thread of its own (see [`super::pipe::open_lane`]: the master must
+//! answer `SCRIPT LOAD` before it gets ops again).
 
 use std::collections::VecDeque;
+use std::net::TcpStream;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
 use crossbeam_channel::Receiver;
 use gavel_protocol::Push;
-use gavel_redis::{Op as ROp, OpResult, RedisError, RedisGavel};
+use gavel_redis::{Op as ROp, RedisError, RedisGavel};
 use redis::Value;
 
-use super::decide::{Decisions, Pending, Round, RoundOutcome};
-use super::pipe::{plain_addr, read_replies, RedisEvent};
+use super::decide::{Decisions, OpOutcome, Pending, Round, RoundOutcome};
+use super::pipe::{open_lane, plain_addr, read_replies, RedisEvent};
 use super::updates::News;
 use super::RedisConfig;
 use crate::backoff::Backoff;
@@ -31,21 +41,27 @@ pub const MAX_IN_FLIGHT: usize = 8;
 pub struct RedisShard {
     cfg: RedisConfig,
     decide: Decisions,
-    /// The synchronous client (cluster mode, password URLs, script loading).
+    /// The synchronous client (password URLs: every round waits for it).
     conn: Option<RedisGavel>,
+    /// The synchronous client's next attempt, or (pipelined) when the slot
+    /// map may be read again after a failed read; `None` while fine.
     retry_at: Option<Instant>,
     backoff: Backoff,
     /// The round being planned.
     round: Round,
     metrics: Arc<Metrics>,
     /// Pipelined mode: one lane per connection (the node, or each master of
-    /// a cluster; none while down), the channel their reader threads answer
-    /// on, rounds in flight (`first_seq` numbers the front one), and an
-    /// epoch that tells replies of abandoned connections apart.
+    /// a cluster; a lane stays in place while its master is down), rounds in
+    /// flight (`first_seq` numbers the front one), and the last epoch given
+    /// to a connection (each has its own, so replies of an abandoned one are
+    /// told apart).
     lanes: Vec<Lane>,
     /// A cluster's slot ranges and the lane of the master serving each,
     /// sorted by first slot (empty on a single node).
     slots: Vec<(u16, u16, usize)>,
+    /// A master answered MOVED or ASK: the slot map is read again before
+    /// the next round is sent.
+    remap: bool,
     pipelined: bool,
     in_flight: VecDeque<InFlight>,
     first_seq: u64,
@@ -53,21 +69,70 @@ pub struct RedisShard {
     shas: [String; gavel_redis::scripts::SCRIPTS],
 }
 
-/// One pipelined connection: its socket's write side, where its replies go
+/// One pipelined connection: its master, its state, where its replies go
 /// (round number and op index, in the order sent: Redis answers in order),
 /// and the bytes of the round being sent.
 struct Lane {
-    sock: std::net::TcpStream,
+    addr: String,
+    state: LaneState,
+    /// The epoch of its current connection (or connection attempt).
+    epoch: u64,
+    backoff: Backoff,
+    /// Down since this moment, if it is (for the log: once per outage).
+    down_since: Option<Instant>,
+    /// Redis lost the scripts (`NOSCRIPT`): no new ops; once the replies
+    /// in flight are in, it reconnects (the connect loads them).
+    reload: bool,
     expect: VecDeque<(u64, usize)>,
     out: Vec<u8>,
+}
+
+enum LaneState {
+    Up(TcpStream),
+    /// A thread is connecting it (and loading the scripts).
+    Connecting,
+    /// Down; the next attempt is due then.
+    Down(Instant),
+}
+
+impl Lane {
+    fn new(addr: String) -> Lane {
+        Lane {
+            addr,
+            state: LaneState::Down(Instant::now()),
+            epoch: 0,
+            backoff: Backoff::new(),
+            down_since: None,
+            reload: false,
+            expect: VecDeque::new(),
+            out: Vec::new(),
+        }
+    }
+
+    /// Takes new ops.
+    fn ready(&self) -> bool {
+        matches!(self.state, LaneState::Up(_)) && !self.reload
+    }
+}
+
+/// What came back for one op of a round in flight.
+#[derive(Debug)]
+enum Got {
+    /// Written; no reply yet.
+    Waiting,
+    Reply(Value),
+    /// Written, and its connection failed before the reply came.
+    Lost,
+    /// Never written: its master was down or reconnecting.
+    NotSent,
 }
 
 struct InFlight {
     pending: Vec<Pending>,
     ops: Vec<ROp>,
-    /// One reply per op, filled as the lanes answer (in any order between
-    /// lanes); `filled` counts them.
-    values: Vec<Option<Value>>,
+    /// One entry per op, filled as the lanes answer (in any order between
+    /// lanes) or fail; `filled` counts those no longer waiting.
+    values: Vec<Got>,
     filled: usize,
     sent: Instant,
     now_ms: u64,
@@ -82,6 +147,13 @@ struct InFlight {
 impl InFlight {
     fn complete(&self) -> bool {
         self.filled == self.ops.len() && self.waits.is_empty()
+    }
+
+    fn fill(&mut self, i: usize, got: Got) {
+        if matches!(self.values[i], Got::Waiting) {
+            self.filled += 1;
+        }
+        self.values[i] = got;
     }
 }
 
@@ -105,6 +177,7 @@ impl RedisShard {
             metrics,
             lanes: Vec::new(),
             slots: Vec::new(),
+            remap: false,
             pipelined,
             in_flight: VecDeque::new(),
             first_seq: 0,
@@ -114,6 +187,9 @@ impl RedisShard {
     }
 
     pub fn is_up(&self) -> bool {
+        if self.pipelined {
+            return self.lanes.iter().any(Lane::ready);
+        }
         self.retry_at.is_none()
     }
 
@@ -209,7 +285,7 @@ impl RedisShard {
                     }
                     waits.retain(|&id| !self.decide.channel_live(id));
                 }
-                Ok(RedisEvent::Replies(..)) => {} // none in this mode
+                Ok(RedisEvent::Replies(..) | RedisEvent::Lane(..)) => {} // none in this mode
                 Err(_) => return,
             }
         }
@@ -262,7 +338,8 @@ impl RedisShard {
     /// replies back, so Redis never idles while this shard turns a round's
     /// replies around. On a cluster a round is split by master, each part
     /// sent on that master's connection; the round is answered once every
-    /// part is, and rounds are answered in order.
+    /// part is answered or its master failed, and rounds are answered in
+    /// order.
     fn pipelined(&self) -> bool {
         self.pipelined
     }
@@ -283,10 +360,10 @@ impl RedisShard {
         fx: &mut Effects,
     ) {
         waits.retain(|&id| !self.decide.channel_live(id));
-        let round = InFlight {
+        let mut round = InFlight {
             waits,
             pending,
-            values: vec![None; ops.len()],
+            values: Vec::with_capacity(ops.len()),
             filled: 0,
             ops,
             sent: Instant::now(),
@@ -304,11 +381,15 @@ impl RedisShard {
             return self.in_flight.push_back(round);
         }
         if self.lanes.is_empty() && !self.open_pipe() {
-            // Down: nothing is in flight (a failure answers all of it).
+            // No slot map (no seed answered): nothing is in flight either.
             return self
                 .decide
                 .finish_round(&round.pending, RoundOutcome::NotSent, now_ms, fx);
         }
+        if self.remap {
+            self.read_slot_map();
+        }
+        self.revive();
         let window = self.cfg.idempotency_window.as_millis() as u64;
         let seq = self.first_seq + self.in_flight.len() as u64;
         for lane in &mut self.lanes {
@@ -316,91 +397,213 @@ impl RedisShard {
         }
         for (i, op) in round.ops.iter().enumerate() {
             let lane = &mut self.lanes[lane_of(&self.slots, op)];
-            gavel_redis::resp::encode(op, &self.shas, now_ms, window, &mut lane.out);
-            lane.expect.push_back((seq, i));
+            if lane.ready() {
+                gavel_redis::resp::encode(op, &self.shas, now_ms, window, &mut lane.out);
+                lane.expect.push_back((seq, i));
+                round.values.push(Got::Waiting);
+            } else {
+                // Its master is down: not sent, answered UNAVAILABLE.
+                round.values.push(Got::NotSent);
+                round.filled += 1;
+            }
         }
         self.in_flight.push_back(round);
         // Every part is written before any reply is awaited: the masters
         // work in parallel.
-        let mut written = Ok(());
-        for lane in &mut self.lanes {
-            if !lane.out.is_empty() {
-                written = std::io::Write::write_all(&mut lane.sock, &lane.out);
-                if written.is_err() {
-                    break;
+        let mut broken = Vec::new();
+        let mut sent = false;
+        for (l, lane) in self.lanes.iter_mut().enumerate() {
+            if let (false, LaneState::Up(sock)) = (lane.out.is_empty(), &mut lane.state) {
+                sent = true;
+                if let Err(e) = std::io::Write::write_all(sock, &lane.out) {
+                    broken.push((l, format!("write: {e}")));
                 }
             }
         }
-        match written {
-            Ok(()) => {
-                self.metrics.redis_round_trips.inc();
+        if sent {
+            self.metrics.redis_round_trips.inc();
+        }
+        for (l, why) in broken {
+            self.fail_lane(l, &why);
+        }
+        // All of it may have been answered already (its masters down).
+        self.finish_ready(fx);
+    }
+
+    /// Opens the pipelined connections the first time: reads a cluster's
+    /// slot map (from the first seed URL that answers), then connects to
+    /// the node or to each master, loading the scripts, one after another.
+    /// A master that does not answer starts out down (its slots are
+    /// refused) and is retried with backoff like any lane that failed.
+    fn open_pipe(&mut self) -> bool {
+        if self.retry_at.is_some_and(|t| Instant::now() < t) {
+            return false;
+        }
+        if self.cfg.cluster {
+            if !self.read_slot_map() {
+                return false;
             }
-            Err(e) => self.fail_pipe(&format!("write: {e}"), fx),
+        } else {
+            let addr = plain_addr(&self.cfg.urls[0]).unwrap_or_default();
+            self.lanes.push(Lane::new(addr));
+        }
+        for l in 0..self.lanes.len() {
+            let addr = self.lanes[l].addr.clone();
+            self.epoch += 1;
+            self.lanes[l].epoch = self.epoch;
+            let opened = open_lane(&addr, self.cfg.timeout, &self.shas);
+            self.on_lane(self.epoch, l, opened);
+        }
+        true
+    }
+
+    /// Reads a cluster's slot map and routes each range to its master's
+    /// lane (a master new to this shard gets a lane, connected by
+    /// [`RedisShard::revive`]; a lane whose master serves nothing any more
+    /// just gets no ops). On failure the map stays as it was and is read
+    /// again after a backoff.
+    fn read_slot_map(&mut self) -> bool {
+        if self.retry_at.is_some_and(|t| Instant::now() < t) {
+            return false;
+        }
+        // Seeds first whose master answers now.
+        let mut seeds: Vec<String> = self
+            .lanes
+            .iter()
+            .filter(|l| l.ready())
+            .map(|l| format!("redis://{}", l.addr))
+            .collect();
+        seeds.extend(self.cfg.urls.iter().cloned());
+        let map = match RedisGavel::cluster_slots(&seeds, self.cfg.timeout) {
+            Ok(map) => map,
+            Err(e) if self.lanes.is_empty() => {
+                self.fail(&e);
+                return false;
+            }
+            Err(e) => {
+                // The lanes go on with the map they have.
+                tracing::warn!(error = %e, "cannot read the cluster's slot map");
+                self.metrics.redis_errors.inc();
+                self.retry_at = Some(self.backoff.next_attempt());
+                return false;
+            }
+        };
+        let mut slots = Vec::with_capacity(map.len());
+        for (first, last, url) in map {
+            let Some(addr) = plain_addr(&url) else {
+                self.fail(&RedisError::Script(format!("master {url}")));
+                return false;
+            };
+            let lane = match self.lanes.iter().position(|l| l.addr == addr) {
+                Some(l) => l,
+                None => {
+                    self.lanes.push(Lane::new(addr));
+                    self.lanes.len() - 1
+                }
+            };
+            slots.push((first, last, lane));
+        }
+        self.slots = slots;
+        self.remap = false;
+        self.retry_at = None;
+        self.backoff.reset();
+        true
+    }
+
+    /// Starts a reconnect for every lane that is down and due: a thread
+    /// connects and loads the scripts, reports ([`RedisEvent::Lane`]), then
+    /// reads the connection's replies. The shard never waits for it.
+    fn revive(&mut self) {
+        let now = Instant::now();
+        for (l, lane) in self.lanes.iter_mut().enumerate() {
+            if !matches!(lane.state, LaneState::Down(at) if at <= now) {
+                continue;
+            }
+            self.epoch += 1;
+            lane.epoch = self.epoch;
+            lane.state = LaneState::Connecting;
+            let (epoch, addr, timeout) = (self.epoch, lane.addr.clone(), self.cfg.timeout);
+            let (shas, tx) = (self.shas.clone(), self.cfg.events.0.clone());
+            let spawned = std::thread::Builder::new()
+                .name("gavel-redis-reader".into())
+                .spawn(move || match open_lane(&addr, timeout, &shas) {
+                    Ok(sock) => match sock.try_clone() {
+                        Ok(reader) => {
+                            if tx.send(RedisEvent::Lane(epoch, l, Ok(sock))).is_ok() {
+                                read_replies(reader, epoch, l, &tx);
+                            }
+                        }
+                        Err(e) => {
+                            let _ = tx.send(RedisEvent::Lane(epoch, l, Err(e.to_string())));
+                        }
+                    },
+                    Err(e) => {
+                        let _ = tx.send(RedisEvent::Lane(epoch, l, Err(e)));
+                    }
+                });
+            if let Err(e) = spawned {
+                tracing::error!(error = %e, "cannot start a redis connection thread");
+                lane.state = LaneState::Down(lane.backoff.next_attempt());
+            }
         }
     }
 
-    /// Connects the pipelined sockets, one to the node or one to each master
-    /// of the cluster (scripts are loaded, and a cluster's slot map read,
-    /// through the synchronous client first), and starts their reader
-    /// threads.
-    fn open_pipe(&mut self) -> bool {
-        let Some(conn) = self.connection() else {
-            return false;
+    /// A lane's (re)connect is done: up (with its reader thread started
+    /// here if the connect was synchronous), or down until its backoff.
+    fn on_lane(&mut self, epoch: u64, l: usize, opened: Result<TcpStream, String>) {
+        let Some(lane) = self.lanes.get_mut(l) else {
+            return;
         };
-        let map = conn.slot_map();
-        let mut addrs: Vec<String> = Vec::new();
-        self.slots.clear();
-        match map {
-            None => addrs.push(plain_addr(&self.cfg.urls[0]).unwrap_or_default()),
-            Some(map) => {
-                for (first, last, url) in map {
-                    let Some(addr) = plain_addr(&url) else {
-                        self.fail(&RedisError::Script(format!("master {url}")));
-                        return false;
-                    };
-                    let lane = match addrs.iter().position(|a| *a == addr) {
-                        Some(l) => l,
-                        None => {
-                            addrs.push(addr);
-                            addrs.len() - 1
-                        }
-                    };
-                    self.slots.push((first, last, lane));
-                }
+        if lane.epoch != epoch || !matches!(lane.state, LaneState::Connecting | LaneState::Down(_))
+        {
+            if let Ok(sock) = opened {
+                let _ = sock.shutdown(std::net::Shutdown::Both);
             }
+            return;
         }
-        self.epoch += 1;
-        let epoch = self.epoch;
-        let tx = self.cfg.events.0.clone();
-        let mut lanes = Vec::with_capacity(addrs.len());
-        for (i, addr) in addrs.iter().enumerate() {
-            let opened = connect(addr, self.cfg.timeout).and_then(|stream| {
-                let reader = stream.try_clone()?;
-                let tx = tx.clone();
-                std::thread::Builder::new()
-                    .name("gavel-redis-reader".into())
-                    .spawn(move || read_replies(reader, epoch, i, &tx))?;
-                Ok(stream)
-            });
-            match opened {
-                Ok(sock) => lanes.push(Lane {
-                    sock,
-                    expect: VecDeque::new(),
-                    out: Vec::new(),
-                }),
-                Err(e) => {
-                    for l in lanes {
-                        let _ = l.sock.shutdown(std::net::Shutdown::Both);
+        match opened {
+            Ok(sock) => {
+                if matches!(lane.state, LaneState::Down(_)) {
+                    // Connected here (open_pipe): start its reader.
+                    let reader = sock.try_clone();
+                    let tx = self.cfg.events.0.clone();
+                    let started = reader.and_then(|r| {
+                        std::thread::Builder::new()
+                            .name("gavel-redis-reader".into())
+                            .spawn(move || read_replies(r, epoch, l, &tx))
+                    });
+                    if let Err(e) = started {
+                        let _ = sock.shutdown(std::net::Shutdown::Both);
+                        lane.state = LaneState::Down(lane.backoff.next_attempt());
+                        tracing::error!(error = %e, "cannot start a redis reader thread");
+                        return;
                     }
-                    self.fail(&RedisError::Script(format!(
-                        "pipelined connect to {addr}: {e}"
-                    )));
-                    return false;
+                }
+                lane.state = LaneState::Up(sock);
+                lane.reload = false;
+                lane.backoff.reset();
+                if lane.down_since.take().is_some() {
+                    tracing::info!(master = %lane.addr, "redis is reachable again");
+                }
+            }
+            Err(e) => {
+                self.metrics.redis_errors.inc();
+                lane.state = LaneState::Down(lane.backoff.next_attempt());
+                if lane.down_since.is_none() {
+                    lane.down_since = Some(Instant::now());
+                    tracing::error!(master = %lane.addr, error = %e,
+                        "redis unreachable; answering UNAVAILABLE for its slots until it is back");
                 }
             }
         }
-        self.lanes = lanes;
-        true
+        self.note_up();
+    }
+
+    /// `gavel_redis_up`: 1 while some lane takes ops (on a cluster, the
+    /// masters that answer keep their auctions served; a lost master shows
+    /// in the log and in `gavel_redis_errors_total`).
+    fn note_up(&self) {
+        self.metrics.redis_up.set(self.is_up() as i64);
     }
 
     /// Replies from one lane's reader thread, in that lane's order.
@@ -411,15 +614,22 @@ impl RedisShard {
         vs: Result<Vec<Value>, String>,
         fx: &mut Effects,
     ) {
-        if epoch != self.epoch {
+        let current = self
+            .lanes
+            .get(lane)
+            .is_some_and(|l| l.epoch == epoch && matches!(l.state, LaneState::Up(_)));
+        if !current {
             return; // from a connection already given up
         }
         let vs = match vs {
             Ok(vs) => vs,
-            Err(e) => return self.fail_pipe(&e, fx),
+            Err(e) => {
+                self.fail_lane(lane, &e);
+                return self.finish_ready(fx);
+            }
         };
         for v in vs {
-            let slot = self.lanes.get_mut(lane).and_then(|l| l.expect.pop_front());
+            let slot = self.lanes[lane].expect.pop_front();
             let round = slot.and_then(|(seq, i)| {
                 let r = self
                     .in_flight
@@ -427,10 +637,27 @@ impl RedisShard {
                 Some((r, i))
             });
             let Some((round, i)) = round else {
-                return self.fail_pipe("reply without a request", fx);
+                self.fail_lane(lane, "reply without a request");
+                return self.finish_ready(fx);
             };
-            round.values[i] = Some(v);
-            round.filled += 1;
+            if let Value::ServerError(e) = &v {
+                match e.code() {
+                    // Scripts were flushed: reload them by reconnecting
+                    // this lane once its replies in flight are in.
+                    "NOSCRIPT" => self.lanes[lane].reload = true,
+                    // A slot moved: read the slot map again.
+                    "MOVED" | "ASK" => self.remap = true,
+                    _ => {}
+                }
+            }
+            round.fill(i, Got::Reply(v));
+        }
+        let l = &self.lanes[lane];
+        if l.reload && l.expect.is_empty() {
+            self.drop_lane(lane);
+            // Due now: a reload is no outage.
+            self.lanes[lane].state = LaneState::Down(Instant::now());
+            self.revive();
         }
         self.finish_ready(fx);
     }
@@ -443,75 +670,96 @@ impl RedisShard {
                 .redis_seconds
                 .observe(r.sent.elapsed().as_micros() as u64);
             let gone = std::mem::take(&mut r.disconnects);
-            let lost = self.answer_round(r, fx);
+            self.answer_round(r, fx);
             for c in gone {
                 self.decide.disconnect(c);
-            }
-            if let Some(why) = lost {
-                // Scripts were flushed, or a slot moved: reload them, or the
-                // slot map, by reconnecting both clients.
-                self.conn = None;
-                self.fail_pipe(why, fx);
             }
         }
     }
 
-    /// Answers one complete round; `Some` if Redis had lost the scripts
-    /// (`NOSCRIPT`) or a cluster's slot map changed (`MOVED`, `ASK`): the
-    /// ops so refused did not run.
-    fn answer_round(&mut self, r: InFlight, fx: &mut Effects) -> Option<&'static str> {
+    /// Answers one complete round: per op, Redis's reply, or what became of
+    /// it when its master failed (see [`OpOutcome`]).
+    fn answer_round(&mut self, r: InFlight, fx: &mut Effects) {
         debug_assert_eq!(
             r.pending.iter().filter(|p| p.in_pipeline()).count(),
             r.ops.len(),
             "one op per pipelined request"
         );
-        let mut lost = None;
-        let mut values = r.ops.iter().zip(&r.values);
-        for p in &r.pending {
-            // None: refused by Redis (NOSCRIPT after a flush, MOVED, a
-            // script error) — UNAVAILABLE, never a guess; the others stand.
-            let res = match p.in_pipeline().then(|| values.next()).flatten() {
-                None => None,
-                Some((op, v)) => {
-                    let v = v.as_ref().expect("a complete round");
-                    let res = gavel_redis::scripts::decode(op, v, r.now_ms);
-                    if let (None, Value::ServerError(e)) = (&res, v) {
-                        match e.code() {
-                            "NOSCRIPT" => lost = Some("NOSCRIPT"),
-                            "MOVED" | "ASK" => lost = Some("a cluster slot moved"),
-                            _ => {}
-                        }
-                    }
-                    if matches!(res, None | Some(OpResult::Busy)) {
+        let mut outcomes = Vec::with_capacity(r.ops.len());
+        for (op, got) in r.ops.iter().zip(r.values) {
+            outcomes.push(match got {
+                // None: refused by Redis (NOSCRIPT after a flush, MOVED, a
+                // script error) — UNAVAILABLE, never a guess.
+                Got::Reply(v) => match gavel_redis::scripts::decode(op, &v, r.now_ms) {
+                    Some(gavel_redis::OpResult::Busy) => {
                         self.metrics.redis_errors.inc();
+                        OpOutcome::Answered(gavel_redis::OpResult::Busy)
                     }
-                    res
-                }
-            };
-            self.decide.answer_one(p, res, false, r.now_ms, fx);
+                    Some(res) => OpOutcome::Answered(res),
+                    None => {
+                        self.metrics.redis_errors.inc();
+                        OpOutcome::NotRun
+                    }
+                },
+                Got::Lost => OpOutcome::Lost,
+                Got::NotSent | Got::Waiting => OpOutcome::NotRun,
+            });
         }
-        lost
+        self.decide
+            .finish_round(&r.pending, RoundOutcome::PerOp(outcomes), r.now_ms, fx);
     }
 
-    /// Gives the pipelined connection up: every round in flight is answered
-    /// (IN_DOUBT for writes that were sent, UNAVAILABLE for what else needed
-    /// Redis), and the shard backs off.
-    fn fail_pipe(&mut self, why: &str, fx: &mut Effects) {
-        for lane in self.lanes.drain(..) {
-            let _ = lane.sock.shutdown(std::net::Shutdown::Both);
+    /// Closes a lane's connection (its reader thread ends; anything it
+    /// still sends carries an old epoch) and marks what it carried lost.
+    fn drop_lane(&mut self, l: usize) {
+        let lane = &mut self.lanes[l];
+        if let LaneState::Up(sock) = &lane.state {
+            let _ = sock.shutdown(std::net::Shutdown::Both);
         }
+        lane.state = LaneState::Down(Instant::now());
+        lane.reload = false;
         self.epoch += 1;
-        self.fail(&RedisError::Script(why.to_string()));
-        while let Some(r) = self.pop_front() {
-            // A round holding only local answers was never sent.
-            let outcome = if r.ops.is_empty() {
-                RoundOutcome::NotSent
-            } else {
-                RoundOutcome::Lost
+        lane.epoch = self.epoch;
+        for (seq, i) in std::mem::take(&mut lane.expect) {
+            if let Some(r) = seq
+                .checked_sub(self.first_seq)
+                .and_then(|k| self.in_flight.get_mut(k as usize))
+            {
+                // Written (in part, maybe): it may have run.
+                r.fill(i, Got::Lost);
+            }
+        }
+    }
+
+    /// Gives one lane up: the ops it carried are lost (IN_DOUBT for writes,
+    /// UNAVAILABLE for reads, once their rounds are answered), and it
+    /// reconnects after a backoff. The other lanes go on.
+    fn fail_lane(&mut self, l: usize, why: &str) {
+        self.drop_lane(l);
+        self.metrics.redis_errors.inc();
+        let lane = &mut self.lanes[l];
+        lane.state = LaneState::Down(lane.backoff.next_attempt());
+        if lane.down_since.is_none() {
+            lane.down_since = Some(Instant::now());
+            tracing::error!(master = %lane.addr, error = %why,
+                "redis failed; answering UNAVAILABLE for its slots until it is back");
+        }
+        self.note_up();
+    }
+
+    /// A lane whose oldest op waits longer than the timeout fails.
+    fn check_timeouts(&mut self) {
+        let timeout = self.cfg.timeout;
+        for l in 0..self.lanes.len() {
+            let Some(&(seq, _)) = self.lanes[l].expect.front() else {
+                continue;
             };
-            self.decide.finish_round(&r.pending, outcome, r.now_ms, fx);
-            for c in r.disconnects {
-                self.decide.disconnect(c);
+            let late = seq
+                .checked_sub(self.first_seq)
+                .and_then(|k| self.in_flight.get(k as usize))
+                .is_none_or(|r| r.sent.elapsed() > timeout);
+            if late {
+                self.fail_lane(l, "no reply within --redis-timeout");
             }
         }
     }
@@ -528,19 +776,8 @@ fn lane_of(slots: &[(u16, u16, usize)], op: &ROp) -> usize {
         Some((_, last, lane)) if slot <= last => lane,
         // A slot no master serves: the first master answers MOVED or
         // CLUSTERDOWN, and the op is refused.
-        _ => 0,
+        _ => slots[0].2,
     }
-}
-
-/// Connects a TCP stream for the pipeline: no Nagle, bounded writes.
-fn connect(addr: &str, timeout: std::time::Duration) -> std::io::Result<std::net::TcpStream> {
-    let a = std::net::ToSocketAddrs::to_socket_addrs(addr)?
-        .next()
-        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, "no address"))?;
-    let s = std::net::TcpStream::connect_timeout(&a, timeout)?;
-    s.set_nodelay(true)?;
-    s.set_write_timeout(Some(timeout))?;
-    Ok(s)
 }
 
 impl Backend for RedisShard {
@@ -568,6 +805,7 @@ impl Backend for RedisShard {
     fn on_event(&mut self, e: RedisEvent, fx: &mut Effects) {
         match e {
             RedisEvent::Replies(epoch, lane, vs) => self.on_replies(epoch, lane, vs, fx),
+            RedisEvent::Lane(epoch, lane, opened) => self.on_lane(epoch, lane, opened),
             RedisEvent::Channel(news) => self.on_channel(news, fx),
         }
         self.tell_listener();
@@ -593,21 +831,22 @@ impl Backend for RedisShard {
         }
     }
 
-    /// Drains replies that arrived meanwhile; a round waiting longer than
-    /// the timeout fails the connection (never a hang).
+    /// Drains replies that arrived meanwhile; a lane waiting longer than
+    /// the timeout fails (never a hang), alone; lanes down and due start
+    /// reconnecting.
     fn tick(&mut self, fx: &mut Effects) {
         while let Ok(e) = self.cfg.events.1.try_recv() {
             self.on_event(e, fx);
         }
+        if self.pipelined {
+            self.check_timeouts();
+            self.revive();
+        }
         if let Some(r) = self.in_flight.front_mut() {
-            if !r.complete() && r.sent.elapsed() > self.cfg.timeout {
-                if r.filled == r.ops.len() {
-                    // Redis answered; a channel was not confirmed in time:
-                    // its SUBSCRIBEs are refused, the rest stands.
-                    r.waits.clear();
-                } else {
-                    self.fail_pipe("no reply within --redis-timeout", fx);
-                }
+            if !r.complete() && r.filled == r.ops.len() && r.sent.elapsed() > self.cfg.timeout {
+                // Redis answered; a channel was not confirmed in time:
+                // its SUBSCRIBEs are refused, the rest stands.
+                r.waits.clear();
             }
         }
         self.finish_ready(fx);
@@ -639,10 +878,14 @@ mod tests {
     };
 
     fn shard(urls: Vec<String>) -> RedisShard {
+        shard_with(urls, Duration::from_secs(5))
+    }
+
+    fn shard_with(urls: Vec<String>, timeout: Duration) -> RedisShard {
         let cfg = RedisConfig {
             urls,
             cluster: true,
-            timeout: Duration::from_secs(5),
+            timeout,
             idempotency_window: Duration::from_secs(86_400),
             outbid_filter: false,
             updates_live: Arc::new(AtomicBool::new(false)),
@@ -672,6 +915,17 @@ mod tests {
     }
 
     type Answer = (u32, Result<(Status, bool), ErrorCode>);
+
+    /// `host:port` of the master a bid on auction `id` goes to.
+    fn master_of(s: &RedisShard, id: u64) -> String {
+        let op = ROp::Bid(BidRequest {
+            auction_id: id,
+            bidder_id: 7,
+            amount: 10,
+            bid_id: 10,
+        });
+        s.lanes[lane_of(&s.slots, &op)].addr.clone()
+    }
 
     /// Sends `rounds` back to back (several in flight), then waits for
     /// every answer; returns (request_id, (status, replayed) or error) in
@@ -756,17 +1010,9 @@ mod tests {
         let ids: Vec<u64> = (1..=60).collect();
         run(&mut s, &[ids.iter().map(|&id| open(id)).collect()]);
         let port = urls[0].rsplit(':').next().unwrap();
-        let map = s.conn.as_ref().unwrap().slot_map().unwrap();
-        let flushed = |id: u64| {
-            let slot = gavel_redis::scripts::slot(&ROp::Bid(BidRequest {
-                auction_id: id,
-                bidder_id: 7,
-                amount: 10,
-                bid_id: 10,
-            }));
-            map.iter()
-                .any(|(a, b, url)| (*a..=*b).contains(&slot) && url.ends_with(&format!(":{port}")))
-        };
+        let flushed = |id: u64| master_of(&s, id).ends_with(&format!(":{port}"));
+        let flushed: Vec<bool> = ids.iter().map(|&id| flushed(id)).collect();
+        let flushed = |id: u64| flushed[id as usize - 1];
         let reply =
             gavel_testkit::redis::raw_command(port.parse().unwrap(), "SCRIPT FLUSH").unwrap();
         assert!(reply.starts_with("+OK"), "{reply}");
@@ -794,6 +1040,73 @@ mod tests {
         };
         for (&id, (_, r)) in ids.iter().zip(&again) {
             assert_eq!(*r, Ok((Status::Ok, !flushed(id))), "auction {id}");
+        }
+    }
+
+    /// One master stopped (SIGSTOP): the round it was part of is answered
+    /// once its part times out — its bids IN_DOUBT (written, maybe run), the
+    /// other masters' bids OK; the next rounds refuse its part at once
+    /// (UNAVAILABLE, not sent) and serve the rest; once it runs again it is
+    /// probed, reconnected, and serves its slots again.
+    #[test]
+    fn a_stopped_master_fails_only_its_part_and_comes_back() {
+        let mut c = RedisCluster::start();
+        let timeout = Duration::from_millis(500);
+        let mut s = shard_with(c.urls(), timeout);
+        let ids: Vec<u64> = (1..=60).collect();
+        run(&mut s, &[ids.iter().map(|&id| open(id)).collect()]);
+        let port = format!(":{}", c.ports()[0]);
+        let paused: Vec<bool> = ids
+            .iter()
+            .map(|&id| master_of(&s, id).ends_with(&port))
+            .collect();
+        let n = paused.iter().filter(|p| **p).count();
+        assert!(n > 0 && n < ids.len(), "{n} auctions on the stopped master");
+        let bids = |amount: u64| vec![ids.iter().map(|&id| bid(id, amount)).collect::<Vec<_>>()];
+        let check = |got: &[Answer], on_paused: Result<(Status, bool), ErrorCode>| {
+            for (k, (_, r)) in got.iter().enumerate() {
+                let want = if paused[k] {
+                    on_paused
+                } else {
+                    Ok((Status::Ok, false))
+                };
+                assert_eq!(*r, want, "auction {}", ids[k]);
+            }
+        };
+        c.pause(0);
+        let t = Instant::now();
+        let got = run(&mut s, &bids(10));
+        check(&got, Err(ErrorCode::InDoubt));
+        assert!(t.elapsed() >= timeout, "answered before the timeout");
+        assert!(t.elapsed() < timeout * 4, "{:?}", t.elapsed());
+        // Known down: refused at once, the rest served.
+        let t = Instant::now();
+        let got = run(&mut s, &bids(20));
+        check(&got, Err(ErrorCode::Unavailable));
+        assert!(t.elapsed() < timeout, "{:?}", t.elapsed());
+        c.resume(0);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut amount = 100;
+        loop {
+            amount += 1;
+            let got = run(&mut s, &bids(amount));
+            if got.iter().all(|(_, r)| *r == Ok((Status::Ok, false))) {
+                break;
+            }
+            check(&got, Err(ErrorCode::Unavailable));
+            assert!(Instant::now() < deadline, "no recovery: {got:?}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // The bids in doubt resolve on retry: a RESULT either way.
+        let retried = run(&mut s, &bids(10));
+        for (k, (_, r)) in retried.iter().enumerate() {
+            match r {
+                // Accepted then: replayed (on the other masters, always).
+                Ok((Status::Ok, true)) => {}
+                // Not run then (or rejected, no key kept): evaluated now.
+                Ok((Status::Outbid, false)) => assert!(paused[k], "auction {}", ids[k]),
+                other => panic!("auction {}: {other:?}", ids[k]),
+            }
         }
     }
 }

@@ -1,6 +1,9 @@
 //! The pipelined Redis connection's read side: a reader thread that parses
 //! replies as they arrive and hands them to the shard, one message per read.
 
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
 use crossbeam_channel::Sender;
 use redis::Value;
 
@@ -11,8 +14,88 @@ pub enum RedisEvent {
     /// tagged with the connections' epoch and this connection's lane (the
     /// node, or one master of a cluster); an error ends the connection.
     Replies(u64, usize, Result<Vec<Value>, String>),
+    /// A lane's reconnect (tagged as its replies will be): the connection,
+    /// its scripts loaded (its reader thread reads it from now on), or why
+    /// the master could not be reached.
+    Lane(u64, usize, Result<std::net::TcpStream, String>),
     /// From the update listener: news of this shard's channels.
     Channel(super::updates::News),
+}
+
+/// Connects a TCP stream for the pipeline: no Nagle, bounded writes.
+pub fn connect(addr: &str, timeout: Duration) -> std::io::Result<TcpStream> {
+    let a = std::net::ToSocketAddrs::to_socket_addrs(addr)?
+        .next()
+        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, "no address"))?;
+    let s = TcpStream::connect_timeout(&a, timeout)?;
+    s.set_nodelay(true)?;
+    s.set_write_timeout(Some(timeout))?;
+    Ok(s)
+}
+
+/// Opens a pipelined connection to `addr` and proves the master serves it:
+/// `SCRIPT LOAD` of every script, each answered with the SHA1 that
+/// `EVALSHA` will name (`shas`), within `timeout` in all. A master that
+/// accepts the connection but does not answer (stopped, overloaded) fails
+/// here, not on the ops. The stream comes back with no read timeout, for
+/// its reader thread.
+pub fn open_lane(addr: &str, timeout: Duration, shas: &[String]) -> Result<TcpStream, String> {
+    use std::io::{Read, Write};
+    let deadline = Instant::now() + timeout;
+    let mut s = connect(addr, timeout).map_err(|e| format!("connect to {addr}: {e}"))?;
+    let mut out = Vec::new();
+    for src in gavel_redis::scripts::ALL {
+        out.extend(
+            redis::cmd("SCRIPT")
+                .arg("LOAD")
+                .arg(src)
+                .get_packed_command(),
+        );
+    }
+    s.write_all(&out)
+        .map_err(|e| format!("SCRIPT LOAD to {addr}: {e}"))?;
+    let (mut buf, mut got) = (Vec::new(), Vec::new());
+    let mut chunk = vec![0u8; 4096];
+    let mut start = 0;
+    while got.len() < gavel_redis::scripts::SCRIPTS {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(format!(
+                "{addr} did not answer SCRIPT LOAD within {timeout:?}"
+            ));
+        }
+        s.set_read_timeout(Some(left)).map_err(|e| e.to_string())?;
+        let n = match s.read(&mut chunk) {
+            Ok(0) => return Err(format!("{addr} closed the connection")),
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(format!("{addr} did not answer SCRIPT LOAD: {e}")),
+        };
+        buf.extend_from_slice(&chunk[..n]);
+        let (batch, bad) = match parse_all(&buf, &mut start) {
+            Ok(b) => (b, None),
+            Err((b, e)) => (b, Some(e)),
+        };
+        got.extend(batch);
+        if let Some(e) = bad {
+            return Err(format!("{addr}: unreadable reply: {e}"));
+        }
+    }
+    for (v, sha) in got.iter().zip(shas) {
+        let ok = match v {
+            Value::BulkString(b) => b == sha.as_bytes(),
+            Value::SimpleString(t) => t == sha,
+            _ => false,
+        };
+        if !ok {
+            return Err(format!("{addr} answered SCRIPT LOAD with {v:?}"));
+        }
+    }
+    if got.len() > gavel_redis::scripts::SCRIPTS || start != buf.len() {
+        return Err(format!("{addr} sent more than it was asked"));
+    }
+    s.set_read_timeout(None).map_err(|e| e.to_string())?;
+    Ok(s)
 }
 
 /// The reader thread of a pipelined connection: reads what Redis sent,
