@@ -893,3 +893,241 @@ fn per_auction_channels_reach_only_the_nodes_that_watch() {
     assert_eq!(updates_received(&a), 20, "nobody watches auction 31");
     assert_eq!(updates_received(&b), 0);
 }
+
+/// What one bid of the paused-master test came back with.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Got {
+    Result(Status, bool),
+    Unavailable,
+    InDoubt,
+}
+
+/// One bid of the paused-master test: (auction, amount, bid_id), when it
+/// was sent and answered, and the answer.
+#[derive(Debug, Clone, Copy)]
+struct Sent {
+    auction: u64,
+    amount: u64,
+    bid_id: u64,
+    at: Instant,
+    answered: Instant,
+    got: Got,
+}
+
+/// Whether each of `auctions` accepted a bid sent at `since` or later.
+fn took_a_bid(log: &[Sent], since: Instant, mut auctions: impl Iterator<Item = u64>) -> bool {
+    let took: HashSet<u64> = log
+        .iter()
+        .filter(|b| b.at >= since && b.got == Got::Result(Status::Ok, false))
+        .map(|b| b.auction)
+        .collect();
+    auctions.all(|a| took.contains(&a))
+}
+
+fn bid_got(c: &mut Client, auction: u64, amount: u64, bid_id: u64) -> Got {
+    match c.bid(auction, auction + 1_000, amount, bid_id) {
+        Ok(o) => Got::Result(o.result.status, o.replayed),
+        Err(ClientError::Server {
+            code: ErrorCode::Unavailable,
+            ..
+        }) => Got::Unavailable,
+        Err(ClientError::Server {
+            code: ErrorCode::InDoubt,
+            ..
+        }) => Got::InDoubt,
+        Err(e) => panic!("bid {bid_id} on auction {auction}: {e}"),
+    }
+}
+
+/// One master of a 3-master cluster stops answering (SIGSTOP: its socket
+/// still accepts, nothing comes back) while bids flow over auctions on
+/// every master: the auctions on the two others keep getting RESULTs, those
+/// on the stopped one get UNAVAILABLE or IN_DOUBT, each answer within
+/// --redis-timeout plus slack; once it runs again its auctions are served
+/// again without a restart. Every IN_DOUBT bid's retry is a RESULT, no
+/// UNAVAILABLE bid had run (its retry is no replay), and each auction's
+/// high bid is the highest bid acknowledged.
+#[test]
+fn a_stopped_cluster_master_fails_only_its_auctions() {
+    let began = Instant::now();
+    let mut rc = RedisCluster::start();
+    let urls = rc.urls();
+    let timeout = Duration::from_millis(1_000);
+    let s = Server::start(&[
+        "--redis-cluster",
+        &urls.join(","),
+        "--store",
+        "memory",
+        "--redis-timeout",
+        "1s",
+    ]);
+    let map = gavel_redis::RedisGavel::cluster_slots(&urls, Duration::from_secs(5)).unwrap();
+    let stopped_port = format!(":{}", rc.ports()[0]);
+    let auctions: Vec<u64> = (1..=48).collect();
+    let on_stopped: HashSet<u64> = auctions
+        .iter()
+        .copied()
+        .filter(|&id| {
+            let slot = gavel_redis::scripts::slot(&gavel_redis::Op::GetAuction(id));
+            map.iter().any(|(a, b, url)| {
+                (*a..=*b).contains(&slot) && url.ends_with(stopped_port.as_str())
+            })
+        })
+        .collect();
+    assert!(
+        !on_stopped.is_empty() && on_stopped.len() < auctions.len() / 2,
+        "{} of {} auctions on the master to stop",
+        on_stopped.len(),
+        auctions.len()
+    );
+    let mut c = s.client();
+    for &id in &auctions {
+        assert_eq!(
+            c.open_auction(id, 0, 1, 0).unwrap().result.status,
+            Status::Ok
+        );
+    }
+    let log: Arc<std::sync::Mutex<Vec<Sent>>> = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let threads: Vec<_> = (0..4u64)
+        .map(|t| {
+            let (log, stop, addr) = (log.clone(), stop.clone(), s.addr);
+            let mine: Vec<u64> = auctions.iter().copied().filter(|id| id % 4 == t).collect();
+            std::thread::spawn(move || {
+                let mut c = Client::connect(addr).unwrap();
+                // Past this, a request hangs: the read fails and so does the test.
+                c.set_timeout(Some(Duration::from_secs(10))).unwrap();
+                let mut k = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    k += 1;
+                    for &auction in &mine {
+                        let at = Instant::now();
+                        let got = bid_got(&mut c, auction, k * 10, k);
+                        let answered = Instant::now();
+                        log.lock().unwrap().push(Sent {
+                            auction,
+                            amount: k * 10,
+                            bid_id: k,
+                            at,
+                            answered,
+                            got,
+                        });
+                    }
+                }
+            })
+        })
+        .collect();
+    // Polls the log until `done` holds, bounded.
+    let wait_for = |what: &str, done: &dyn Fn(&[Sent]) -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if done(&log.lock().unwrap()) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    };
+    let all = |l: &[Sent]| took_a_bid(l, began, auctions.iter().copied());
+    wait_for("bids on every auction", &all);
+
+    rc.pause(0);
+    let paused = Instant::now();
+    // The shards notice (a timeout), then refuse its auctions at once
+    // while the others go on: each other auction takes a bid sent after a
+    // refusal was seen.
+    wait_for("a refusal on the stopped master", &|l: &[Sent]| {
+        l.iter()
+            .any(|b| b.at >= paused && b.got == Got::Unavailable)
+    });
+    // The outage lasts a while past that: the shards' probes of the
+    // stopped master (each failing after --redis-timeout) must not hold up
+    // the others either.
+    let later = Instant::now() + 2 * timeout;
+    let others = auctions.iter().copied().filter(|a| !on_stopped.contains(a));
+    wait_for("bids on the other masters", &|l: &[Sent]| {
+        took_a_bid(l, later, others.clone())
+    });
+    let resuming = Instant::now();
+    rc.resume(0);
+    let resumed = Instant::now();
+    wait_for(
+        "bids on the stopped master after it resumed",
+        &|l: &[Sent]| took_a_bid(l, resumed, on_stopped.iter().copied()),
+    );
+    stop.store(true, Ordering::Relaxed);
+    for t in threads {
+        t.join().unwrap();
+    }
+    let log = std::mem::take(&mut *log.lock().unwrap());
+
+    let slack = Duration::from_millis(1_500);
+    let (mut in_doubt, mut unavailable) = (Vec::new(), Vec::new());
+    let mut acked: std::collections::HashMap<u64, (u64, u64)> = Default::default();
+    for b in &log {
+        let took = b.answered - b.at;
+        assert!(took <= timeout + slack, "{b:?} took {took:?}");
+        let during = b.at >= paused && b.answered < resuming;
+        match b.got {
+            Got::Result(st, replayed) => {
+                assert_eq!((st, replayed), (Status::Ok, false), "{b:?}");
+                assert!(
+                    !(during && on_stopped.contains(&b.auction)),
+                    "answered by the stopped master: {b:?}"
+                );
+                let e = acked.entry(b.auction).or_default();
+                e.0 = e.0.max(b.amount);
+                e.1 += 1;
+            }
+            Got::Unavailable | Got::InDoubt => {
+                assert!(
+                    on_stopped.contains(&b.auction),
+                    "a bid on a master that kept answering: {b:?}"
+                );
+                assert!(b.answered >= paused, "before the pause: {b:?}");
+                if b.got == Got::InDoubt {
+                    in_doubt.push(*b);
+                } else {
+                    unavailable.push(*b);
+                }
+            }
+        }
+    }
+    assert!(!unavailable.is_empty(), "refusals were seen above");
+    // IN_DOUBT: the retry tells (replayed if it had run, else evaluated
+    // now); UNAVAILABLE: it had not run, so its retry is no replay.
+    for b in in_doubt.iter().chain(&unavailable) {
+        match bid_got(&mut c, b.auction, b.amount, b.bid_id) {
+            Got::Result(st, replayed) => {
+                assert!(
+                    !(replayed && b.got == Got::Unavailable),
+                    "answered UNAVAILABLE, yet it had run: {b:?}"
+                );
+                assert!(!replayed || st == Status::Ok, "{b:?}: {st:?}");
+                if st == Status::Ok {
+                    let e = acked.entry(b.auction).or_default();
+                    e.0 = e.0.max(b.amount);
+                    e.1 += 1;
+                }
+            }
+            other => panic!("retry of {b:?}: {other:?}"),
+        }
+    }
+    for &id in &auctions {
+        let a = c.get_auction(id).unwrap().unwrap();
+        let (high, count) = acked[&id];
+        assert_eq!(
+            (a.high_bid, a.high_bidder, a.bid_count),
+            (high, id + 1_000, count),
+            "auction {id}: the highest and number of bids acknowledged"
+        );
+    }
+    eprintln!(
+        "{} bids, {} in doubt, {} unavailable, {:?} in all",
+        log.len(),
+        in_doubt.len(),
+        unavailable.len(),
+        began.elapsed()
+    );
+    assert!(began.elapsed() < Duration::from_secs(60));
+}
