@@ -213,4 +213,26 @@ mod tests {
         assert_eq!(plain_addr("redis://h:1/2"), None);
         assert_eq!(plain_addr("rediss://h:1"), None);
     }
+
+    /// A master that accepts connections and answers nothing (stopped) fails
+    /// the probe within the timeout; one that answers passes it.
+    #[test]
+    fn the_probe_needs_the_scripts_loaded_in_time() {
+        let shas = gavel_redis::scripts::script_shas();
+        let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = silent.local_addr().unwrap().to_string();
+        let t = Instant::now();
+        let e = open_lane(&addr, Duration::from_millis(200), &shas).unwrap_err();
+        assert!(e.contains("did not answer"), "{e}");
+        assert!(
+            t.elapsed() >= Duration::from_millis(200),
+            "{:?}",
+            t.elapsed()
+        );
+        assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+        let r = gavel_testkit::redis::RedisServer::start();
+        let addr = plain_addr(&r.url()).unwrap();
+        let s = open_lane(&addr, Duration::from_secs(5), &shas).unwrap();
+        assert_eq!(s.read_timeout().unwrap(), None, "for the reader thread");
+    }
 }
