@@ -2,41 +2,41 @@
 //!
 //! Keys are scoped to their auction or SKU. An entry keeps the request's
 //! fields (to detect a conflicting reuse) and the RESULT first sent (to replay
-//! it). Two budgets, because the contract treats the two kinds differently:
+//! it), in one 64-byte slot of a [`KeyTable`]. Two budgets, because the
+//! contract treats the two kinds differently:
 //!
 //! - an *accepted* key (status OK) is never forgotten inside the window.
-//!   With a durable store, when its budget is full the oldest accepted keys
-//!   whose records the tables already hold *leave memory* for the store:
-//!   they go into a filter ([`SpilledKeys`]), and a new key the filter may
-//!   hold is answered `Seen::Lookup` — the caller looks it up in the store
-//!   before executing. Without a store (nothing to spill to), or while no
-//!   old key is in the tables yet, a new keyed request is refused
-//!   (`Seen::Full`, answered BUSY) rather than an old key forgotten;
+//!   With a durable store, when its budget is full accepted keys whose
+//!   records the tables already hold *leave memory* for the store: they go
+//!   into a filter ([`SpilledKeys`]), and a new key the filter may hold is
+//!   answered `Seen::Lookup` — the caller looks it up in the store before
+//!   executing. Without a store (nothing to spill to), or while no key may
+//!   leave yet, a new keyed request is refused (`Seen::Full`, answered BUSY)
+//!   rather than an old key forgotten;
 //! - a *rejected* key may be dropped early (a retry of it is evaluated
-//!   afresh, which can never apply it twice): its own, smaller budget drops
-//!   the oldest first.
+//!   afresh, which can never apply it twice): past its own, smaller budget a
+//!   rejected key leaves to make room (whichever the table's cursor reaches
+//!   first, not necessarily the oldest).
 //!
 //! "The tables hold it" is counted, not guessed: every accepted key
-//! remembered fresh gets the next *ordinal* of this shard (the n-th keyed
-//! mutation it emitted), and the materializer reports how many of this
-//! shard's keyed mutations it has applied ([`IdempotencyStore::keys_applied`]);
-//! the writer keeps each shard's mutations in order, so ordinal ≤ applied
-//! means the record is in the tables. Keys restored from the tables or
-//! found there carry ordinal 0.
+//! remembered fresh is this shard's next keyed mutation (an *ordinal*), and
+//! the materializer reports how many of this shard's keyed mutations it has
+//! applied ([`IdempotencyStore::keys_applied`]); the writer keeps each
+//! shard's mutations in order. The store keeps, per millisecond with keys
+//! not yet applied, the last ordinal given in it: a key accepted before the
+//! oldest such millisecond is in the tables. Times are clamped so they never
+//! go back (a wall clock may). Keys restored from the tables or found there
+//! are in them already.
 //!
-//! Both kinds leave in arrival order once older than the window.
-//!
-//! The map is `griddle`'s incrementally resizing hash map: a shard holds
-//! millions of keys, and a std `HashMap` rehashes them all in one insert
-//! when it grows (measured: a 600 ms stall at 8M keys, 12 ms with griddle),
-//! which would freeze every auction on the shard.
+//! Expiry needs no per-key queue: the table's cursor walks the slots at a
+//! pace that covers the table every 1/8 of the window, dropping keys older
+//! than the window; until then an expired key is treated as absent.
 
 use std::collections::VecDeque;
 
-use griddle::HashMap;
-
 use gavel_protocol::{ResultPayload, Status};
 
+use super::key_table::{key_hash, KeyTable, Slot, Visit};
 use super::spilled_keys::SpilledKeys;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -54,12 +54,26 @@ pub struct Key {
     pub key: u64,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Entry {
-    /// (bidder, amount) or (buyer, quantity)
-    fields: (u64, u64),
-    outcome: ResultPayload,
-    at_ms: u64,
+impl KeyKind {
+    fn code(self) -> u8 {
+        match self {
+            KeyKind::Bid => 0,
+            KeyKind::Order => 1,
+        }
+    }
+}
+
+impl Key {
+    /// The key's hash, as the table and the filter use it.
+    #[inline]
+    pub fn hash(&self) -> u64 {
+        key_hash(self.kind.code(), self.scope, self.key)
+    }
+
+    #[inline]
+    fn is(&self, s: &Slot) -> bool {
+        s.key == self.key && s.scope == self.scope && s.kind == self.kind.code()
+    }
 }
 
 /// Result of looking a key up.
@@ -143,15 +157,6 @@ pub struct KeyBudget {
     pub rejected: usize,
 }
 
-/// An accepted key in memory, in arrival order.
-#[derive(Debug, Clone, Copy)]
-struct Accepted {
-    at_ms: u64,
-    /// This shard's keyed-mutation ordinal; 0 when the tables hold it already.
-    ordinal: u64,
-    key: Key,
-}
-
 /// Where accepted keys go when memory is full (durable stores only).
 struct Spill {
     filter: SpilledKeys,
@@ -159,100 +164,179 @@ struct Spill {
     emitted: u64,
     /// Of those, how many the tables hold (the materializer's count).
     applied: u64,
+    /// Milliseconds with accepted keys not yet in the tables, oldest first,
+    /// each with the last ordinal given in it.
+    pending: VecDeque<(u64, u64)>,
     /// A key the store was just asked about and does not hold: checked
     /// without the filter until it is remembered.
     absent: Option<Key>,
+    /// A full walk found no key that may leave at this `applied` count:
+    /// no walk again until it grows.
+    stuck_at: Option<u64>,
+}
+
+impl Spill {
+    /// True when an accepted key of `at_ms` is in the tables.
+    #[inline]
+    fn applied_at(&self, at_ms: u64) -> bool {
+        self.pending.front().is_none_or(|&(t, _)| at_ms < t)
+    }
+}
+
+/// Counts of what a walk removed.
+#[derive(Default)]
+struct Removed {
+    accepted: usize,
+    rejected: usize,
 }
 
 pub struct IdempotencyStore {
-    map: HashMap<Key, Entry, ahash::RandomState>,
-    /// Accepted keys in arrival order (never forgotten before the window ends).
-    accepted: VecDeque<Accepted>,
-    /// Rejected keys in arrival order (dropped oldest first at their cap).
-    rejected: VecDeque<(u64, Key)>,
+    table: KeyTable,
+    /// Accepted and rejected keys in the table (expired ones included
+    /// until the walk removes them).
+    accepted: usize,
+    rejected: usize,
     window_ms: u64,
     budget: KeyBudget,
+    /// The latest time a fresh outcome was remembered at (times never go back).
+    latest_ms: u64,
+    /// When the expiry walk last ran.
+    walked_ms: u64,
+    /// The coarse clock beside each slot: ms per tick (1/64 of the window).
+    tick_ms: u64,
     spill: Option<Spill>,
 }
 
 impl IdempotencyStore {
     pub fn new(window_ms: u64, budget: KeyBudget) -> Self {
         IdempotencyStore {
-            map: HashMap::default(),
-            accepted: VecDeque::new(),
-            rejected: VecDeque::new(),
+            table: KeyTable::default(),
+            accepted: 0,
+            rejected: 0,
             window_ms,
             budget: KeyBudget {
                 accepted: budget.accepted.max(1),
                 rejected: budget.rejected.max(1),
             },
+            latest_ms: 0,
+            walked_ms: 0,
+            tick_ms: (window_ms / 64).max(1),
             spill: None,
         }
     }
 
-    /// Lets accepted keys leave memory for the store once the tables hold
+    /// Lets accepted keys leave memory for the store once its tables hold
     /// them (a durable store with the local engine).
     pub fn enable_spill(&mut self) {
         self.spill = Some(Spill {
             filter: SpilledKeys::new(self.window_ms),
             emitted: 0,
             applied: 0,
+            pending: VecDeque::new(),
             absent: None,
+            stuck_at: None,
         });
     }
 
-    pub fn check(&mut self, key: Key, fields: (u64, u64)) -> Seen {
-        if let Some(e) = self.map.get(&key) {
-            return if e.fields == fields {
-                Seen::Replay(e.outcome)
-            } else {
-                Seen::Conflict
-            };
+    #[inline]
+    fn live(&self, at_ms: u64, now_ms: u64) -> bool {
+        at_ms.saturating_add(self.window_ms) > now_ms
+    }
+
+    /// A time on the coarse clock kept beside each slot (wraps: only ages
+    /// of up to 2^16 ticks = 1,024 windows are meaningful, and a key is
+    /// walked out within 1 1/8 windows).
+    #[inline]
+    fn coarse(&self, at_ms: u64) -> u16 {
+        (at_ms / self.tick_ms) as u16
+    }
+
+    pub fn check(&mut self, key: Key, fields: (u64, u64), now_ms: u64) -> Seen {
+        let h = key.hash();
+        if let Some(p) = self.table.find(h, |s| key.is(s)) {
+            let s = self.table.get(p);
+            if self.live(s.at_ms, now_ms) {
+                return if s.fields == fields {
+                    Seen::Replay(outcome(s))
+                } else {
+                    Seen::Conflict
+                };
+            }
         }
         if let Some(sp) = &self.spill {
             if sp.absent != Some(key) && sp.filter.may_contain(key) {
                 return Seen::Lookup;
             }
         }
-        if self.accepted.len() >= self.budget.accepted
-            && !self.spill_down_to(self.budget.accepted - 1)
+        if self.accepted >= self.budget.accepted
+            && !self.spill_down_to(self.budget.accepted - 1, now_ms)
         {
             return Seen::Full;
         }
         Seen::New
     }
 
-    /// Moves the oldest accepted keys the tables hold out of memory until
-    /// at most `len` are left; false if that many may not leave yet (or
-    /// there is no store to leave for).
-    fn spill_down_to(&mut self, len: usize) -> bool {
+    /// Moves accepted keys the tables hold out of memory (and drops expired
+    /// ones met on the way) until at most `len` accepted keys are left —
+    /// in batches of 1/64 of the budget, so walks are rare. False if that
+    /// many may not leave yet (or there is no store to leave for).
+    fn spill_down_to(&mut self, len: usize, now_ms: u64) -> bool {
         let Some(sp) = &mut self.spill else {
             return false;
         };
-        while self.accepted.len() > len {
-            match self.accepted.front() {
-                Some(a) if a.ordinal <= sp.applied => {
-                    let a = self.accepted.pop_front().expect("just seen");
-                    self.map.remove(&a.key);
-                    sp.filter.insert(a.key, a.at_ms);
-                }
-                _ => return false,
-            }
+        if self.accepted <= len {
+            return true;
         }
-        true
+        if sp.stuck_at == Some(sp.applied) {
+            return false;
+        }
+        let target = len.saturating_sub(self.budget.accepted / 64);
+        let mut excess = self.accepted - target;
+        let window = self.window_ms;
+        let mut gone = Removed::default();
+        let capacity = self.table.capacity();
+        self.table.walk(capacity, |s, _, accepted| {
+            if !accepted {
+                return Visit::Keep;
+            }
+            if s.at_ms.saturating_add(window) <= now_ms {
+                gone.accepted += 1;
+            } else if sp.applied_at(s.at_ms) {
+                sp.filter.insert(Key::of(s), s.at_ms);
+                gone.accepted += 1;
+            } else {
+                return Visit::Keep;
+            }
+            excess -= 1;
+            if excess == 0 {
+                Visit::RemoveAndStop
+            } else {
+                Visit::Remove
+            }
+        });
+        self.accepted -= gone.accepted;
+        let fits = self.accepted <= len;
+        if gone.accepted == 0 {
+            sp.stuck_at = Some(sp.applied);
+        }
+        fits
     }
 
     /// The materializer's count of this shard's keyed mutations in the
     /// tables: keys up to that ordinal may leave memory.
     pub fn keys_applied(&mut self, applied: u64) {
-        if let Some(sp) = &mut self.spill {
-            debug_assert!(
-                applied <= sp.emitted,
-                "applied {applied} > emitted {}",
-                sp.emitted
-            );
-            debug_assert!(applied >= sp.applied, "the applied count only grows");
-            sp.applied = applied;
+        let Some(sp) = &mut self.spill else {
+            return;
+        };
+        debug_assert!(
+            applied <= sp.emitted,
+            "applied {applied} > emitted {}",
+            sp.emitted
+        );
+        debug_assert!(applied >= sp.applied, "the applied count only grows");
+        sp.applied = applied;
+        while sp.pending.front().is_some_and(|&(_, last)| last <= applied) {
+            sp.pending.pop_front();
         }
     }
 
@@ -265,90 +349,154 @@ impl IdempotencyStore {
     }
 
     /// Remembers an accepted key the tables already hold (restored at start
-    /// or found by a lookup). Past the budget the oldest such keys go back
-    /// to the filter.
+    /// or found by a lookup). Past the budget, keys go back to the filter.
     pub fn remember_stored(&mut self, key: Key, fields: (u64, u64), ok: ResultPayload, at_ms: u64) {
         debug_assert_eq!(ok.status, Status::Ok, "the store holds accepted keys only");
-        self.insert(key, fields, ok, at_ms, 0);
-        self.spill_down_to(self.budget.accepted);
+        self.put(key, fields, ok, at_ms);
+        let now_ms = self.latest_ms.max(at_ms);
+        self.spill_down_to(self.budget.accepted, now_ms);
     }
 
     /// Remembers the first outcome of a request just executed. An accepted
     /// key is kept even past the budget; `check` then makes room or
     /// refuses new keys.
     pub fn remember(&mut self, key: Key, fields: (u64, u64), outcome: ResultPayload, at_ms: u64) {
-        let mut ordinal = 0;
+        let at_ms = at_ms.max(self.latest_ms);
+        self.latest_ms = at_ms;
         if let Some(sp) = &mut self.spill {
             if outcome.status == Status::Ok {
                 sp.emitted += 1;
-                ordinal = sp.emitted;
+                match sp.pending.back_mut() {
+                    Some((t, last)) if *t == at_ms => *last = sp.emitted,
+                    _ => sp.pending.push_back((at_ms, sp.emitted)),
+                }
             }
         }
-        self.insert(key, fields, outcome, at_ms, ordinal);
+        if outcome.status != Status::Ok && self.rejected >= self.budget.rejected {
+            self.drop_a_rejected_key();
+        }
+        self.put(key, fields, outcome, at_ms);
     }
 
-    fn insert(
-        &mut self,
-        key: Key,
-        fields: (u64, u64),
-        outcome: ResultPayload,
-        at_ms: u64,
-        ordinal: u64,
-    ) {
+    /// Makes room for a rejected key: the first one the cursor reaches
+    /// leaves (the contract lets a rejected key be forgotten early).
+    fn drop_a_rejected_key(&mut self) {
+        let mut dropped = false;
+        let capacity = self.table.capacity();
+        self.table.walk(capacity, |_, _, accepted| {
+            if accepted {
+                return Visit::Keep;
+            }
+            dropped = true;
+            Visit::RemoveAndStop
+        });
+        self.rejected -= dropped as usize;
+    }
+
+    /// Inserts or overwrites (an expired entry of the same key) one key.
+    fn put(&mut self, key: Key, fields: (u64, u64), outcome: ResultPayload, at_ms: u64) {
         if let Some(sp) = &mut self.spill {
             if sp.absent == Some(key) {
                 sp.absent = None;
             }
+            sp.stuck_at = None;
         }
         let accepted = outcome.status == Status::Ok;
-        if !accepted {
-            while self.rejected.len() >= self.budget.rejected {
-                let Some((_, old)) = self.rejected.pop_front() else {
-                    break;
-                };
-                self.map.remove(&old);
-            }
-        }
-        let e = Entry {
+        let slot = Slot {
+            scope: key.scope,
+            key: key.key,
             fields,
-            outcome,
+            value: outcome.value,
+            aux: outcome.aux,
             at_ms,
+            status: outcome.status as u8,
+            kind: key.kind.code(),
         };
-        if self.map.insert(key, e).is_some() {
-            debug_assert!(false, "a key is remembered once: {key:?}");
-            return;
+        let (h, coarse) = (key.hash(), self.coarse(at_ms));
+        match self.table.find(h, |s| key.is(s)) {
+            Some(p) => {
+                let old = self.table.get(p);
+                debug_assert!(
+                    old.at_ms + self.window_ms <= at_ms,
+                    "a live key is remembered once: {key:?}"
+                );
+                self.forget_count(old.status == Status::Ok as u8);
+                self.table.set(p, slot, h, accepted, coarse);
+            }
+            None => self.table.insert(slot, h, accepted, coarse),
         }
         if accepted {
-            self.accepted.push_back(Accepted {
-                at_ms,
-                ordinal,
-                key,
-            });
+            self.accepted += 1;
         } else {
-            self.rejected.push_back((at_ms, key));
+            self.rejected += 1;
         }
     }
 
-    /// Drops entries older than the window.
+    fn forget_count(&mut self, accepted: bool) {
+        if accepted {
+            self.accepted -= 1;
+        } else {
+            self.rejected -= 1;
+        }
+    }
+
+    /// Drops keys older than the window: walks the part of the table due
+    /// since the last call (the whole table every 1/8 of the window).
     pub fn expire(&mut self, now_ms: u64) {
-        let live = |at: u64| at.saturating_add(self.window_ms) > now_ms;
-        while let Some(a) = self.accepted.front() {
-            if live(a.at_ms) {
-                break;
-            }
-            self.map.remove(&a.key);
-            self.accepted.pop_front();
-        }
-        while let Some(&(at, k)) = self.rejected.front() {
-            if live(at) {
-                break;
-            }
-            self.map.remove(&k);
-            self.rejected.pop_front();
-        }
+        let pass_ms = (self.window_ms / 8).max(1);
+        let elapsed = now_ms.saturating_sub(self.walked_ms);
+        self.walked_ms = now_ms;
+        let capacity = self.table.capacity();
+        let due = (capacity as u128 * u128::from(elapsed) / u128::from(pass_ms)) as usize;
+        self.expire_walk(now_ms, due.saturating_add(256).min(capacity));
         if let Some(sp) = &mut self.spill {
             sp.filter.expire(now_ms);
         }
+    }
+
+    fn expire_walk(&mut self, now_ms: u64, quota: usize) {
+        let window = self.window_ms;
+        let now = self.coarse(now_ms);
+        // Ages (in ticks) that decide without reading the slot: the window
+        // is 64 ticks (rounded down), an age within a tick of it is checked
+        // exactly.
+        let (young, old) = (
+            (window / self.tick_ms).saturating_sub(1),
+            window / self.tick_ms + 1,
+        );
+        let mut gone = Removed::default();
+        self.table.walk(quota, |s, coarse, accepted| {
+            let age = u64::from(now.wrapping_sub(coarse));
+            if age < young || (age <= old && s.at_ms.saturating_add(window) > now_ms) {
+                return Visit::Keep;
+            }
+            if accepted {
+                gone.accepted += 1;
+            } else {
+                gone.rejected += 1;
+            }
+            Visit::Remove
+        });
+        self.accepted -= gone.accepted;
+        self.rejected -= gone.rejected;
+    }
+
+    /// Keys in the table (accepted and rejected, expired ones not yet walked).
+    pub fn len(&self) -> usize {
+        self.table.len()
+    }
+
+    pub fn accepted_len(&self) -> usize {
+        self.accepted
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.table.is_empty()
+    }
+
+    /// Memory the key table takes.
+    pub fn bytes(&self) -> usize {
+        self.table.bytes()
     }
 
     /// Accepted keys that left memory for the store (inside the window).
@@ -360,18 +508,27 @@ impl IdempotencyStore {
     pub fn filter_bytes(&self) -> usize {
         self.spill.as_ref().map_or(0, |s| s.filter.bytes())
     }
+}
 
-    pub fn len(&self) -> usize {
-        self.map.len()
+impl Key {
+    fn of(s: &Slot) -> Key {
+        Key {
+            kind: if s.kind == 0 {
+                KeyKind::Bid
+            } else {
+                KeyKind::Order
+            },
+            scope: s.scope,
+            key: s.key,
+        }
     }
+}
 
-    pub fn accepted_len(&self) -> usize {
-        self.accepted.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
-    }
+/// The RESULT a slot remembers.
+#[inline]
+fn outcome(s: &Slot) -> ResultPayload {
+    let status = Status::from_u8(s.status).expect("a stored status is valid");
+    ResultPayload::new(status, s.value, s.aux)
 }
 
 #[cfg(test)]
@@ -396,17 +553,17 @@ mod tests {
     #[test]
     fn replay_conflict_and_scope() {
         let mut s = IdempotencyStore::new(1000, budget(10, 10));
-        assert_eq!(s.check(k(1), (6, 5)), Seen::New);
+        assert_eq!(s.check(k(1), (6, 5), 0), Seen::New);
         s.remember(k(1), (6, 5), OK, 0);
-        assert_eq!(s.check(k(1), (6, 5)), Seen::Replay(OK));
-        assert_eq!(s.check(k(1), (6, 7)), Seen::Conflict);
+        assert_eq!(s.check(k(1), (6, 5), 0), Seen::Replay(OK));
+        assert_eq!(s.check(k(1), (6, 7), 0), Seen::Conflict);
         let other_scope = Key { scope: 2, ..k(1) };
-        assert_eq!(s.check(other_scope, (6, 5)), Seen::New);
+        assert_eq!(s.check(other_scope, (6, 5), 0), Seen::New);
         let other_kind = Key {
             kind: KeyKind::Order,
             ..k(1)
         };
-        assert_eq!(s.check(other_kind, (6, 5)), Seen::New);
+        assert_eq!(s.check(other_kind, (6, 5), 0), Seen::New);
     }
 
     #[test]
@@ -415,33 +572,50 @@ mod tests {
         for i in 0..3 {
             s.remember(k(i), (0, 0), OK, i * 10);
         }
-        assert_eq!(s.check(k(3), (0, 0)), Seen::Full, "no room: refuse");
+        assert_eq!(s.check(k(3), (0, 0), 0), Seen::Full, "no room: refuse");
         for i in 0..3 {
-            assert_eq!(s.check(k(i), (0, 0)), Seen::Replay(OK), "still replays");
+            assert_eq!(s.check(k(i), (0, 0), 0), Seen::Replay(OK), "still replays");
         }
         s.expire(105);
         assert_eq!(s.accepted_len(), 2, "the key at 0 expired at 100");
-        assert_eq!(s.check(k(3), (0, 0)), Seen::New);
+        assert_eq!(s.check(k(3), (0, 0), 105), Seen::New);
         s.expire(1000);
         assert!(s.is_empty());
     }
 
     #[test]
-    fn rejected_keys_have_their_own_budget_and_go_first() {
+    fn rejected_keys_have_their_own_budget() {
         let mut s = IdempotencyStore::new(100, budget(2, 2));
         s.remember(k(0), (0, 0), OK, 0);
         for i in 1..=5 {
             s.remember(k(i), (0, 0), LOST, i);
         }
-        assert_eq!(s.len(), 3, "one accepted, two newest rejected");
-        assert_eq!(s.check(k(0), (0, 0)), Seen::Replay(OK));
-        assert_eq!(s.check(k(1), (0, 0)), Seen::New, "oldest rejected dropped");
-        assert_eq!(s.check(k(5), (0, 0)), Seen::Replay(LOST));
+        assert_eq!(s.len(), 3, "one accepted, two rejected");
+        assert_eq!(s.check(k(0), (0, 0), 0), Seen::Replay(OK));
+        let kept = (1..=5)
+            .filter(|&i| s.check(k(i), (0, 0), 0) == Seen::Replay(LOST))
+            .count();
+        assert_eq!(kept, 2, "the others are evaluated afresh");
         // A flood of rejected outcomes never pushes an accepted key out.
         for i in 10..1000 {
             s.remember(k(i), (0, 0), LOST, 50);
         }
-        assert_eq!(s.check(k(0), (0, 0)), Seen::Replay(OK));
+        assert_eq!(s.check(k(0), (0, 0), 0), Seen::Replay(OK));
+    }
+
+    #[test]
+    fn an_expired_key_is_new_and_is_remembered_afresh() {
+        let mut s = IdempotencyStore::new(100, budget(4, 4));
+        s.remember(k(1), (1, 1), OK, 0);
+        assert_eq!(s.check(k(1), (2, 2), 99), Seen::Conflict);
+        assert_eq!(
+            s.check(k(1), (2, 2), 100),
+            Seen::New,
+            "not walked yet, but expired"
+        );
+        s.remember(k(1), (2, 2), LOST, 100);
+        assert_eq!(s.check(k(1), (2, 2), 150), Seen::Replay(LOST));
+        assert_eq!((s.len(), s.accepted_len()), (1, 0));
     }
 
     #[test]
@@ -451,34 +625,34 @@ mod tests {
         s.remember(k(0), (0, 0), OK, 0);
         s.remember(k(1), (0, 0), OK, 1);
         assert_eq!(
-            s.check(k(2), (0, 0)),
+            s.check(k(2), (0, 0), 0),
             Seen::Full,
             "nothing in the tables yet"
         );
         s.keys_applied(1);
-        assert_eq!(s.check(k(2), (0, 0)), Seen::New, "key 0 left memory");
+        assert_eq!(s.check(k(2), (0, 0), 0), Seen::New, "key 0 left memory");
         assert_eq!(s.spilled_len(), 1);
         assert_eq!(
-            s.check(k(0), (0, 0)),
+            s.check(k(0), (0, 0), 0),
             Seen::Lookup,
             "key 0 is asked of the store"
         );
         assert_eq!(
-            s.check(k(1), (0, 0)),
+            s.check(k(1), (0, 0), 0),
             Seen::Replay(OK),
             "key 1 is still in memory"
         );
         s.remember(k(2), (0, 0), OK, 2);
         assert_eq!(
-            s.check(k(3), (0, 0)),
+            s.check(k(3), (0, 0), 0),
             Seen::Full,
             "key 1 is in, key 2 is not applied"
         );
         s.keys_applied(3);
-        assert_eq!(s.check(k(3), (0, 0)), Seen::New);
+        assert_eq!(s.check(k(3), (0, 0), 0), Seen::New);
         // Found in the store: remembered again, and replayed from memory.
         s.remember_stored(k(0), (0, 0), OK, 0);
-        assert_eq!(s.check(k(0), (0, 0)), Seen::Replay(OK));
+        assert_eq!(s.check(k(0), (0, 0), 0), Seen::Replay(OK));
         assert!(s.accepted_len() <= 2, "the budget holds after a lookup");
     }
 
@@ -488,14 +662,14 @@ mod tests {
         s.enable_spill();
         s.remember(k(0), (0, 0), OK, 0);
         s.keys_applied(1);
-        assert_eq!(s.check(k(1), (0, 0)), Seen::New);
+        assert_eq!(s.check(k(1), (0, 0), 0), Seen::New);
         s.remember(k(1), (0, 0), OK, 1);
         // Pretend key 5 collides in the filter: after an absent lookup it
         // is new, and once remembered the override is gone.
         s.looked_up_absent(k(5));
-        assert!(matches!(s.check(k(5), (0, 0)), Seen::New | Seen::Full));
+        assert!(matches!(s.check(k(5), (0, 0), 0), Seen::New | Seen::Full));
         s.remember(k(5), (0, 0), LOST, 2);
-        assert_eq!(s.check(k(5), (0, 0)), Seen::Replay(LOST));
+        assert_eq!(s.check(k(5), (0, 0), 0), Seen::Replay(LOST));
     }
 
     #[test]
@@ -504,11 +678,15 @@ mod tests {
         s.enable_spill();
         s.remember(k(0), (0, 0), OK, 0);
         s.keys_applied(1);
-        assert_eq!(s.check(k(1), (0, 0)), Seen::New);
-        assert_eq!(s.check(k(0), (0, 0)), Seen::Lookup);
+        assert_eq!(s.check(k(1), (0, 0), 0), Seen::New);
+        assert_eq!(s.check(k(0), (0, 0), 0), Seen::Lookup);
         s.expire(900);
         assert_eq!(s.spilled_len(), 0);
-        assert_eq!(s.check(k(0), (0, 0)), Seen::New, "older than the window");
+        assert_eq!(
+            s.check(k(0), (0, 0), 900),
+            Seen::New,
+            "older than the window"
+        );
     }
 
     #[test]
@@ -520,11 +698,14 @@ mod tests {
         }
         assert_eq!(s.accepted_len(), 10);
         assert_eq!(s.spilled_len(), 90);
-        for i in 0..90 {
-            assert_eq!(s.check(k(i), (0, 0)), Seen::Lookup, "key {i}");
+        let (mut lookups, mut replays) = (0, 0);
+        for i in 0..100 {
+            match s.check(k(i), (0, 0), 0) {
+                Seen::Lookup => lookups += 1,
+                Seen::Replay(OK) => replays += 1,
+                other => panic!("key {i}: {other:?}"),
+            }
         }
-        for i in 90..100 {
-            assert_eq!(s.check(k(i), (0, 0)), Seen::Replay(OK));
-        }
+        assert_eq!((lookups, replays), (90, 10));
     }
 }

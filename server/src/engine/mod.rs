@@ -7,6 +7,7 @@
 //! - [`mutation`]: one state change, as the store persists it.
 //! - [`auction`], [`sale`]: one auction's and one sale's rules.
 //! - [`idempotency`]: remembered outcomes of keyed requests.
+//! - [`key_table`]: the compact hash table the keys live in.
 //! - [`spilled_keys`]: the filter of accepted keys that left memory for the store.
 //! - [`parked`]: commands waiting for a key's lookup in the store.
 //! - [`subscriptions`]: who watches which auction.
@@ -17,6 +18,7 @@ pub mod auction;
 pub mod command;
 pub mod effects;
 pub mod idempotency;
+pub mod key_table;
 pub mod limits;
 pub mod mutation;
 pub mod parked;

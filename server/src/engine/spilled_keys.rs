@@ -193,16 +193,9 @@ impl SpilledKeys {
     }
 }
 
-/// A well-mixed 64-bit hash of a key (splitmix64-style rounds).
 #[inline]
 fn hash(k: Key) -> u64 {
-    let mix = |mut z: u64| {
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    };
-    let tag = k.kind as u64 + 1;
-    mix(mix(k.scope ^ tag.wrapping_mul(0x9e37_79b9_7f4a_7c15)) ^ k.key)
+    k.hash()
 }
 
 #[cfg(test)]

@@ -187,8 +187,15 @@ impl ShardState {
 
     /// Looks a keyed request up: `true` when it is new and must execute;
     /// otherwise it has been answered (replay or conflict).
-    fn first_time(&mut self, c: &Command, key: Key, fields: (u64, u64), fx: &mut Effects) -> bool {
-        match self.idempotency.check(key, fields) {
+    fn first_time(
+        &mut self,
+        c: &Command,
+        key: Key,
+        fields: (u64, u64),
+        now_ms: u64,
+        fx: &mut Effects,
+    ) -> bool {
+        match self.idempotency.check(key, fields, now_ms) {
             Seen::New => true,
             Seen::Replay(r) => {
                 fx.result(c.conn, c.request_id, r, true);
@@ -225,7 +232,7 @@ impl ShardState {
             key: b.bid_id,
         };
         let fields = (b.bidder_id, b.amount);
-        if !self.first_time(c, key, fields, fx) {
+        if !self.first_time(c, key, fields, now_ms, fx) {
             return;
         }
         self.close_if_due(b.auction_id, now_ms, fx);
@@ -343,7 +350,7 @@ impl ShardState {
             key: b.order_id,
         };
         let fields = (b.buyer_id, b.quantity as u64);
-        if !self.first_time(c, key, fields, fx) {
+        if !self.first_time(c, key, fields, now_ms, fx) {
             return;
         }
         let sale = self.sales.get_mut(&b.sku_id).expect("checked above");
