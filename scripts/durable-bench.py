@@ -479,7 +479,8 @@ def gavel_run(args, ctx, target, auctions, rate=None):
         env = dict(os.environ, RUST_LOG=os.environ.get("RUST_LOG", "warn"))
         with open(out, "w") as of, open(err, "w") as ef:
             server = spawn([os.path.join(BIN, "gavel-server"), "--listen", "127.0.0.1:0",
-                            "--store", store, "--metrics-listen", "127.0.0.1:0"],
+                            "--store", store, "--metrics-listen", "127.0.0.1:0",
+                            *args.server_arg],
                            stdout=of, stderr=ef, env=env)
         try:
             addr = wait_line(out, "listening on ", server, "gavel-server")
@@ -752,6 +753,11 @@ def main():
                          "(default 5000,10000)")
     ap.add_argument("--quick", action="store_true",
                     help="smoke test: --runs 1 --duration 2")
+    ap.add_argument("--server-arg", action="append", default=[], metavar="ARG",
+                    help="an extra gavel-server argument, appended to the command line of "
+                         "every Gavel target's server (repeatable; write values that start "
+                         "with '-' as --server-arg=ARG), e.g. --server-arg=--idempotency-max-keys "
+                         "--server-arg=100000")
     args = ap.parse_args()
     if args.quick:
         args.runs, args.duration = 1, 2.0
