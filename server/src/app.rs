@@ -144,10 +144,18 @@ fn open_store(config: &Config) -> anyhow::Result<Opened> {
         rejected: (config.idempotency_max_rejected_keys / shard_count).max(1),
     };
     let cap = config.shard_capacity();
+    // With a durable store and the local engine, keys and closed auctions
+    // may leave memory for the store (set before recovery: it restores
+    // into that).
+    let backed = store.is_some() && config.redis_urls().is_none();
+    let passivate_after = Some(config.passivate_after.as_millis() as u64).filter(|&ms| ms > 0);
     let mut states: Vec<ShardState> = (0..shard_count)
         .map(|_| {
             let mut s = ShardState::new(window_ms, keys);
             s.set_capacity(cap);
+            if backed {
+                s.back_with_store(passivate_after);
+            }
             s
         })
         .collect();
@@ -431,6 +439,7 @@ fn serve_metrics(
         m.keys.spilled.set(held.spilled_keys as i64);
         m.keys.filter_bytes.set(held.filter_bytes as i64);
         m.keys.parked.set(held.parked as i64);
+        m.bounds.passivated.set(held.passivated as i64);
         m.sync_refused("per_ip", live.refused_per_ip.load(Ordering::Relaxed));
         match &refresh_gate {
             Some(g) => {

@@ -108,6 +108,14 @@ pub struct Config {
     #[arg(long, env = "GAVEL_IDEMPOTENCY_WINDOW", default_value = "24h", value_parser = parse_duration)]
     pub idempotency_window: Duration,
 
+    /// With a durable store, how long a closed auction stays in memory
+    /// after closing; then it leaves (only its id stays) and is read back
+    /// from the store by the next request naming it, which waits for that
+    /// read. Frees --max-auctions room. 0 keeps closed auctions in memory
+    /// for ever (as --store memory always does).
+    #[arg(long, env = "GAVEL_PASSIVATE_AFTER", default_value = "5m", value_parser = parse_duration)]
+    pub passivate_after: Duration,
+
     /// Keys of *accepted* bids and orders held in memory, across all shards
     /// (split evenly). An accepted key is never forgotten inside the window:
     /// with a durable store, past this cap the oldest accepted keys the

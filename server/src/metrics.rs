@@ -548,6 +548,7 @@ fn shard_queue_gauges(r: &mut Registry, shards: usize) -> Family<Vec<(String, St
 /// What the caps bound: state held, and unsent output.
 pub struct BoundMetrics {
     pub auctions: Gauge,
+    pub passivated: Gauge,
     pub sales: Gauge,
     pub subscriptions: Gauge,
     pub reply_queue_full: Counter,
@@ -561,6 +562,12 @@ impl BoundMetrics {
             r,
             "auctions",
             "Auctions held in memory, open and closed (local engine; --max-auctions)",
+            Gauge::default(),
+        );
+        let passivated = reg(
+            r,
+            "auctions_passivated",
+            "Closed auctions that left memory for the store (--passivate-after; read back on demand)",
             Gauge::default(),
         );
         let sales = reg(
@@ -595,6 +602,7 @@ impl BoundMetrics {
     );
         BoundMetrics {
             auctions,
+            passivated,
             sales,
             subscriptions,
             reply_queue_full,
@@ -707,7 +715,7 @@ pub struct KeyMetrics {
 impl KeyMetrics {
     fn new(r: &mut Registry) -> Self {
         let lookups = Family::<Vec<(String, String)>, Counter>::default();
-        for result in ["found", "absent", "failed"] {
+        for result in ["found", "absent", "auction", "failed"] {
             let _ = lookups.get_or_create(&labels("result", result));
         }
         KeyMetrics {
@@ -738,7 +746,7 @@ impl KeyMetrics {
             lookups: reg(
                 r,
                 "idempotency_lookups",
-                "Key lookups in the store, by result",
+                "Lookups in the store, by result: an idempotency key found or absent, a passivated auction read back, or a failure",
                 lookups,
             ),
             lookup_seconds: reg(
@@ -750,13 +758,16 @@ impl KeyMetrics {
         }
     }
 
-    /// Counts one lookup's result.
-    pub fn count(&self, result: crate::engine::idempotency::KeyLookup) {
+    /// Counts one lookup's result: a key found or absent, an auction read
+    /// back, or a failure.
+    pub fn count(&self, answer: &crate::engine::parked::Answer) {
         use crate::engine::idempotency::KeyLookup;
-        let label = match result {
-            KeyLookup::Found(_) => "found",
-            KeyLookup::Absent => "absent",
-            KeyLookup::Refused(_) => "failed",
+        use crate::engine::parked::Answer;
+        let label = match answer {
+            Answer::Key(KeyLookup::Found(_)) => "found",
+            Answer::Key(KeyLookup::Absent) => "absent",
+            Answer::Auction(_) => "auction",
+            Answer::Refused(_) => "failed",
         };
         self.lookups.get_or_create(&labels("result", label)).inc();
     }

@@ -2,7 +2,7 @@
 
 use gavel_protocol::{AuctionInfo, AuctionState, ResultPayload, Status};
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Auction {
     pub id: u64,
     pub reserve: u64,

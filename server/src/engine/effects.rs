@@ -7,18 +7,18 @@
 use gavel_protocol::{ErrorCode, ResultPayload, FLAG_REPLAYED};
 
 use super::command::{Command, ConnRef, Outgoing, Reply};
-use super::idempotency::Key;
 use super::limits::Cap;
 use super::mutation::Mutation;
+use super::parked::Wanted;
 
 /// Output of one shard round.
 pub struct Effects {
     /// Replies and pushes, one list per event loop.
     pub replies: Vec<Vec<Outgoing>>,
     pub mutations: Vec<Mutation>,
-    /// Keys to look up in the store before their commands can run (the
+    /// What to read from the store before waiting commands can run (the
     /// local engine with a durable store; see `engine::parked`).
-    pub lookups: Vec<Key>,
+    pub lookups: Vec<Wanted>,
     /// Stamp of the command being answered, copied into its replies (for
     /// the latency histogram and per-type metrics).
     cur: (u32, u8),

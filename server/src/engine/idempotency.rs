@@ -97,8 +97,6 @@ pub enum KeyLookup {
     Found(StoredOutcome),
     /// Not accepted inside the window: execute the request.
     Absent,
-    /// The store could not be asked: refuse the request (not executed).
-    Refused(gavel_protocol::ErrorCode),
 }
 
 /// An accepted key as the store holds it: its bid or order log row.
@@ -361,21 +359,39 @@ impl IdempotencyStore {
     /// key is kept even past the budget; `check` then makes room or
     /// refuses new keys.
     pub fn remember(&mut self, key: Key, fields: (u64, u64), outcome: ResultPayload, at_ms: u64) {
-        let at_ms = at_ms.max(self.latest_ms);
+        let at_ms = if outcome.status == Status::Ok {
+            self.track(at_ms)
+        } else {
+            at_ms.max(self.latest_ms)
+        };
         self.latest_ms = at_ms;
-        if let Some(sp) = &mut self.spill {
-            if outcome.status == Status::Ok {
-                sp.emitted += 1;
-                match sp.pending.back_mut() {
-                    Some((t, last)) if *t == at_ms => *last = sp.emitted,
-                    _ => sp.pending.push_back((at_ms, sp.emitted)),
-                }
-            }
-        }
         if outcome.status != Status::Ok && self.rejected >= self.budget.rejected {
             self.drop_a_rejected_key();
         }
         self.put(key, fields, outcome, at_ms);
+    }
+
+    /// Counts one tracked mutation made at `at_ms` (an accepted bid or
+    /// purchase — remembered here — or an auction's closing): the shard's
+    /// next ordinal. Returns the time it is counted at (never before an
+    /// earlier one: a wall clock may go back).
+    pub fn track(&mut self, at_ms: u64) -> u64 {
+        let at_ms = at_ms.max(self.latest_ms);
+        self.latest_ms = at_ms;
+        if let Some(sp) = &mut self.spill {
+            sp.emitted += 1;
+            match sp.pending.back_mut() {
+                Some((t, last)) if *t == at_ms => *last = sp.emitted,
+                _ => sp.pending.push_back((at_ms, sp.emitted)),
+            }
+        }
+        at_ms
+    }
+
+    /// True when every tracked mutation made at or before `at_ms` (as
+    /// `track` returned it) is in the tables. Always false without a store.
+    pub fn in_tables_through(&self, at_ms: u64) -> bool {
+        self.spill.as_ref().is_some_and(|sp| sp.applied_at(at_ms))
     }
 
     /// Makes room for a rejected key: the first one the cursor reaches

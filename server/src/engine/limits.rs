@@ -15,8 +15,10 @@ pub struct Sizes {
     pub spilled_keys: usize,
     /// Memory of the filter of those keys.
     pub filter_bytes: usize,
-    /// Commands waiting for a key lookup.
+    /// Commands waiting for a lookup in the store.
     pub parked: usize,
+    /// Closed auctions that left memory (ids kept).
+    pub passivated: usize,
 }
 
 impl Sizes {
@@ -29,6 +31,7 @@ impl Sizes {
         self.spilled_keys += o.spilled_keys;
         self.filter_bytes += o.filter_bytes;
         self.parked += o.parked;
+        self.passivated += o.passivated;
     }
 }
 

@@ -9,7 +9,8 @@
 //! - [`idempotency`]: remembered outcomes of keyed requests.
 //! - [`key_table`]: the compact hash table the keys live in.
 //! - [`spilled_keys`]: the filter of accepted keys that left memory for the store.
-//! - [`parked`]: commands waiting for a key's lookup in the store.
+//! - [`parked`]: commands waiting for a lookup in the store (a key, an auction).
+//! - [`passivated`]: closed auctions that left memory.
 //! - [`subscriptions`]: who watches which auction.
 //! - [`limits`]: the caps on what a shard holds, and what it holds.
 //! - [`state`]: [`state::ShardState`], the local engine tying them together.
@@ -22,6 +23,7 @@ pub mod key_table;
 pub mod limits;
 pub mod mutation;
 pub mod parked;
+pub mod passivated;
 pub mod sale;
 pub mod spilled_keys;
 pub mod state;

@@ -43,11 +43,16 @@ pub enum Mutation {
 }
 
 impl Mutation {
-    /// For a mutation that records an accepted idempotency key (an accepted
-    /// bid or purchase): the shard, of `shards`, that owns the key.
-    pub fn key_shard(&self, shards: usize) -> Option<usize> {
+    /// For a mutation the shard tracks into the tables (an accepted bid or
+    /// purchase, which records an idempotency key, or an auction's closing,
+    /// after which the auction may leave memory): the shard, of `shards`,
+    /// that made it. See `engine::idempotency` (ordinals).
+    pub fn tracked_shard(&self, shards: usize) -> Option<usize> {
         let routing = match *self {
-            Mutation::BidAccepted { auction_id, .. } => Op::GetAuction(auction_id).routing_key(),
+            Mutation::BidAccepted { auction_id, .. }
+            | Mutation::AuctionClosed { auction_id, .. } => {
+                Op::GetAuction(auction_id).routing_key()
+            }
             Mutation::Purchase { sku_id, .. } => Op::GetSale(sku_id).routing_key(),
             _ => return None,
         };

@@ -1,16 +1,48 @@
-//! Commands waiting for a key's lookup in the store.
+//! Commands waiting for a lookup in the store: of an idempotency key that
+//! left memory, or of an auction that did (a closed auction, passivated).
 //!
-//! When a keyed request's key may have left memory for the store, the
-//! request waits for the answer, and so does every later command on the same
-//! auction or sale (so one connection's pipelined requests on it still run
-//! in order, and nothing overtakes the request that waits). Commands on
+//! The command waits for the answer, and so does every later command on the
+//! same auction or sale (so one connection's pipelined requests on it still
+//! run in order, and nothing overtakes the request that waits). Commands on
 //! other auctions keep flowing. The number waiting is capped per shard:
 //! past it a command is refused BUSY (not executed).
 
 use std::collections::{HashMap, VecDeque};
 
+use gavel_protocol::ErrorCode;
+
+use super::auction::Auction;
 use super::command::{Command, Op};
-use super::idempotency::KeyKind;
+use super::idempotency::{Key, KeyKind, KeyLookup};
+
+/// What a shard asks the store for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wanted {
+    /// An idempotency key that may have left memory.
+    Key(Key),
+    /// A passivated auction, to bring back into memory.
+    Auction(u64),
+}
+
+impl Wanted {
+    /// The auction or sale whose commands wait for it.
+    pub fn scope(&self) -> Scope {
+        match *self {
+            Wanted::Key(k) => (k.kind, k.scope),
+            Wanted::Auction(id) => (KeyKind::Bid, id),
+        }
+    }
+}
+
+/// The store's answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answer {
+    Key(KeyLookup),
+    /// The auction as the tables hold it (`None`: they do not).
+    Auction(Option<Auction>),
+    /// The store could not be asked: refuse the waiting command (not executed).
+    Refused(ErrorCode),
+}
 
 /// An auction or a sale: what a lookup holds up.
 pub type Scope = (KeyKind, u64);

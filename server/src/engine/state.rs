@@ -19,7 +19,8 @@ use super::effects::Effects;
 use super::idempotency::{IdempotencyStore, Key, KeyBudget, KeyKind, KeyLookup, Seen};
 use super::limits::{Cap, Capacity, Sizes};
 use super::mutation::Mutation;
-use super::parked::{scope_of, Parked, Scope};
+use super::parked::{scope_of, Answer, Parked, Scope, Wanted};
+use super::passivated::Passivation;
 use super::sale::Sale;
 use super::subscriptions::{Added, Subscriptions};
 
@@ -33,8 +34,10 @@ pub struct ShardState {
     subscriptions: Subscriptions,
     /// This shard's share of `--max-auctions` / `--max-sales`.
     cap: Capacity,
-    /// Commands waiting for a key lookup in the store.
+    /// Commands waiting for a lookup in the store.
     parked: Parked,
+    /// With a durable store: closed auctions that left memory.
+    passivation: Option<Passivation>,
 }
 
 /// Most commands a shard holds while their keys are looked up.
@@ -53,13 +56,16 @@ impl ShardState {
             subscriptions: Subscriptions::default(),
             cap: Capacity::UNLIMITED,
             parked: Parked::new(PARKED_MAX),
+            passivation: None,
         }
     }
 
     /// With a durable store: accepted keys may leave memory for the store
-    /// once its tables hold them (see `engine::idempotency`).
-    pub fn enable_key_spill(&mut self) {
+    /// once its tables hold them (see `engine::idempotency`), and closed
+    /// auctions leave `passivate_after_ms` after closing (`None`: never).
+    pub fn back_with_store(&mut self, passivate_after_ms: Option<u64>) {
         self.idempotency.enable_spill();
+        self.passivation = passivate_after_ms.map(Passivation::new);
     }
 
     /// The materializer's count of this shard's keyed mutations in the tables.
@@ -71,13 +77,20 @@ impl ShardState {
     /// A command on an auction or sale whose earlier command waits for a
     /// key lookup waits behind it.
     pub fn execute(&mut self, cmd: &Command, now_ms: u64, fx: &mut Effects) {
-        if !self.parked.is_empty() {
+        if !self.parked.is_empty() || self.passivation.as_ref().is_some_and(|p| !p.is_empty()) {
             let scope = scope_of(&cmd.op);
             if self.parked.holds(scope) {
                 return self.park(cmd, scope, fx);
             }
+            if self.is_passivated(scope) {
+                return self.wait_for(cmd, Wanted::Auction(scope.1), fx);
+            }
         }
         self.run(cmd, now_ms, fx);
+    }
+
+    fn is_passivated(&self, (kind, id): Scope) -> bool {
+        kind == KeyKind::Bid && self.passivation.as_ref().is_some_and(|p| p.holds(id))
     }
 
     fn park(&mut self, cmd: &Command, scope: Scope, fx: &mut Effects) {
@@ -87,16 +100,46 @@ impl ShardState {
         }
     }
 
-    /// The store's answer about `key`: the command that asked runs now
-    /// (replayed if found), then every command that waited behind it, in
-    /// order — until one of them must wait for a lookup of its own.
-    pub fn looked_up(&mut self, key: Key, answer: KeyLookup, now_ms: u64, fx: &mut Effects) {
-        let mut waiting = self.parked.take((key.kind, key.scope));
+    /// `cmd` waits for `wanted` from the store (refused BUSY when too many
+    /// commands wait already).
+    fn wait_for(&mut self, cmd: &Command, wanted: Wanted, fx: &mut Effects) {
+        if self.parked.push(wanted.scope(), *cmd) {
+            fx.lookups.push(wanted);
+        } else {
+            fx.stamp(cmd);
+            fx.error(cmd, ErrorCode::Busy);
+        }
+    }
+
+    /// The store's answer: the command that asked runs now (a key found is
+    /// replayed; an auction found is back in memory), then every command
+    /// that waited behind it, in order — until one of them must wait for a
+    /// lookup of its own.
+    pub fn looked_up(&mut self, wanted: Wanted, answer: Answer, now_ms: u64, fx: &mut Effects) {
+        let mut waiting = self.parked.take(wanted.scope());
         let Some(first) = waiting.pop_front() else {
-            debug_assert!(false, "an answer without a waiting command: {key:?}");
+            debug_assert!(false, "an answer without a waiting command: {wanted:?}");
             return;
         };
-        match answer {
+        match (wanted, answer) {
+            (Wanted::Key(key), Answer::Key(found)) => self.key_looked_up(key, found),
+            (Wanted::Auction(id), Answer::Auction(found)) => self.unpassivate(id, found, now_ms),
+            (_, Answer::Refused(code)) => {
+                fx.stamp(&first);
+                fx.error(&first, code);
+            }
+            (w, a) => debug_assert!(false, "answer {a:?} to {w:?}"),
+        }
+        if !matches!(answer, Answer::Refused(_)) {
+            self.run(&first, now_ms, fx);
+        }
+        for c in waiting {
+            self.execute(&c, now_ms, fx);
+        }
+    }
+
+    fn key_looked_up(&mut self, key: Key, found: KeyLookup) {
+        match found {
             KeyLookup::Found(stored) => {
                 let stock = self.sales.get(&key.scope).map_or(0, |s| s.stock);
                 let (fields, result) = stored.entry(stock);
@@ -104,17 +147,27 @@ impl ShardState {
                     .remember_stored(key, fields, result, stored.at_ms());
             }
             KeyLookup::Absent => self.idempotency.looked_up_absent(key),
-            KeyLookup::Refused(code) => {
-                fx.stamp(&first);
-                fx.error(&first, code);
-            }
         }
-        if !matches!(answer, KeyLookup::Refused(_)) {
-            self.run(&first, now_ms, fx);
-        }
-        for c in waiting {
-            self.execute(&c, now_ms, fx);
-        }
+    }
+
+    /// A passivated auction read back from the tables: in memory again
+    /// (until it has been idle another period).
+    fn unpassivate(&mut self, id: u64, found: Option<Auction>, now_ms: u64) {
+        let Some(p) = &mut self.passivation else {
+            return;
+        };
+        let was = p.back(id);
+        debug_assert!(was, "auction {id} was passivated");
+        let Some(a) = found else {
+            tracing::error!(
+                auction = id,
+                "a passivated auction is missing from the tables"
+            );
+            return;
+        };
+        debug_assert!(a.closed, "only closed auctions are passivated");
+        p.closed(now_ms, id);
+        self.auctions.insert(id, a);
     }
 
     fn run(&mut self, cmd: &Command, now_ms: u64, fx: &mut Effects) {
@@ -212,11 +265,7 @@ impl ShardState {
             }
             // It may have left memory: ask the store, and wait.
             Seen::Lookup => {
-                if self.parked.push((key.kind, key.scope), *c) {
-                    fx.lookups.push(key);
-                } else {
-                    fx.error(c, ErrorCode::Busy);
-                }
+                self.wait_for(c, Wanted::Key(key), fx);
                 false
             }
         }
@@ -391,6 +440,12 @@ impl ShardState {
             auction_id: id,
             at_ms: now_ms,
         });
+        // A tracked mutation: the auction may leave memory once it is in
+        // the tables.
+        let at = self.idempotency.track(now_ms);
+        if let Some(p) = &mut self.passivation {
+            p.closed(at, id);
+        }
         let push = Push::AuctionClosed {
             auction_id: id,
             winning_bid: a.high_bid,
@@ -411,15 +466,39 @@ impl ShardState {
             self.close_if_due(id, now_ms, fx);
         }
         self.idempotency.expire(now_ms);
+        self.passivate(now_ms);
+    }
+
+    /// Closed auctions whose time in memory is up and whose closing is in
+    /// the tables leave memory.
+    fn passivate(&mut self, now_ms: u64) {
+        let Some(p) = &mut self.passivation else {
+            return;
+        };
+        while let Some((at, id)) = p.next_due(now_ms) {
+            if !self.idempotency.in_tables_through(at) {
+                break;
+            }
+            p.pop();
+            let held = self.parked.holds((KeyKind::Bid, id));
+            if !held && self.auctions.get(&id).is_some_and(|a| a.closed) {
+                self.auctions.remove(&id);
+                p.left(id);
+            }
+        }
     }
 
     pub fn disconnect(&mut self, conn: ConnRef) {
         self.subscriptions.disconnect(conn);
     }
 
-    /// Recovery: an auction as the store has it.
+    /// Recovery: an auction as the store has it. A closed one stays in the
+    /// tables when auctions are passivated.
     pub fn restore_auction(&mut self, a: Auction) {
-        self.insert_auction(a);
+        match &mut self.passivation {
+            Some(p) if a.closed => p.left(a.id),
+            _ => self.insert_auction(a),
+        }
     }
 
     /// Recovery: a sale as the store has it (holdings included).
@@ -457,6 +536,7 @@ impl ShardState {
             spilled_keys: self.idempotency.spilled_len(),
             filter_bytes: self.idempotency.filter_bytes(),
             parked: self.parked.len(),
+            passivated: self.passivation.as_ref().map_or(0, Passivation::len),
         }
     }
 }
@@ -466,6 +546,7 @@ mod tests {
     use super::*;
     use crate::engine::command::Outgoing;
     use crate::engine::idempotency::StoredOutcome;
+    use crate::engine::parked::{Answer, Wanted};
     use gavel_protocol::FLAG_REPLAYED;
 
     const KEYS: KeyBudget = KeyBudget {
@@ -719,7 +800,7 @@ mod tests {
                 rejected: 10,
             },
         );
-        st.enable_key_spill();
+        st.back_with_store(None);
         for id in [1, 2] {
             let open = OpenAuctionRequest {
                 auction_id: id,
@@ -738,11 +819,11 @@ mod tests {
         run_as(&mut st, 3, Op::GetAuction(2), &mut fx); // another auction
         assert_eq!(
             fx.lookups,
-            vec![Key {
+            vec![Wanted::Key(Key {
                 kind: KeyKind::Bid,
                 scope: 1,
                 key: 100
-            }]
+            })]
         );
         let ids: Vec<u32> = answered(&mut fx).iter().map(|r| r.0).collect();
         assert_eq!(ids, vec![3], "only the other auction answered");
@@ -753,7 +834,7 @@ mod tests {
         };
         st.looked_up(
             fx.lookups.pop().unwrap(),
-            KeyLookup::Found(stored),
+            Answer::Key(KeyLookup::Found(stored)),
             0,
             &mut fx,
         );
@@ -783,7 +864,7 @@ mod tests {
                 rejected: 10,
             },
         );
-        st.enable_key_spill();
+        st.back_with_store(None);
         let open = OpenAuctionRequest {
             auction_id: 1,
             reserve: 0,
@@ -803,7 +884,8 @@ mod tests {
         let mut fx = Effects::new(1);
         run_as(&mut st, 1, bid(1, 7, 10, 100), &mut fx);
         run_as(&mut st, 2, Op::GetAuction(1), &mut fx);
-        st.looked_up(key, KeyLookup::Refused(ErrorCode::Unavailable), 0, &mut fx);
+        let refused = Answer::Refused(ErrorCode::Unavailable);
+        st.looked_up(Wanted::Key(key), refused, 0, &mut fx);
         let out = answered(&mut fx);
         assert!(matches!(
             out[0].1,
@@ -817,7 +899,7 @@ mod tests {
         // once key 101 may leave memory to make room.
         st.keys_applied(2);
         run_as(&mut st, 3, bid(1, 7, 10, 100), &mut fx);
-        st.looked_up(key, KeyLookup::Absent, 0, &mut fx);
+        st.looked_up(Wanted::Key(key), Answer::Key(KeyLookup::Absent), 0, &mut fx);
         let out = answered(&mut fx);
         match out[0].1 {
             Reply::Result {
@@ -827,5 +909,68 @@ mod tests {
             } => assert_eq!(result.status, Status::Outbid),
             ref r => panic!("{r:?}"),
         }
+    }
+
+    /// A closed auction leaves memory once its time is up and its closing
+    /// is in the tables; a later command waits while it is read back, and
+    /// then sees it as it was.
+    #[test]
+    fn a_closed_auction_leaves_memory_and_comes_back_on_demand() {
+        let mut st = ShardState::new(1_000_000, KEYS);
+        st.back_with_store(Some(100));
+        let open = OpenAuctionRequest {
+            auction_id: 1,
+            reserve: 0,
+            min_increment: 1,
+            ends_at_ms: 0,
+        };
+        run(&mut st, Op::OpenAuction(open), 0);
+        run(&mut st, bid(1, 7, 50, 1), 0);
+        run(&mut st, Op::CloseAuction(1), 10);
+        let before = st.auctions[&1];
+        let mut fx = Effects::new(1);
+        st.sweep(200, &mut fx);
+        assert_eq!(
+            st.sizes().auctions,
+            1,
+            "the closing is not in the tables yet"
+        );
+        st.keys_applied(2); // the bid and the closing
+        st.sweep(200, &mut fx);
+        assert_eq!((st.sizes().auctions, st.sizes().passivated), (0, 1));
+        // Two commands on it wait for one read; another auction is unaffected.
+        run_as(&mut st, 1, Op::GetAuction(1), &mut fx);
+        run_as(&mut st, 2, bid(1, 8, 99, 2), &mut fx);
+        run_as(&mut st, 3, Op::GetAuction(5), &mut fx);
+        assert_eq!(fx.lookups, vec![Wanted::Auction(1)]);
+        assert_eq!(
+            answered(&mut fx).iter().map(|r| r.0).collect::<Vec<_>>(),
+            vec![3]
+        );
+        let w = fx.lookups.pop().unwrap();
+        st.looked_up(w, Answer::Auction(Some(before)), 300, &mut fx);
+        let out = answered(&mut fx);
+        assert_eq!(out.len(), 2);
+        assert_eq!(
+            out[0].1,
+            Reply::Auction {
+                request_id: 1,
+                info: before.info()
+            }
+        );
+        match out[1].1 {
+            Reply::Result {
+                request_id: 2,
+                result,
+                ..
+            } => {
+                assert_eq!(result, ResultPayload::new(Status::Closed, 50, 7))
+            }
+            ref r => panic!("{r:?}"),
+        }
+        assert_eq!((st.sizes().auctions, st.sizes().passivated), (1, 0));
+        // Idle again for the period: it leaves again.
+        st.sweep(400, &mut fx);
+        assert_eq!((st.sizes().auctions, st.sizes().passivated), (0, 1));
     }
 }

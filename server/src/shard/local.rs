@@ -1,10 +1,10 @@
 //! The local engine as a shard [`Backend`]: state in this process's memory.
 //!
-//! With a durable store it is also linked to the key lookups
-//! ([`KeyLookups`]): the engine's lookups go to the lookup thread, its
-//! answers come back as backend events, and once per turn the engine learns
-//! how many of its keyed mutations the tables hold (so old accepted keys
-//! may leave memory).
+//! With a durable store it is also linked to the lookups ([`KeyLookups`]):
+//! the engine's lookups (keys, passivated auctions) go to the lookup
+//! thread, its answers come back as backend events, and once per turn the
+//! engine learns how many of its tracked mutations the tables hold (so old
+//! accepted keys and closed auctions may leave memory).
 
 use std::sync::Arc;
 
@@ -15,7 +15,7 @@ use super::{Backend, Sizes};
 use crate::clock::now_ms;
 use crate::engine::command::{Command, ConnRef};
 use crate::engine::effects::Effects;
-use crate::engine::idempotency::KeyLookup;
+use crate::engine::parked::Answer;
 use crate::engine::state::ShardState;
 use crate::store::gate::StoreGate;
 use crate::store::lookup::{LookupAnswer, LookupRequest};
@@ -35,33 +35,31 @@ pub struct LocalShard {
 }
 
 impl LocalShard {
-    /// `lookups`: with a durable store; accepted keys then spill to it.
-    pub fn new(mut state: ShardState, lookups: Option<KeyLookups>) -> Self {
-        if lookups.is_some() {
-            state.enable_key_spill();
-        }
+    /// `lookups`: with a durable store (the state was then backed with it
+    /// before recovery: `ShardState::back_with_store`).
+    pub fn new(state: ShardState, lookups: Option<KeyLookups>) -> Self {
         LocalShard { state, lookups }
     }
 
     /// Sends the round's lookups; one that cannot be queued is refused
     /// BUSY at once (its command was not executed).
     fn dispatch(&mut self, fx: &mut Effects) {
-        while let Some(key) = fx.lookups.pop() {
+        while let Some(wanted) = fx.lookups.pop() {
             let Some(l) = &self.lookups else {
                 debug_assert!(false, "a lookup without a store");
                 continue;
             };
             let req = LookupRequest {
                 shard: l.shard,
-                key,
+                wanted,
             };
             let refused = match l.requests.try_send(req) {
                 Ok(()) => continue,
                 Err(TrySendError::Full(_)) => ErrorCode::Busy,
                 Err(TrySendError::Disconnected(_)) => ErrorCode::Unavailable,
             };
-            let answer = KeyLookup::Refused(refused);
-            self.state.looked_up(key, answer, now_ms(), fx);
+            let answer = Answer::Refused(refused);
+            self.state.looked_up(wanted, answer, now_ms(), fx);
         }
     }
 }
@@ -84,7 +82,7 @@ impl Backend for LocalShard {
 
     fn on_event(&mut self, answer: LookupAnswer, fx: &mut Effects) {
         self.state
-            .looked_up(answer.key, answer.result, now_ms(), fx);
+            .looked_up(answer.wanted, answer.answer, now_ms(), fx);
         self.dispatch(fx);
     }
 

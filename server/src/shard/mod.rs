@@ -49,6 +49,7 @@ pub struct SizeGauges {
     spilled_keys: AtomicUsize,
     filter_bytes: AtomicUsize,
     parked: AtomicUsize,
+    passivated: AtomicUsize,
 }
 
 impl SizeGauges {
@@ -61,6 +62,7 @@ impl SizeGauges {
         set(&self.spilled_keys, s.spilled_keys);
         set(&self.filter_bytes, s.filter_bytes);
         set(&self.parked, s.parked);
+        set(&self.passivated, s.passivated);
     }
 
     pub fn load(&self) -> Sizes {
@@ -73,6 +75,7 @@ impl SizeGauges {
             spilled_keys: get(&self.spilled_keys),
             filter_bytes: get(&self.filter_bytes),
             parked: get(&self.parked),
+            passivated: get(&self.passivated),
         }
     }
 }

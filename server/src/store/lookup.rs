@@ -1,25 +1,29 @@
-//! Key lookups: a thread that asks the tables about idempotency keys that
-//! left a shard's memory, so the shard thread never waits on the store.
+//! Lookups: a thread that reads from the tables what left a shard's memory —
+//! idempotency keys, and passivated auctions — so the shard thread never
+//! waits on the store.
 //!
 //! A shard sends a [`LookupRequest`] when its filter says a new key *may*
-//! be in the store; the command (and later ones on the same auction or sale)
-//! waits in the shard while other commands keep flowing. The answer comes
-//! back on the shard's own channel as a [`LookupAnswer`]. The thread has
-//! its own connection to the tables; each lookup is one primary-key read
-//! bounded by the store's statement timeout. A failed lookup is answered
-//! `UNAVAILABLE` (the command was not executed), a full request queue
-//! `BUSY` (by the shard, without asking).
+//! be in the store, or a command names a passivated auction; the command
+//! (and later ones on the same auction or sale) waits in the shard while
+//! other commands keep flowing. The answer comes back on the shard's own
+//! channel as a [`LookupAnswer`]. The thread has its own connection to the
+//! tables; each lookup is one primary-key read bounded by the store's
+//! statement timeout. A failed lookup is answered `UNAVAILABLE` (the
+//! command was not executed), a full request queue `BUSY` (by the shard,
+//! without asking).
 
 use std::time::Instant;
 
 use crossbeam_channel::{Receiver, Sender};
 use gavel_protocol::ErrorCode;
 
-use super::Tables;
+use std::sync::Arc;
+
+use super::{recovery, Tables};
 use crate::clock::now_ms;
 use crate::engine::idempotency::{Key, KeyLookup};
+use crate::engine::parked::{Answer, Wanted};
 use crate::metrics::Metrics;
-use std::sync::Arc;
 
 /// Lookups waiting for the thread, across shards.
 pub const QUEUE: usize = 4096;
@@ -27,13 +31,13 @@ pub const QUEUE: usize = 4096;
 #[derive(Debug, Clone, Copy)]
 pub struct LookupRequest {
     pub shard: usize,
-    pub key: Key,
+    pub wanted: Wanted,
 }
 
 #[derive(Debug, Clone, Copy)]
 pub struct LookupAnswer {
-    pub key: Key,
-    pub result: KeyLookup,
+    pub wanted: Wanted,
+    pub answer: Answer,
 }
 
 /// Starts the lookup thread; it ends when every request sender is gone.
@@ -60,15 +64,18 @@ fn serve(
 ) {
     for req in rx {
         let t = Instant::now();
-        let result = lookup(&mut *tables, req.key, window_ms);
+        let answer = match req.wanted {
+            Wanted::Key(key) => lookup(&mut *tables, key, window_ms),
+            Wanted::Auction(id) => read_auction(&mut *tables, id),
+        };
         metrics
             .keys
             .lookup_seconds
             .observe(t.elapsed().as_micros() as u64);
-        metrics.keys.count(result);
+        metrics.keys.count(&answer);
         let answer = LookupAnswer {
-            key: req.key,
-            result,
+            wanted: req.wanted,
+            answer,
         };
         // A shard that is gone (shutdown) needs no answer.
         let _ = answers[req.shard].send(answer);
@@ -77,13 +84,26 @@ fn serve(
 
 /// One key: found inside the window, absent (or older than the window: a
 /// retry of it may execute again, as the contract allows), or failed.
-fn lookup(tables: &mut dyn Tables, key: Key, window_ms: u64) -> KeyLookup {
+fn lookup(tables: &mut dyn Tables, key: Key, window_ms: u64) -> Answer {
     match tables.find_key(key) {
-        Ok(Some(s)) if s.at_ms().saturating_add(window_ms) > now_ms() => KeyLookup::Found(s),
-        Ok(_) => KeyLookup::Absent,
+        Ok(Some(s)) if s.at_ms().saturating_add(window_ms) > now_ms() => {
+            Answer::Key(KeyLookup::Found(s))
+        }
+        Ok(_) => Answer::Key(KeyLookup::Absent),
         Err(e) => {
             tracing::warn!(error = %e, ?key, "idempotency key lookup failed; answering UNAVAILABLE");
-            KeyLookup::Refused(ErrorCode::Unavailable)
+            Answer::Refused(ErrorCode::Unavailable)
+        }
+    }
+}
+
+/// A passivated auction, as the tables hold it.
+fn read_auction(tables: &mut dyn Tables, id: u64) -> Answer {
+    match tables.find_auction(id) {
+        Ok(row) => Answer::Auction(row.as_ref().map(recovery::auction)),
+        Err(e) => {
+            tracing::warn!(error = %e, auction = id, "reading a passivated auction failed; answering UNAVAILABLE");
+            Answer::Refused(ErrorCode::Unavailable)
         }
     }
 }

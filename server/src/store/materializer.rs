@@ -269,7 +269,7 @@ impl Materializer {
 /// Adds each shard's keyed mutations in `ms` to `counts`.
 fn count_keys(ms: &[Mutation], counts: &mut [u64]) {
     for m in ms {
-        if let Some(shard) = m.key_shard(counts.len()) {
+        if let Some(shard) = m.tracked_shard(counts.len()) {
             counts[shard] += 1;
         }
     }

@@ -165,6 +165,9 @@ pub trait Tables: Send {
     /// An accepted key's log row (bid or order), if the tables hold it: a
     /// point lookup on the log's primary key.
     fn find_key(&mut self, key: Key) -> Result<Option<StoredOutcome>, StoreError>;
+    /// One auction's row, if the tables hold it (a passivated auction
+    /// coming back into memory).
+    fn find_auction(&mut self, id: u64) -> Result<Option<AuctionRow>, StoreError>;
 }
 
 /// Opens another connection to the configured store's tables (the key

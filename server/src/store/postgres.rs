@@ -182,16 +182,7 @@ impl PgStore {
             .await
             .map_err(pg)?
         {
-            s.auctions.push(AuctionRow {
-                id: from_sql(r.get(0)),
-                reserve: from_sql(r.get(1)),
-                min_increment: from_sql(r.get(2)),
-                ends_at_ms: from_sql(r.get(3)),
-                high_bid: from_sql(r.get(4)),
-                high_bidder: from_sql(r.get(5)),
-                bid_count: from_sql(r.get(6)),
-                closed: r.get(7),
-            });
+            s.auctions.push(auction_row(&r));
         }
         for r in c
             .query(
@@ -399,6 +390,16 @@ impl Tables for PgStore {
         })
     }
 
+    fn find_auction(&mut self, id: u64) -> Result<Option<AuctionRow>, StoreError> {
+        let pool = &self.pool;
+        self.run(async move {
+            let c = pool.get().await.map_err(pg)?;
+            let st = c.prepare_cached(FIND_AUCTION).await.map_err(pg)?;
+            let row = c.query_opt(&st, &[&to_sql(id)]).await.map_err(pg)?;
+            Ok(row.as_ref().map(auction_row))
+        })
+    }
+
     fn load(&mut self, since_ms: u64) -> Result<Snapshot, StoreError> {
         let pool = &self.pool;
         // Loading may take longer than one commit; allow it a generous bound.
@@ -423,6 +424,9 @@ const FIND_BID: &str =
     "SELECT bidder_id, amount, at_ms FROM bids WHERE auction_id = $1 AND bid_id = $2";
 const FIND_ORDER: &str = "SELECT buyer_id, quantity, sold_after, held_after, at_ms FROM orders
      WHERE sku_id = $1 AND order_id = $2";
+const FIND_AUCTION: &str =
+    "SELECT id, reserve, min_increment, ends_at_ms, high_bid, high_bidder, bid_count, closed
+     FROM auctions WHERE id = $1";
 const GET_APPLIED: &str = "SELECT applied_seq FROM materializer WHERE id = 1";
 const SET_APPLIED: &str =
     "UPDATE materializer SET applied_seq = $1 WHERE id = 1 AND applied_seq < $1";
@@ -455,6 +459,19 @@ const COPY_ORDERS: &str = "COPY orders (sku_id, order_id, buyer_id, quantity, so
 const INSERT_ORDERS: &str = "INSERT INTO orders (sku_id, order_id, buyer_id, quantity, sold_after, held_after, at_ms)
      SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[], $6::bigint[], $7::bigint[])
      ON CONFLICT DO NOTHING";
+
+fn auction_row(r: &tokio_postgres::Row) -> AuctionRow {
+    AuctionRow {
+        id: from_sql(r.get(0)),
+        reserve: from_sql(r.get(1)),
+        min_increment: from_sql(r.get(2)),
+        ends_at_ms: from_sql(r.get(3)),
+        high_bid: from_sql(r.get(4)),
+        high_bidder: from_sql(r.get(5)),
+        bid_count: from_sql(r.get(6)),
+        closed: r.get(7),
+    }
+}
 
 /// One column of a set-based statement, `u64` stored bit for bit.
 fn col<T>(items: &[T], f: impl Fn(&T) -> u64) -> Vec<i64> {

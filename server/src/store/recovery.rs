@@ -99,7 +99,8 @@ pub fn restore(states: &mut [ShardState], snap: &Snapshot) {
     }
 }
 
-fn auction(r: &AuctionRow) -> Auction {
+/// An auction row as the engine holds it.
+pub(crate) fn auction(r: &AuctionRow) -> Auction {
     let mut a = Auction::new(r.id, r.reserve, r.min_increment, r.ends_at_ms);
     a.high_bid = r.high_bid;
     a.high_bidder = r.high_bidder;

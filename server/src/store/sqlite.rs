@@ -209,20 +209,7 @@ impl Tables for SqliteStore {
             "SELECT id, reserve, min_increment, ends_at_ms, high_bid, high_bidder, bid_count, closed
              FROM auctions",
         )?;
-        s.auctions = st
-            .query_map([], |r| {
-                Ok(AuctionRow {
-                    id: from_sql(r.get(0)?),
-                    reserve: from_sql(r.get(1)?),
-                    min_increment: from_sql(r.get(2)?),
-                    ends_at_ms: from_sql(r.get(3)?),
-                    high_bid: from_sql(r.get(4)?),
-                    high_bidder: from_sql(r.get(5)?),
-                    bid_count: from_sql(r.get(6)?),
-                    closed: r.get::<_, i64>(7)? != 0,
-                })
-            })?
-            .collect::<Result<_, _>>()?;
+        s.auctions = st.query_map([], auction_row)?.collect::<Result<_, _>>()?;
         let mut st = c.prepare(
             "SELECT id, stock, sold, per_buyer_limit, starts_at_ms, ends_at_ms FROM sales",
         )?;
@@ -325,6 +312,34 @@ impl Tables for SqliteStore {
             Err(e) => Err(e.into()),
         }
     }
+
+    fn find_auction(&mut self, id: u64) -> Result<Option<AuctionRow>, StoreError> {
+        let found = self
+            .conn
+            .prepare_cached(
+                "SELECT id, reserve, min_increment, ends_at_ms, high_bid, high_bidder, bid_count, closed
+                 FROM auctions WHERE id = ?1",
+            )?
+            .query_row([to_sql(id)], auction_row);
+        match found {
+            Ok(a) => Ok(Some(a)),
+            Err(rusqlite::Error::QueryReturnedNoRows) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+fn auction_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AuctionRow> {
+    Ok(AuctionRow {
+        id: from_sql(r.get(0)?),
+        reserve: from_sql(r.get(1)?),
+        min_increment: from_sql(r.get(2)?),
+        ends_at_ms: from_sql(r.get(3)?),
+        high_bid: from_sql(r.get(4)?),
+        high_bidder: from_sql(r.get(5)?),
+        bid_count: from_sql(r.get(6)?),
+        closed: r.get::<_, i64>(7)? != 0,
+    })
 }
 
 /// The journal file.

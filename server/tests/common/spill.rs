@@ -113,7 +113,7 @@ pub fn check_replays(s: &Server, orders: &[ResultPayload], bids: &[ResultPayload
     assert_eq!(a.bid_count, bids.len() as u64, "each bid counted once");
 }
 
-fn metric(text: &str, name: &str) -> f64 {
+pub fn metric(text: &str, name: &str) -> f64 {
     text.lines()
         .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
         .unwrap_or_else(|| panic!("no {name} in\n{text}"))
