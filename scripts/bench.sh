@@ -4,7 +4,8 @@ set -euo pipefail
 
 usage() {
   cat <<'USAGE'
-Usage: scripts/bench.sh [--quick] [--runs N] [--duration S]
+Usage: scripts/bench.sh [--quick] [--runs N] [--duration S] [--auctions N]
+                        [--bin-dir DIR]
 
 Runs each scenario N times (default 3; medians reported) against a fresh
 gavel-server (and, for the baseline, Redis alone through client-bench
@@ -17,7 +18,24 @@ gavel-server (and, for the baseline, Redis alone through client-bench
   e  Redis alone (same Lua scripts, EVALSHA per request) for a-c
   f  Gavel in front of Redis (gavel-server --redis), 100 x 16
 
-  --quick     1 run each, 2 s durations (smoke test)
+  --quick         1 run each, 2 s durations (smoke test)
+  --auctions N    auctions the bids spread over (client-bench --auctions;
+                  default 1: every row bids on one hot auction, so one shard
+                  does all the work); e.g. --auctions 10000
+  --bin-dir DIR   where gavel-server and client-bench are (default
+                  target/release, built if missing; env BENCH_BIN)
+
+Beside throughput and p99, each row shows the server's CPU per request:
+user+sys CPU of the server process (all threads; /proc/PID/stat utime+stime
+in `getconf CLK_TCK` ticks) from just before client-bench starts until it
+exits, divided by the requests answered (RESULT or ERROR), in µs. For the
+Redis column that is redis-server's CPU (found by INFO process_id); for row
+(f) it is gavel-server's, with Redis's own CPU shown after a "+". The window
+includes client-bench's short setup phase (opening the auctions), not
+counted as requests. ERROR answers (BUSY above all) are cheap, so a row
+whose success rate shows below 100% understates what a RESULT costs. The
+client shares the machine: that lowers throughput but is not counted in
+the server's CPU.
 
 PostgreSQL and Redis come from scripts/services.sh (started here if not up,
 and stopped again at the end if this script started them). Rows whose
@@ -27,11 +45,15 @@ USAGE
 
 RUNS=3
 DUR=5
+AUCTIONS=1
+BIN=${BENCH_BIN:-}
 while [ $# -gt 0 ]; do
   case $1 in
     --quick) RUNS=1; DUR=2 ;;
     --runs) RUNS=$2; shift ;;
     --duration) DUR=$2; shift ;;
+    --auctions) AUCTIONS=$2; shift ;;
+    --bin-dir) BIN=$2; shift ;;
     -h|--help) usage; exit 0 ;;
     *) usage >&2; exit 1 ;;
   esac
@@ -39,7 +61,8 @@ while [ $# -gt 0 ]; do
 done
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-BIN=$ROOT/target/release
+BIN=${BIN:-$ROOT/target/release}
+CLK_TCK=$(getconf CLK_TCK)
 WORK=$(mktemp -d /tmp/gavel-bench.XXXXXX)
 PORT=${BENCH_PORT:-47173}
 SERVER_PID=
@@ -53,6 +76,10 @@ cleanup() {
 trap cleanup EXIT
 
 if [ ! -x "$BIN/gavel-server" ] || [ ! -x "$BIN/client-bench" ]; then
+  if [ "$BIN" != "$ROOT/target/release" ]; then
+    echo "no gavel-server/client-bench in $BIN" >&2
+    exit 1
+  fi
   echo "building release binaries..." >&2
   (cd "$ROOT" && cargo build --release -p gavel-server -p client-bench >&2)
 fi
@@ -72,6 +99,17 @@ PG_URL=${GAVEL_TEST_PG_URL:-postgres://postgres@127.0.0.1:$PG_PORT/gavel}
 REDIS_URL=${GAVEL_REDIS_URL:-redis://127.0.0.1:$REDIS_PORT}
 have_pg() { /usr/lib/postgresql/15/bin/pg_isready -q -h 127.0.0.1 -p "$PG_PORT" 2>/dev/null; }
 have_redis() { redis-cli -p "$REDIS_PORT" ping 2>/dev/null | grep -q PONG; }
+redis_pid() { redis-cli -p "$REDIS_PORT" info server 2>/dev/null | sed -n 's/^process_id:\([0-9]*\).*/\1/p'; }
+
+# utime+stime of a process (all its threads), in clock ticks; "nan" if gone.
+cpu_ticks() {
+  local s
+  [ -n "${1:-}" ] && s=$(cat "/proc/$1/stat" 2>/dev/null) || { echo nan; return; }
+  s=${s##*) }  # fields from 3 (state) on; comm may hold spaces
+  # shellcheck disable=SC2086
+  set -- $s
+  echo $((${12} + ${13}))
+}
 HAVE_REDIS_FLAG=0
 if "$BIN/gavel-server" --help 2>/dev/null | grep -q -- '--redis '; then HAVE_REDIS_FLAG=1; fi
 if "$BIN/gavel-server" --help 2>/dev/null | grep -q -- '--redis <'; then HAVE_REDIS_FLAG=1; fi
@@ -112,23 +150,35 @@ load_flags() {
     a) echo "--connections 1000 --connect-pacing-ms 3 --bids-per-conn 50 --interval-ms 10" ;;
     b) echo "--connections 100 --pipeline 1 --duration $DUR" ;;
     c) echo "--connections 100 --pipeline 16 --duration $DUR" ;;
-  esac
+  esac | sed "s/\$/ --auctions $AUCTIONS/"
 }
 
-# One client run; appends "rps p99_us success_rate" to $2 (or "nan nan nan").
-one_run() { # args: outfile client-args...
-  local out=$1; shift
+# One client run; appends "rps p99_us success_rate cpu_us cpu2_us" to $1
+# (nan where unknown): cpu_us is the CPU per answered request of process
+# $2, cpu2_us that of process $3 ("-" for none).
+one_run() { # args: outfile pid pid2 client-args...
+  local out=$1 pid=$2 pid2=$3; shift 3
   local json=$WORK/r.json
   rm -f "$json"
+  local c0 c0b c1 c1b
+  c0=$(cpu_ticks "$pid"); c0b=$(cpu_ticks "${pid2#-}")
   # shellcheck disable=SC2068
   "$BIN/client-bench" --no-progress --json "$json" "$@" >"$WORK/client.out" 2>"$WORK/client.err" || true
-  python3 - "$json" >>"$out" <<'PY'
+  c1=$(cpu_ticks "$pid"); c1b=$(cpu_ticks "${pid2#-}")
+  python3 - "$json" "$CLK_TCK" "$c0" "$c1" "$c0b" "$c1b" >>"$out" <<'PY'
 import json, sys
+hz = float(sys.argv[2])
+def per_req(t0, t1, n):
+    if "nan" in (t0, t1) or n <= 0:
+        return "nan"
+    return str((float(t1) - float(t0)) / hz * 1e6 / n)
 try:
     d = json.load(open(sys.argv[1]))
-    print(d["rps"], d["p99_us"], d.get("success_rate", "nan"))
+    n = d.get("succeeded", 0) + d.get("failed", 0)
+    print(d["rps"], d["p99_us"], d.get("success_rate", "nan"),
+          per_req(sys.argv[3], sys.argv[4], n), per_req(sys.argv[5], sys.argv[6], n))
 except Exception:
-    print("nan nan nan")
+    print("nan nan nan nan nan")
 PY
 }
 
@@ -142,12 +192,15 @@ gavel_cell() { # args: outfile scenario server-flags...
     local flags=()
     local f
     for f in "$@"; do flags+=("${f//@DB@/$WORK/db}"); done
-    if [[ " ${flags[*]} " == *"postgres://"* ]]; then fresh_pg_db || { echo "nan nan nan" >>"$out"; continue; }; fi
+    if [[ " ${flags[*]} " == *"postgres://"* ]]; then fresh_pg_db || { echo "nan nan nan nan nan" >>"$out"; continue; }; fi
+    # Gavel in front of Redis: Redis's CPU is counted too (second figure).
+    local pid2=-
+    if [[ " ${flags[*]} " == *" --redis "* ]]; then pid2=$(redis_pid); pid2=${pid2:--}; fi
     if start_server "${flags[@]}"; then
       # shellcheck disable=SC2046
-      one_run "$out" --addr "127.0.0.1:$PORT" $(load_flags "$sc")
+      one_run "$out" "$SERVER_PID" "$pid2" --addr "127.0.0.1:$PORT" $(load_flags "$sc")
     else
-      echo "nan nan nan" >>"$out"
+      echo "nan nan nan nan nan" >>"$out"
     fi
     stop_server
   done
@@ -160,19 +213,19 @@ redis_cell() { # args: outfile scenario
   for r in $(seq "$RUNS"); do
     redis-cli -p "$REDIS_PORT" flushall >/dev/null 2>&1 || true
     # shellcheck disable=SC2046
-    one_run "$out" --target redis --redis-url "$REDIS_URL" $(load_flags "$sc")
+    one_run "$out" "$(redis_pid)" - --target redis --redis-url "$REDIS_URL" $(load_flags "$sc")
   done
 }
 
-na_cell() { echo "nan nan nan" >"$1"; }
+na_cell() { echo "nan nan nan nan nan" >"$1"; }
 
-# Median of each column; prints "rps p99_us success_rate".
+# Median of each column; prints "rps p99_us success_rate cpu_us cpu2_us".
 median() {
   python3 - "$1" <<'PY'
 import math, sys
 rows = [l.split() for l in open(sys.argv[1]) if l.strip()]
 out = []
-for c in range(3):
+for c in range(5):
     v = sorted(float(r[c]) for r in rows if r[c] != "nan")
     out.append(str(v[len(v) // 2]) if v else "nan")
 print(" ".join(out))
@@ -183,7 +236,7 @@ declare -a NAMES=()
 declare -A GCELL=() RCELL=()
 row() { NAMES+=("$1"); GCELL[$1]=$2; RCELL[$1]=$3; }
 
-echo "# bench.sh: $RUNS run(s) each, ${DUR}s; load: $(uptime | sed 's/.*load/load/')" >&2
+echo "# bench.sh: $RUNS run(s) each, ${DUR}s, --auctions $AUCTIONS; load: $(uptime | sed 's/.*load/load/')" >&2
 
 echo "(a) 1000 conns paced, memory" >&2
 gavel_cell "$WORK/g_a" a --store memory
@@ -234,17 +287,27 @@ print("%s%s | %.1f ms" % (("%.0fk" % (r / 1000)) if r >= 10000 else "%.0f" % r, 
 ' "$@"
 }
 
+cpu() { # cpu_us cpu2_us -> "1.23" or "1.23 + 4.56 Redis" or "n/a"
+  python3 -c '
+import sys
+a, b = sys.argv[1:3]
+if a == "nan":
+    print("n/a"); sys.exit()
+print("%.2f" % float(a) + ("" if b == "nan" else " + %.2f Redis" % float(b)))
+' "$@"
+}
+
 echo
-echo "| scenario | Gavel req/s | Gavel p99 | Redis req/s | Redis p99 | Gavel/Redis |"
-echo "|---|---:|---:|---:|---:|---:|"
+echo "| scenario | Gavel req/s | Gavel p99 | Gavel server CPU µs/req | Redis req/s | Redis p99 | Redis server CPU µs/req | Gavel/Redis |"
+echo "|---|---:|---:|---:|---:|---:|---:|---:|"
 for n in "${NAMES[@]}"; do
-  read -r grps gp99 gok <<<"$(median "${GCELL[$n]}")"
-  read -r rrps rp99 rok <<<"$(median "${RCELL[$n]}")"
+  read -r grps gp99 gok gcpu gcpu2 <<<"$(median "${GCELL[$n]}")"
+  read -r rrps rp99 rok rcpu _ <<<"$(median "${RCELL[$n]}")"
   ratio=$(python3 -c 'import sys
 a,b=sys.argv[1:3]
 print("n/a" if "nan" in (a,b) or float(b)==0 else "%.2f×" % (float(a)/float(b)))' "$grps" "$rrps")
   always=0; [[ $n == "(a)"* ]] && always=1
-  echo "| $n | $(fmt "$grps" "$gp99" "$gok" $always) | $(fmt "$rrps" "$rp99" "$rok" $always) | $ratio |"
+  echo "| $n | $(fmt "$grps" "$gp99" "$gok" $always) | $(cpu "$gcpu" "$gcpu2") | $(fmt "$rrps" "$rp99" "$rok" $always) | $(cpu "$rcpu" nan) | $ratio |"
 done
 echo
-echo "Medians of $RUNS run(s); client and server share this machine ($(nproc) cores). Redis column: client-bench --target redis against Redis alone (one EVALSHA per request); rows (d) and (f) compare against Redis at 100 × 16. Success rate (answered by RESULT / issued) shown for (a) and wherever below 99.995%."
+echo "Medians of $RUNS run(s); client and server share this machine ($(nproc) cores). Redis column: client-bench --target redis against Redis alone (one EVALSHA per request); rows (d) and (f) compare against Redis at 100 × 16. Success rate (answered by RESULT / issued) shown for (a) and wherever below 99.995%. Server CPU µs/req: the server process's user+sys CPU over the client run / requests answered (median over runs); Redis's for the Redis column, and Redis's added after + for (f). Bids spread over $AUCTIONS auction(s)."
