@@ -262,6 +262,11 @@ impl IdempotencyStore {
             }
         }
         if let Some(sp) = &self.spill {
+            // Full, and nothing may leave until the materializer moves: a
+            // lookup would end in BUSY anyway (a replay waits for room too).
+            if self.accepted >= self.budget.accepted && sp.stuck_at == Some(sp.applied) {
+                return Seen::Full;
+            }
             if sp.absent != Some(key) && sp.filter.may_contain(key) {
                 return Seen::Lookup;
             }

@@ -18,7 +18,9 @@
 //!
 //! Each filter is *blocked*: every key sets and tests bits in one 64-byte
 //! block (one cache line), so a probe costs one cache miss per filter.
-//! About 12 bits per key, ~1% false "maybe" per filter.
+//! Sized for 12 bits per key, ~1% false "maybe" per filter; a slice that
+//! grows in a burst holds up to ~5× that (measured 24.6 bits per key after
+//! 2.5M keys spilled in one burst).
 
 use std::collections::VecDeque;
 
@@ -193,9 +195,16 @@ impl SpilledKeys {
     }
 }
 
+/// The key's hash mixed once more: the key table picks a key's segment by
+/// the top bits of `Key::hash`, and its walks spill keys segment by segment,
+/// so taking the block from the same bits would pack each spilled batch into
+/// a narrow band of blocks (measured: ~18% false "maybe" instead of ~1%).
 #[inline]
 fn hash(k: Key) -> u64 {
-    k.hash()
+    let mut z = k.hash() ^ 0x243f_6a88_85a3_08d3;
+    z = (z ^ (z >> 33)).wrapping_mul(0xff51_afd7_ed55_8ccd);
+    z = (z ^ (z >> 33)).wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    z ^ (z >> 33)
 }
 
 #[cfg(test)]
@@ -270,5 +279,22 @@ mod tests {
         s.expire(900);
         assert!(!s.may_contain(k(1, 1)));
         assert!(s.may_contain(k(1, 2)));
+    }
+
+    /// Keys arrive grouped by the top bits of `Key::hash` (as the key
+    /// table's walk spills them, segment by segment): the filter must not
+    /// care.
+    #[test]
+    fn keys_grouped_by_hash_prefix_do_not_crowd_the_filter() {
+        let mut s = SpilledKeys::new(1_000_000);
+        let mut grouped: Vec<Key> = (0..400_000u64).map(|i| k(3, i)).collect();
+        grouped.sort_by_key(|k| k.hash() >> 60);
+        for key in &grouped[..200_000] {
+            s.insert(*key, 5);
+        }
+        let false_maybes = (1_000_000..1_100_000u64)
+            .filter(|&i| s.may_contain(k(3, i)))
+            .count();
+        assert!(false_maybes < 3_000, "{false_maybes} of 100000");
     }
 }
