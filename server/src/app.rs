@@ -83,6 +83,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
             shutdown: shutdown.clone(),
             live: updates_live.clone(),
             received: metrics.cross_node_updates.clone(),
+            masters_down: metrics.cross_node_update_masters_down.clone(),
         })?;
     }
     let shared = Arc::new(shared_state(

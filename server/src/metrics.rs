@@ -321,6 +321,9 @@ pub struct Metrics {
     pub redis_up: Gauge,
     /// Updates this node's listener received from Redis (cross-node mode).
     pub cross_node_updates: Counter,
+    /// Redis masters whose update channels this node's listener does not
+    /// hold (cross-node mode).
+    pub cross_node_update_masters_down: Gauge,
 }
 
 fn labels(k: &str, v: &str) -> Vec<(String, String)> {
@@ -397,6 +400,12 @@ impl Metrics {
             "Bid updates and closings received from Redis (cross-node mode: only of auctions this node's clients watch)",
             Counter::default(),
         );
+        let cross_node_update_masters_down = reg(
+            &mut r,
+            "cross_node_update_masters_down",
+            "Redis masters (of the slot map) whose update connection is down or not yet subscribed: SUBSCRIBE on their auctions is UNAVAILABLE (cross-node mode)",
+            Gauge::default(),
+        );
         let open_connections = reg(
             &mut r,
             "connections_open",
@@ -429,6 +438,7 @@ impl Metrics {
             redis_errors,
             redis_up,
             cross_node_updates,
+            cross_node_update_masters_down,
         }
     }
 

@@ -189,7 +189,9 @@ impl Decisions {
     }
 
     /// Plans one command into `round`. `updates_live`: whether this node's
-    /// update listener is subscribed (a SUBSCRIBE is refused otherwise).
+    /// update listener holds any master's channels (a SUBSCRIBE is refused
+    /// otherwise; one on a master whose channels are down is refused once
+    /// the listener says so, [`News::Lost`]).
     pub fn plan(&mut self, c: &Command, now_ms: u64, updates_live: bool, round: &mut Round) {
         self.now_ms = now_ms;
         match c.op {
@@ -208,7 +210,13 @@ impl Decisions {
                 *self.subscribing.entry(id).or_default() += 1;
                 match self.channels.entry(id) {
                     Entry::Occupied(e) if *e.get() => {}
-                    Entry::Occupied(_) => round.waits.push(id),
+                    // Asked for already, or lost with its master: asked
+                    // again (the listener answers at once while the master
+                    // is down, and Redis confirms a channel held again).
+                    Entry::Occupied(_) => {
+                        self.wishes.push(Ctl::Want(id));
+                        round.waits.push(id);
+                    }
                     Entry::Vacant(e) => {
                         e.insert(false);
                         self.wishes.push(Ctl::Want(id));
@@ -277,17 +285,21 @@ impl Decisions {
     /// News of this shard's channels from the listener. Returns whether it
     /// confirmed a channel a SUBSCRIBE may be waiting for: the I/O side
     /// then reads the auction again ([`Decisions::plan_recheck`]).
-    pub fn on_channel(&mut self, news: News) -> bool {
+    pub fn on_channel(&mut self, news: &News) -> bool {
         match news {
-            News::Live(id) => match self.channels.get_mut(&id) {
+            News::Live(id) => match self.channels.get_mut(id) {
                 Some(live) if !*live => {
                     *live = true;
                     true
                 }
                 _ => false,
             },
-            News::Down => {
-                self.channels.values_mut().for_each(|live| *live = false);
+            News::Lost(ids) => {
+                for id in ids {
+                    if let Some(live) = self.channels.get_mut(id) {
+                        *live = false;
+                    }
+                }
                 false
             }
         }
@@ -1030,7 +1042,7 @@ mod tests {
 
         let mut r = Round::default();
         d.plan(&sub, 1_000, true, &mut r);
-        assert!(d.on_channel(News::Live(7)), "a SUBSCRIBE may wait for it");
+        assert!(d.on_channel(&News::Live(7)), "a SUBSCRIBE may wait for it");
         let mut fx = Effects::new(1);
         d.finish_round(
             &r.pending,
@@ -1064,6 +1076,62 @@ mod tests {
         assert_eq!(fx.replies[0][0].slot, S.slot);
         assert!(d.known(7).is_some_and(|k| k.closed));
         assert_eq!(d.wishes, [Ctl::Want(7), Ctl::Drop(7)], "closed: let go");
+    }
+
+    /// One master's update channels lost: the shard forgets only the
+    /// channels named; a SUBSCRIBE on one of them asks the listener again
+    /// (which answers at once while that master is down) and is refused
+    /// UNAVAILABLE unless the channel is confirmed, while one on a channel
+    /// still held is answered as usual.
+    #[test]
+    fn a_lost_master_refuses_only_its_auctions_subscribes() {
+        let mut d = Decisions::new(false);
+        let sub = |request_id, id| Command {
+            conn: S,
+            ..cmd(request_id, Op::Subscribe(id))
+        };
+        let mut r = Round::default();
+        d.plan(&sub(1, 7), 1_000, true, &mut r);
+        d.plan(&sub(2, 8), 1_000, true, &mut r);
+        assert_eq!(r.waits, [7, 8]);
+        assert_eq!(d.wishes, [Ctl::Want(7), Ctl::Want(8)]);
+        assert!(d.on_channel(&News::Live(7)));
+        assert!(d.on_channel(&News::Live(8)));
+        let open = |auction_id| {
+            OpResult::Auction(Some(AuctionInfo {
+                auction_id,
+                state: AuctionState::Open,
+                high_bid: 0,
+                high_bidder: 0,
+                bid_count: 0,
+                reserve: 0,
+                min_increment: 1,
+                ends_at_ms: 0,
+            }))
+        };
+        let mut fx = Effects::new(1);
+        let reads = vec![open(7), open(8)];
+        d.finish_round(&r.pending, RoundOutcome::Answered(reads), 1_000, &mut fx);
+        assert_eq!(answer(&fx.replies[0][0]), (1, Ok(OK)));
+        assert_eq!(answer(&fx.replies[0][1]), (2, Ok(OK)));
+
+        assert!(!d.on_channel(&News::Lost(vec![8, 9])), "9: not asked for");
+        assert!(d.channel_live(7) && !d.channel_live(8));
+        d.wishes.clear();
+        let mut r = Round::default();
+        d.plan(&sub(3, 8), 1_000, true, &mut r);
+        d.plan(&sub(4, 7), 1_000, true, &mut r);
+        assert_eq!((r.waits.as_slice(), r.ops.len()), ([8].as_slice(), 2));
+        assert_eq!(d.wishes, [Ctl::Want(8)], "asked again, 7 is held");
+        // Still down: the listener's answer, then the reads.
+        d.on_channel(&News::Lost(vec![8]));
+        let mut fx = Effects::new(1);
+        let reads = vec![open(8), open(7)];
+        d.finish_round(&r.pending, RoundOutcome::Answered(reads), 1_000, &mut fx);
+        assert_eq!(answer(&fx.replies[0][0]), (3, Err(ErrorCode::Unavailable)));
+        assert_eq!(answer(&fx.replies[0][1]), (4, Ok(OK)));
+        // Watched (by request 2's subscription): not let go.
+        assert_eq!(d.wishes, [Ctl::Want(8)]);
     }
 
     #[test]

@@ -271,7 +271,7 @@ impl RedisShard {
     }
 
     /// Synchronous mode: waits, up to the timeout, for Redis to confirm the
-    /// channels in `waits` (or the listener to go down).
+    /// channels in `waits` (or the listener to say their master is down).
     fn wait_for_channels(&mut self, waits: &mut Vec<u64>) {
         let deadline = Instant::now() + self.cfg.timeout;
         waits.retain(|&id| !self.decide.channel_live(id));
@@ -279,9 +279,10 @@ impl RedisShard {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.cfg.events.1.recv_timeout(left) {
                 Ok(RedisEvent::Channel(news)) => {
-                    self.decide.on_channel(news);
-                    if news == News::Down {
-                        return;
+                    self.decide.on_channel(&news);
+                    if let News::Lost(ids) = &news {
+                        // Their master is down: not coming.
+                        waits.retain(|w| ids.binary_search(w).is_err());
                     }
                     waits.retain(|&id| !self.decide.channel_live(id));
                 }
@@ -293,16 +294,16 @@ impl RedisShard {
 
     /// News of this shard's channels: rounds waiting for a confirmed channel
     /// go on (and the auction is read again, see
-    /// [`Decisions::plan_recheck`]); when the listener went down, the
-    /// waiting SUBSCRIBEs are refused.
+    /// [`Decisions::plan_recheck`]); when the listener lost channels (their
+    /// master is down), the SUBSCRIBEs waiting for them are refused.
     fn on_channel(&mut self, news: News, fx: &mut Effects) {
-        let fresh = self.decide.on_channel(news);
+        let fresh = self.decide.on_channel(&news);
         let mut waited = false;
         for r in &mut self.in_flight {
             let before = r.waits.len();
-            match news {
-                News::Live(id) => r.waits.retain(|&w| w != id),
-                News::Down => r.waits.clear(),
+            match &news {
+                News::Live(id) => r.waits.retain(|w| w != id),
+                News::Lost(ids) => r.waits.retain(|w| ids.binary_search(w).is_err()),
             }
             waited |= r.waits.len() != before;
         }

@@ -35,7 +35,7 @@ pub struct RedisConfig {
     pub idempotency_window: Duration,
     /// Answer OUTBID locally for bids below the known high bid.
     pub outbid_filter: bool,
-    /// Whether this node's update listener is subscribed to Redis.
+    /// Whether this node's update listener holds any master's channels.
     pub updates_live: Arc<AtomicBool>,
     /// This shard's share of `--max-subscriptions`.
     pub max_subscriptions: usize,
