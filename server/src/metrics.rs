@@ -394,18 +394,7 @@ impl Metrics {
         for reason in ["idle", "slow_subscriber"] {
             let _ = closed.get_or_create(&labels("reason", reason));
         }
-        let cross_node_updates = reg(
-            &mut r,
-            "cross_node_updates_received",
-            "Bid updates and closings received from Redis (cross-node mode: only of auctions this node's clients watch)",
-            Counter::default(),
-        );
-        let cross_node_update_masters_down = reg(
-            &mut r,
-            "cross_node_update_masters_down",
-            "Redis masters (of the slot map) whose update connection is down or not yet subscribed: SUBSCRIBE on their auctions is UNAVAILABLE (cross-node mode)",
-            Gauge::default(),
-        );
+        let (cross_node_updates, cross_node_update_masters_down) = update_metrics(&mut r);
         let open_connections = reg(
             &mut r,
             "connections_open",
@@ -781,6 +770,23 @@ impl KeyMetrics {
         };
         self.lookups.get_or_create(&labels("result", label)).inc();
     }
+}
+
+/// Cross-node mode's update listener: updates received, masters down.
+fn update_metrics(r: &mut Registry) -> (Counter, Gauge) {
+    let received = reg(
+        r,
+        "cross_node_updates_received",
+        "Bid updates and closings received from Redis (cross-node mode: only of auctions this node's clients watch)",
+        Counter::default(),
+    );
+    let masters_down = reg(
+        r,
+        "cross_node_update_masters_down",
+        "Redis masters (of the slot map) whose update connection is down or not yet subscribed: SUBSCRIBE on their auctions is UNAVAILABLE (cross-node mode)",
+        Gauge::default(),
+    );
+    (received, masters_down)
 }
 
 /// Cross-node mode's metrics.
