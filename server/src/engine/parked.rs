@@ -7,12 +7,12 @@
 //! other auctions keep flowing. The number waiting is capped per shard:
 //! past it a command is refused BUSY (not executed).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 
 use gavel_protocol::ErrorCode;
 
 use super::auction::Auction;
-use super::command::{Command, Op};
+use super::command::{Command, ConnRef, Op};
 use super::idempotency::{Key, KeyKind, KeyLookup};
 
 /// What a shard asks the store for.
@@ -67,6 +67,9 @@ pub struct Parked {
     by_scope: HashMap<Scope, VecDeque<Command>, ahash::RandomState>,
     len: usize,
     cap: usize,
+    /// Connections that closed while commands waited: a SUBSCRIBE of theirs
+    /// that runs later must not register (nobody would ever remove it).
+    gone: HashSet<ConnRef, ahash::RandomState>,
 }
 
 impl Parked {
@@ -75,7 +78,22 @@ impl Parked {
             by_scope: HashMap::default(),
             len: 0,
             cap: cap.max(1),
+            gone: HashSet::default(),
         }
+    }
+
+    /// A connection closed (its disconnect notice may overtake its own
+    /// waiting commands).
+    pub fn disconnected(&mut self, conn: ConnRef) {
+        if self.len > 0 {
+            self.gone.insert(conn);
+        }
+    }
+
+    /// True when `conn` closed while commands waited.
+    #[inline]
+    pub fn is_gone(&self, conn: ConnRef) -> bool {
+        !self.gone.is_empty() && self.gone.contains(&conn)
     }
 
     /// True when commands on `scope` wait (a later one must queue behind).
@@ -100,6 +118,14 @@ impl Parked {
         let q = self.by_scope.remove(&scope).unwrap_or_default();
         self.len -= q.len();
         q
+    }
+
+    /// After the commands taken have run: once nothing waits, no closed
+    /// connection needs remembering.
+    pub fn settle(&mut self) {
+        if self.len == 0 && !self.gone.is_empty() {
+            self.gone.clear();
+        }
     }
 
     pub fn len(&self) -> usize {

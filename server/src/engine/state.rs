@@ -136,6 +136,7 @@ impl ShardState {
         for c in waiting {
             self.execute(&c, now_ms, fx);
         }
+        self.parked.settle();
     }
 
     fn key_looked_up(&mut self, key: Key, found: KeyLookup) {
@@ -346,6 +347,9 @@ impl ShardState {
         let result = match self.auctions.get(&id) {
             None => NONE,
             Some(a) if a.closed => a.result(Status::Closed),
+            // Its connection closed while it waited for a lookup: answered
+            // (to nobody), not registered.
+            Some(_) if self.parked.is_gone(c.conn) => OK,
             Some(_) => match self.subscriptions.add(id, c.conn) {
                 Added::New => return fx.subscription_result(c.conn, c.request_id, OK, 1),
                 Added::Already => OK,
@@ -490,6 +494,7 @@ impl ShardState {
 
     pub fn disconnect(&mut self, conn: ConnRef) {
         self.subscriptions.disconnect(conn);
+        self.parked.disconnected(conn);
     }
 
     /// Recovery: an auction as the store has it. A closed one stays in the
@@ -972,5 +977,58 @@ mod tests {
         // Idle again for the period: it leaves again.
         st.sweep(400, &mut fx);
         assert_eq!((st.sizes().auctions, st.sizes().passivated), (0, 1));
+    }
+
+    /// A SUBSCRIBE that waited behind a lookup while its connection closed
+    /// does not register when it runs (it would never be removed).
+    #[test]
+    fn a_waiting_subscribe_of_a_closed_connection_does_not_register() {
+        let mut st = ShardState::new(
+            1_000_000,
+            KeyBudget {
+                accepted: 1,
+                rejected: 10,
+            },
+        );
+        st.back_with_store(None);
+        let open = OpenAuctionRequest {
+            auction_id: 1,
+            reserve: 0,
+            min_increment: 1,
+            ends_at_ms: 0,
+        };
+        run(&mut st, Op::OpenAuction(open), 0);
+        run(&mut st, bid(1, 7, 10, 100), 0);
+        st.keys_applied(1);
+        run(&mut st, bid(1, 7, 20, 101), 0); // key 100 leaves memory
+        let mut fx = Effects::new(1);
+        run_as(&mut st, 1, bid(1, 7, 10, 100), &mut fx); // waits for a lookup
+        run_as(&mut st, 2, Op::Subscribe(1), &mut fx); // waits behind it
+        st.disconnect(C);
+        let w = fx.lookups.pop().unwrap();
+        st.looked_up(w, Answer::Key(KeyLookup::Absent), 0, &mut fx);
+        assert_eq!(
+            st.sizes().subscriptions,
+            0,
+            "no subscription for a closed connection"
+        );
+        // A later connection in the same slot (another generation) subscribes.
+        let again = ConnRef {
+            gen: C.gen + 1,
+            ..C
+        };
+        let mut fx = Effects::new(1);
+        st.execute(
+            &Command {
+                conn: again,
+                request_id: 3,
+                op: Op::Subscribe(1),
+                t0_us: 0,
+                kind: 0,
+            },
+            0,
+            &mut fx,
+        );
+        assert_eq!(st.sizes().subscriptions, 1);
     }
 }
