@@ -1131,3 +1131,172 @@ fn a_stopped_cluster_master_fails_only_its_auctions() {
     );
     assert!(began.elapsed() < Duration::from_secs(60));
 }
+
+/// `gavel_cross_node_update_masters_down` of a node.
+fn update_masters_down(s: &Server) -> u64 {
+    let (code, body) = s.http_get("/metrics");
+    assert_eq!(code, 200, "{body}");
+    body.lines()
+        .find_map(|l| l.strip_prefix("gavel_cross_node_update_masters_down "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no masters-down gauge in:\n{body}"))
+}
+
+/// Polls `done` every 20 ms until it holds, for at most 20 s.
+fn poll_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A bid through `c`, retried with the same key while the node answers
+/// UNAVAILABLE or IN_DOUBT (its connection to the auction's master coming
+/// back): it must end OK.
+fn bid_until_ok(c: &mut Client, auction: u64, amount: u64) {
+    poll_until("a bid to be accepted", || {
+        match bid_got(c, auction, amount, amount) {
+            Got::Result(Status::Ok, _) => true,
+            Got::Unavailable | Got::InDoubt => false,
+            other => panic!("bid on {auction}: {other:?}"),
+        }
+    });
+}
+
+/// The next push on `sub` is the BID_UPDATE of `amount` on `auction`.
+fn next_update_is(sub: &mut Client, auction: u64, amount: u64) {
+    match sub.next_push().unwrap() {
+        Push::BidUpdate {
+            auction_id,
+            high_bid,
+            ..
+        } if auction_id == auction && high_bid == amount => {}
+        other => panic!("waiting for {amount} on {auction}: {other:?}"),
+    }
+}
+
+/// One master of a 3-master cluster stops answering (SIGSTOP) long enough
+/// for node A's update listener to give up on its connection (2 s of
+/// silence, then `max(--redis-timeout, 2 s)` for its PING: until now that
+/// ended the listener's whole session, and A refused every SUBSCRIBE and
+/// said 503 on /readyz until every master answered again). Only that
+/// master's channels are lost: /readyz stays 200, a SUBSCRIBE on an auction
+/// of another master is OK and its subscriber gets the next bid made
+/// through node B (so does one subscribed before the stop), a SUBSCRIBE on
+/// an auction of the stopped master is UNAVAILABLE. Once it runs again, a
+/// SUBSCRIBE there is OK and pushes flow, also to its subscriber from
+/// before the stop (the listener subscribed its channel again).
+#[test]
+fn a_stopped_cluster_master_loses_only_its_update_channels() {
+    let mut rc = RedisCluster::start();
+    let urls = rc.urls();
+    let joined = urls.join(",");
+    let args = [
+        "--redis-cluster",
+        &joined,
+        "--store",
+        "memory",
+        "--redis-timeout",
+        "1s",
+        "--metrics-listen",
+        "127.0.0.1:0",
+    ];
+    let (a, b) = (Server::start(&args), Server::start(&args));
+    let map = gavel_redis::RedisGavel::cluster_slots(&urls, Duration::from_secs(5)).unwrap();
+    let ports = rc.ports();
+    let master_of = |id: u64| {
+        let slot = gavel_redis::scripts::slot(&gavel_redis::Op::GetAuction(id));
+        let (_, _, url) = map
+            .iter()
+            .find(|(a, b, _)| (*a..=*b).contains(&slot))
+            .expect("every slot served");
+        ports
+            .iter()
+            .position(|p| url.ends_with(&format!(":{p}")))
+            .expect("a master of the cluster")
+    };
+    let two_on = |m: usize| -> (u64, u64) {
+        let ids: Vec<u64> = (1..).filter(|&id| master_of(id) == m).take(2).collect();
+        (ids[0], ids[1])
+    };
+    // p: on the master to stop; h: on another one. *_old: subscribed
+    // before the stop, *_new: after.
+    let (p_old, p_new) = two_on(0);
+    let (h_old, h_new) = two_on(1);
+    let mut cb = b.client();
+    for id in [p_old, p_new, h_old, h_new] {
+        let o = cb.open_auction(id, 0, 1, 0).unwrap();
+        assert_eq!(o.result.status, Status::Ok);
+    }
+    poll_until("A's listener on every master", || {
+        update_masters_down(&a) == 0
+    });
+    let subscriber = |id| {
+        let mut c = a.client();
+        subscribe_once_live(&mut c, id);
+        c.set_timeout(Some(Duration::from_secs(10))).unwrap();
+        c
+    };
+    let (mut sp_old, mut sh_old) = (subscriber(p_old), subscriber(h_old));
+
+    rc.pause(0);
+    let paused = Instant::now();
+    // A's listener gives up on the stopped master's connection, by the
+    // same rule that ended its whole session before; /readyz says 200
+    // all along.
+    poll_until("A's listener to give up on the stopped master", || {
+        let (code, body) = a.http_get("/readyz");
+        assert_eq!(code, 200, "{body}");
+        update_masters_down(&a) == 1
+    });
+    eprintln!("listener gave up {:?} after the stop", paused.elapsed());
+
+    let mut sh_new = a.client();
+    sh_new.set_timeout(Some(Duration::from_secs(10))).unwrap();
+    let o = sh_new
+        .subscribe(h_new)
+        .expect("SUBSCRIBE on a master that answers");
+    assert_eq!(o.result.status, Status::Ok);
+    bid_until_ok(&mut cb, h_new, 10);
+    next_update_is(&mut sh_new, h_new, 10);
+    bid_until_ok(&mut cb, h_old, 20);
+    next_update_is(&mut sh_old, h_old, 20);
+    let mut sp_new = a.client();
+    sp_new.set_timeout(Some(Duration::from_secs(10))).unwrap();
+    for id in [p_new, p_old] {
+        match sp_new.subscribe(id) {
+            Err(ClientError::Server {
+                code: ErrorCode::Unavailable,
+                ..
+            }) => {}
+            other => panic!("SUBSCRIBE {id} on the stopped master: {other:?}"),
+        }
+    }
+    let (code, body) = a.http_get("/readyz");
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(update_masters_down(&a), 1);
+
+    rc.resume(0);
+    poll_until(
+        "a SUBSCRIBE on the master that runs again",
+        || match sp_new.subscribe(p_new) {
+            Ok(o) => {
+                assert_eq!(o.result.status, Status::Ok);
+                true
+            }
+            Err(ClientError::Server {
+                code: ErrorCode::Unavailable,
+                ..
+            }) => false,
+            Err(e) => panic!("{e}"),
+        },
+    );
+    bid_until_ok(&mut cb, p_new, 30);
+    next_update_is(&mut sp_new, p_new, 30);
+    bid_until_ok(&mut cb, p_old, 40);
+    next_update_is(&mut sp_old, p_old, 40);
+    poll_until("A's listener on every master again", || {
+        update_masters_down(&a) == 0
+    });
+}
