@@ -5,7 +5,7 @@ set -euo pipefail
 usage() {
   cat <<'USAGE'
 Usage: scripts/bench.sh [--quick] [--runs N] [--duration S] [--auctions N]
-                        [--bin-dir DIR]
+                        [--rows LIST] [--server-arg ARG]... [--bin-dir DIR]
 
 Runs each scenario N times (default 3; medians reported) against a fresh
 gavel-server (and, for the baseline, Redis alone through client-bench
@@ -22,6 +22,14 @@ gavel-server (and, for the baseline, Redis alone through client-bench
   --auctions N    auctions the bids spread over (client-bench --auctions;
                   default 1: every row bids on one hot auction, so one shard
                   does all the work); e.g. --auctions 10000
+  --rows LIST     only these rows, comma-separated letters of a,b,c,d,f
+                  (default all; the Redis column of d and f is row c's,
+                  n/a unless c runs too)
+  --server-arg A  append A to every gavel-server command line (repeatable),
+                  e.g. --server-arg --idempotency-max-keys=20000000: with
+                  --store memory a shard past its share of that cap
+                  (default 2,000,000 over all shards) answers new bids
+                  BUSY, which a 5 s run at 400k+ bids/s reaches
   --bin-dir DIR   where gavel-server and client-bench are (default
                   target/release, built if missing; env BENCH_BIN)
 
@@ -37,6 +45,10 @@ whose success rate shows below 100% understates what a RESULT costs. The
 client shares the machine: that lowers throughput but is not counted in
 the server's CPU.
 
+The servers listen on 127.0.0.1:$BENCH_PORT (default 47173; if a start
+fails with "Address already in use", an outgoing connection may hold it:
+pick a port below /proc/sys/net/ipv4/ip_local_port_range).
+
 PostgreSQL and Redis come from scripts/services.sh (started here if not up,
 and stopped again at the end if this script started them). Rows whose
 service is unavailable print n/a. Needs python3.
@@ -46,6 +58,8 @@ USAGE
 RUNS=3
 DUR=5
 AUCTIONS=1
+ROWS=a,b,c,d,f
+SERVER_ARGS=()
 BIN=${BENCH_BIN:-}
 while [ $# -gt 0 ]; do
   case $1 in
@@ -53,6 +67,8 @@ while [ $# -gt 0 ]; do
     --runs) RUNS=$2; shift ;;
     --duration) DUR=$2; shift ;;
     --auctions) AUCTIONS=$2; shift ;;
+    --rows) ROWS=$2; shift ;;
+    --server-arg) SERVER_ARGS+=("$2"); shift ;;
     --bin-dir) BIN=$2; shift ;;
     -h|--help) usage; exit 0 ;;
     *) usage >&2; exit 1 ;;
@@ -122,7 +138,7 @@ fresh_pg_db() {
 
 start_server() { # args: server flags
   stop_server
-  "$BIN/gavel-server" --listen "127.0.0.1:$PORT" "$@" >"$WORK/server.out" 2>"$WORK/server.err" &
+  "$BIN/gavel-server" --listen "127.0.0.1:$PORT" "$@" ${SERVER_ARGS[@]+"${SERVER_ARGS[@]}"} >"$WORK/server.out" 2>"$WORK/server.err" &
   SERVER_PID=$!
   local i
   for i in $(seq 100); do
@@ -236,23 +252,32 @@ declare -a NAMES=()
 declare -A GCELL=() RCELL=()
 row() { NAMES+=("$1"); GCELL[$1]=$2; RCELL[$1]=$3; }
 
-echo "# bench.sh: $RUNS run(s) each, ${DUR}s, --auctions $AUCTIONS; load: $(uptime | sed 's/.*load/load/')" >&2
+echo "# bench.sh: $RUNS run(s) each, ${DUR}s, --auctions $AUCTIONS, rows $ROWS${SERVER_ARGS[*]+, server args ${SERVER_ARGS[*]}}; load: $(uptime | sed 's/.*load/load/')" >&2
+want() { [[ ",$ROWS," == *",$1,"* ]]; }
+na_cell "$WORK/r_c"
 
+if want a; then
 echo "(a) 1000 conns paced, memory" >&2
 gavel_cell "$WORK/g_a" a --store memory
 if have_redis; then redis_cell "$WORK/r_a" a; else na_cell "$WORK/r_a"; fi
 row "(a) 1000 conn × 50 bids, 3 ms pacing, 10 ms apart" "$WORK/g_a" "$WORK/r_a"
+fi
 
+if want b; then
 echo "(b) 100x1 memory" >&2
 gavel_cell "$WORK/g_b" b --store memory
 if have_redis; then redis_cell "$WORK/r_b" b; else na_cell "$WORK/r_b"; fi
 row "(b) 100 × pipeline 1, memory" "$WORK/g_b" "$WORK/r_b"
+fi
 
+if want c; then
 echo "(c) 100x16 memory" >&2
 gavel_cell "$WORK/g_c" c --store memory
 if have_redis; then redis_cell "$WORK/r_c" c; else na_cell "$WORK/r_c"; fi
 row "(c) 100 × pipeline 16, memory" "$WORK/g_c" "$WORK/r_c"
+fi
 
+if want d; then
 echo "(d) durable sqlite / postgres" >&2
 gavel_cell "$WORK/g_ds" c --store "sqlite:@DB@/g.db"
 na_cell "$WORK/r_ds"
@@ -263,7 +288,9 @@ else
   na_cell "$WORK/g_dp"
 fi
 row "(d) 100 × 16, durable PostgreSQL" "$WORK/g_dp" "$WORK/r_c"
+fi
 
+if want f; then
 echo "(f) gavel --redis" >&2
 if [ "$HAVE_REDIS_FLAG" = 1 ] && have_redis; then
   redis-cli -p "$REDIS_PORT" flushall >/dev/null 2>&1 || true
@@ -272,6 +299,7 @@ else
   na_cell "$WORK/g_f"
 fi
 row "(f) Gavel --redis, 100 × 16" "$WORK/g_f" "$WORK/r_c"
+fi
 
 fmt() { # rps p99_us success always-show-success -> "req/s | p99"
   python3 -c '
