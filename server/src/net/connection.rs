@@ -77,7 +77,11 @@ pub struct Connection {
 }
 
 pub enum ReadResult {
-    Data,
+    /// Bytes were read (or the call was interrupted). `drained`: the read
+    /// did not fill the space offered, so the socket held no more then.
+    Data {
+        drained: bool,
+    },
     Eof,
     WouldBlock,
 }
@@ -160,16 +164,17 @@ impl Connection {
             let e = io::Error::last_os_error();
             return match e.kind() {
                 io::ErrorKind::WouldBlock => Ok(ReadResult::WouldBlock),
-                io::ErrorKind::Interrupted => Ok(ReadResult::Data),
+                io::ErrorKind::Interrupted => Ok(ReadResult::Data { drained: false }),
                 _ => Err(e),
             };
         }
         if n == 0 {
             return Ok(ReadResult::Eof);
         }
+        let drained = (n as usize) < spare.len();
         // SAFETY: the kernel initialised `n` bytes past `len`.
         unsafe { buf.set_len(buf.len() + n as usize) };
-        Ok(ReadResult::Data)
+        Ok(ReadResult::Data { drained })
     }
 
     /// One `read(2)` of TLS records, decrypted into the read buffer.
@@ -178,7 +183,9 @@ impl Connection {
         let n = match tls.read_tls(&mut &self.stream) {
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(ReadResult::WouldBlock),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(ReadResult::Data),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {
+                return Ok(ReadResult::Data { drained: false })
+            }
             Err(e) => return Err(e),
         };
         let state = match tls.process_new_packets() {
@@ -208,7 +215,9 @@ impl Connection {
         if n == 0 || (closed && avail == 0) {
             return Ok(ReadResult::Eof);
         }
-        Ok(ReadResult::Data)
+        // TLS: rustls buffers records, so read until the socket says
+        // WouldBlock, as before.
+        Ok(ReadResult::Data { drained: false })
     }
 
     /// TLS records (handshake, alerts) are waiting to be sent.

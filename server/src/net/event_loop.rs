@@ -44,6 +44,20 @@ const FIRST_CONN: usize = 2;
 /// After a closing ERROR, how long and how much of the peer's further input
 /// is read and dropped before the connection is closed regardless.
 const LINGER: Duration = Duration::from_secs(1);
+
+/// How far a readable connection is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Until {
+    /// Until a read returns less than the space offered: the socket was
+    /// empty then, and with edge-triggered epoll later bytes raise a new
+    /// event (tokio's TcpStream reasons the same way). Saves the read that
+    /// would only return EAGAIN — one syscall per request at pipeline 1.
+    Drained,
+    /// Until EAGAIN: when the peer closed (a short read may leave the EOF
+    /// unread, and no new event would come) or after a pause (no event
+    /// announces bytes that waited while we did not read).
+    WouldBlock,
+}
 const LINGER_BYTES: usize = 256 * 1024;
 
 /// Read-only settings and handles shared by all event loops.
@@ -214,8 +228,10 @@ impl EventLoop {
                         if ev.is_writable() {
                             self.mark_dirty(slot);
                         }
-                        if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
-                            self.on_readable(slot, now);
+                        if ev.is_read_closed() || ev.is_error() {
+                            self.on_readable(slot, now, Until::WouldBlock);
+                        } else if ev.is_readable() {
+                            self.on_readable(slot, now, Until::Drained);
                         }
                     }
                 }
@@ -360,7 +376,7 @@ impl EventLoop {
 
     /// Decodes what is buffered, then reads until the socket is drained or a
     /// cap stops us.
-    fn on_readable(&mut self, slot: usize, now: Instant) {
+    fn on_readable(&mut self, slot: usize, now: Instant, until: Until) {
         if self.conns[slot].lingering {
             if self.conns[slot].discard_input() {
                 self.close(slot);
@@ -376,7 +392,12 @@ impl EventLoop {
         let mut failed = None;
         while !conn.stop_reading() {
             match conn.read_once(&mut ctx.pool) {
-                Ok(ReadResult::Data) => progressed |= decode_buffered(conn, slot, ctx),
+                Ok(ReadResult::Data { drained }) => {
+                    progressed |= decode_buffered(conn, slot, ctx);
+                    if drained && until == Until::Drained {
+                        break;
+                    }
+                }
                 Ok(ReadResult::Eof) => conn.read_eof = true,
                 Ok(ReadResult::WouldBlock) => break,
                 Err(e) => {
@@ -476,7 +497,7 @@ impl EventLoop {
         }
         while let Some(slot) = self.resume.pop() {
             if self.conns.contains(slot) {
-                self.on_readable(slot, now);
+                self.on_readable(slot, now, Until::WouldBlock);
             }
         }
     }
@@ -592,7 +613,7 @@ impl EventLoop {
             let now = Instant::now();
             while let Some(slot) = self.resume.pop() {
                 if self.conns.contains(slot) {
-                    self.on_readable(slot, now);
+                    self.on_readable(slot, now, Until::WouldBlock);
                 }
             }
             self.dispatch();
