@@ -14,7 +14,10 @@ Usage: scripts/chaos.sh [--cycles N] [--store sqlite|postgres] [--redis] [--no-b
                      PostgreSQL the harness starts, stops and starts again)
   --redis            cross-node mode: a throwaway Redis (appendonly yes,
                      appendfsync always) holds the state and is SIGKILLed too
-  --no-build         use target/release as it is (default: cargo build --release first)
+  --no-build         use the release binaries as they are (default: cargo build
+                     --release first)
+  --bin-dir DIR      where gavel-server and client-bench are (default:
+                     $CARGO_TARGET_DIR/release, else target/release)
 
 Other flags go to the harness: `client-bench chaos --help` (--seed, --clients,
 --time-limit, --faults, --work-dir, --keep, …).
@@ -32,11 +35,13 @@ USAGE
 cd "$(dirname "$0")/.."
 
 build=1
+bin_dir="${CARGO_TARGET_DIR:-target}/release"
 args=()
 while [ $# -gt 0 ]; do
   case "$1" in
     -h | --help) usage; exit 0 ;;
     --no-build) build=0 ;;
+    --bin-dir) bin_dir=$2; build=0; shift ;;
     *) args+=("$1") ;;
   esac
   shift
@@ -45,10 +50,10 @@ done
 if [ "$build" = 1 ]; then
   cargo build --release -p gavel-server -p client-bench
 fi
-for bin in target/release/gavel-server target/release/client-bench; do
+for bin in "$bin_dir/gavel-server" "$bin_dir/client-bench"; do
   [ -x "$bin" ] || { echo "chaos.sh: $bin missing: run without --no-build" >&2; exit 2; }
 done
 
 # The harness stops and starts PostgreSQL itself: never an external server.
 unset GAVEL_TEST_PG_URL
-exec target/release/client-bench chaos --server-bin target/release/gavel-server "${args[@]+"${args[@]}"}"
+exec "$bin_dir/client-bench" chaos --server-bin "$bin_dir/gavel-server" "${args[@]+"${args[@]}"}"
