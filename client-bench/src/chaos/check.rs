@@ -17,6 +17,9 @@ pub struct AuctionSpec {
     pub id: u64,
     pub reserve: u64,
     pub min_increment: u64,
+    /// When it ends (ms since the run started, harness clock), if it ends
+    /// during the run; `None`: it ends long after.
+    pub ends_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,6 +44,7 @@ pub struct Setup {
 /// An auction as GET_AUCTION showed it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AuctionSnap {
+    pub closed: bool,
     pub high_bid: u64,
     pub high_bidder: u64,
     pub bid_count: u64,
@@ -65,6 +69,8 @@ pub struct Snapshot {
 pub struct FinalState {
     pub before: Snapshot,
     pub after_replays: Option<Snapshot>,
+    /// When `before` began to be read (ms since the run started).
+    pub read_at_ms: u64,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -98,7 +104,19 @@ impl Findings {
 /// * every request answered IN_DOUBT ends with a RESULT;
 /// * each RESULT agrees with the request (OK bid: value = amount, aux =
 ///   bidder; OUTBID: amount below value + increment; SOLD_OUT: value <
-///   quantity; …) and no status that cannot occur (CLOSED, NOT_FOUND, …).
+///   quantity; …) and no status that cannot occur (NOT_FOUND, CLOSED for a
+///   BUY, …).
+///
+/// Closing (CLOSE_AUCTION has no key; see [`check_closing`]): an auction
+/// shows itself closed (CLOSE_AUCTION answered OK or CLOSED, a BID answered
+/// CLOSED, a GET_AUCTION showing CLOSED) only after a CLOSE_AUCTION for it
+/// was sent or its end time came; then everything that shows it closed, and
+/// the final state, carries the same high bid and bidder, and that high bid
+/// is the highest bid answered OK; a bid (or a CLOSE_AUCTION) is not
+/// executed OK, nor a GET_AUCTION answered OPEN, when it was sent after the
+/// auction was shown closed or after its end time (real-time order); at
+/// most one CLOSE_AUCTION is answered OK; an auction shown closed, or past
+/// its end, is closed in the final state.
 ///
 /// Per auction: high bid ≥ every OK amount, and equal to the amount of a
 /// bid that was OK or whose outcome is unknown (never of a rejected bid or
@@ -125,10 +143,16 @@ pub fn check(setup: &Setup, ops: &[Op], state: &FinalState) -> Findings {
 
     let mut bids: BTreeMap<u64, Vec<&Op>> = BTreeMap::new();
     let mut buys: BTreeMap<u64, Vec<&Op>> = BTreeMap::new();
+    // CLOSE_AUCTIONs and GET_AUCTIONs, by auction.
+    let mut others: BTreeMap<u64, Vec<&Op>> = BTreeMap::new();
     for op in ops {
         match op.kind {
             OpKind::Bid { auction, .. } => bids.entry(auction).or_default().push(op),
             OpKind::Buy { sku, .. } => buys.entry(sku).or_default().push(op),
+            OpKind::Close { auction } | OpKind::Get { auction } => {
+                others.entry(auction).or_default().push(op);
+                continue;
+            }
         }
         if setup.in_doubt_means_applied {
             check_in_doubt_applied(op, &mut f);
@@ -143,13 +167,27 @@ pub fn check(setup: &Setup, ops: &[Op], state: &FinalState) -> Findings {
         let ops = bids.get(&spec.id).map(Vec::as_slice).unwrap_or(&[]);
         check_auction(spec, ops, state.before.auctions.get(&spec.id), &mut f);
         realtime_auction(spec, ops, &mut f);
+        let other = others.get(&spec.id).map(Vec::as_slice).unwrap_or(&[]);
+        check_closing(
+            setup,
+            spec,
+            ops,
+            other,
+            state.before.auctions.get(&spec.id).copied().flatten(),
+            state.read_at_ms,
+            &mut f,
+        );
     }
     for spec in &setup.sales {
         let ops = buys.get(&spec.sku).map(Vec::as_slice).unwrap_or(&[]);
         check_sale(spec, ops, state.before.sales.get(&spec.sku), &mut f);
         realtime_sale(spec, ops, &mut f);
     }
-    for id in bids.keys().filter(|id| !auctions.contains_key(id)) {
+    for id in bids
+        .keys()
+        .chain(others.keys())
+        .filter(|id| !auctions.contains_key(id))
+    {
         f.violation(format!(
             "auction {id}: bids recorded for an auction never opened (harness bug)"
         ));
@@ -335,9 +373,10 @@ fn check_semantics(
                         "BELOW_RESERVE although amount {amount} >= reserve {}",
                         spec.reserve
                     )),
-                    Status::Ok | Status::Outbid | Status::BelowReserve => None,
+                    // When it may: check_closing.
+                    Status::Ok | Status::Outbid | Status::BelowReserve | Status::Closed => None,
                     other => Some(format!(
-                        "{} cannot answer a BID on an open auction that never ends",
+                        "{} cannot answer a BID on an auction that was opened",
                         other.name()
                     )),
                 }
@@ -373,6 +412,8 @@ fn check_semantics(
                     )),
                 }
             }
+            // Checked by check_closing.
+            OpKind::Close { .. } | OpKind::Get { .. } => return,
         };
         if let Some(why) = wrong {
             f.violation(format!(
@@ -386,7 +427,7 @@ fn check_semantics(
 fn bid_fields(op: &Op) -> (u64, u64) {
     match op.kind {
         OpKind::Bid { bidder, amount, .. } => (bidder, amount),
-        OpKind::Buy { .. } => unreachable!("bids only"),
+        _ => unreachable!("bids only"),
     }
 }
 
@@ -565,6 +606,262 @@ fn realtime_auction(spec: &AuctionSpec, ops: &[&Op], f: &mut Findings) {
     }
 }
 
+/// Slack between an end time as the harness reckons it and the server's
+/// clock (ms): the two clocks are read together when the auction is opened.
+const END_SLACK_MS: u64 = 100;
+
+/// What showed an auction closed, and when that answer came.
+#[derive(Clone, Copy)]
+struct ShownClosed<'a> {
+    at_ms: u64,
+    /// The high bid and bidder it showed.
+    high: (u64, u64),
+    op: &'a Op,
+}
+
+/// The closing of one auction: what showed it closed (CLOSE_AUCTION
+/// answered OK or CLOSED, a BID answered CLOSED, a GET_AUCTION showing
+/// CLOSED) against when it could close (the first CLOSE_AUCTION sent, its
+/// end time), against what was executed after it was shown closed, and
+/// against the final state `got`.
+fn check_closing(
+    setup: &Setup,
+    spec: &AuctionSpec,
+    bids: &[&Op],
+    others: &[&Op],
+    got: Option<AuctionSnap>,
+    read_at_ms: u64,
+    f: &mut Findings,
+) {
+    let id = spec.id;
+    let closes: Vec<&Op> = others
+        .iter()
+        .copied()
+        .filter(|o| matches!(o.kind, OpKind::Close { .. }))
+        .collect();
+    let mut shown: Vec<ShownClosed> = Vec::new();
+    for o in bids.iter().chain(others) {
+        for a in &o.attempts {
+            let high = match (o.kind, a.answer) {
+                (OpKind::Bid { .. }, Answer::Result(r)) if r.status == Status::Closed => {
+                    (r.value, r.aux)
+                }
+                (OpKind::Close { .. }, Answer::Result(r))
+                    if matches!(r.status, Status::Ok | Status::Closed) =>
+                {
+                    (r.value, r.aux)
+                }
+                (OpKind::Get { .. }, Answer::Auction(v)) if v.closed => (v.high_bid, v.high_bidder),
+                _ => continue,
+            };
+            shown.push(ShownClosed {
+                at_ms: a.at_ms,
+                high,
+                op: o,
+            });
+        }
+    }
+    shown.sort_by_key(|c| c.at_ms);
+    let first_shown = shown.first().copied();
+    // The earliest the auction could close.
+    let close_sent = closes.iter().map(|o| o.sent_ms).min();
+    let end = spec.ends_ms.map(|e| e.saturating_sub(END_SLACK_MS));
+    let may_close_from = match (close_sent, end) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
+    let how_closable = || match (close_sent, spec.ends_ms) {
+        (None, None) => "no CLOSE_AUCTION was sent and it does not end during the run".to_string(),
+        (c, e) => format!(
+            "{}{}",
+            c.map_or(String::new(), |t| format!(
+                "the first CLOSE_AUCTION was sent at +{t}ms; "
+            )),
+            e.map_or("it does not end during the run".to_string(), |t| format!(
+                "it ends at +{t}ms"
+            ))
+        ),
+    };
+    if let Some(c) = first_shown {
+        if may_close_from.is_none_or(|t| c.at_ms < t) {
+            f.violation(format!(
+                "auction {id}: shown closed at +{}ms, before it could close ({}):\n    {}",
+                c.at_ms,
+                how_closable(),
+                c.op.describe()
+            ));
+        }
+    }
+    // Executed after it was shown closed, or after its end: `sent` is the
+    // earliest the execution can have begun.
+    let after_close = |sent: u64| -> Option<String> {
+        if let Some(c) = shown.iter().find(|c| c.at_ms < sent) {
+            return Some(format!(
+                "sent at +{sent}ms or later, after the auction was shown closed at +{}ms by:\n    {}",
+                c.at_ms,
+                c.op.describe()
+            ));
+        }
+        match spec.ends_ms {
+            Some(e) if sent > e + END_SLACK_MS => Some(format!(
+                "sent at +{sent}ms or later, after the auction's end at +{e}ms"
+            )),
+            _ => None,
+        }
+    };
+    let mut ok_closes = 0usize;
+    for o in bids.iter().chain(others) {
+        let mut doubt_gen: Option<u64> = None;
+        let mut reported = false;
+        for (i, a) in o.attempts.iter().enumerate() {
+            let why = match (o.kind, a.answer) {
+                (OpKind::Bid { .. }, Answer::Result(r)) if r.status == Status::Ok => {
+                    // A replay: it executed at one of the earlier attempts.
+                    let sent = if r.replayed {
+                        o.sent_ms
+                    } else {
+                        o.attempt_sent_after(i)
+                    };
+                    after_close(sent).map(|w| format!("bid accepted (OK) although {w}"))
+                }
+                (OpKind::Bid { .. }, _) => continue,
+                (OpKind::Close { .. }, Answer::Result(r)) => {
+                    let mut w = Vec::new();
+                    if r.replayed {
+                        w.push("CLOSE_AUCTION has no key: REPLAYED is impossible".to_string());
+                    }
+                    match r.status {
+                        Status::Ok => {
+                            ok_closes += 1;
+                            if let Some(why) = after_close(o.attempt_sent_after(i)) {
+                                w.push(format!("closed (OK) again although {why}"));
+                            }
+                            if setup.in_doubt_means_applied
+                                && doubt_gen.is_some_and(|g| g != 0 && a.gen_answered == g)
+                            {
+                                w.push(
+                                    "OK after an IN_DOUBT (applied) from the same server process: \
+                                     it was closed twice"
+                                        .to_string(),
+                                );
+                            }
+                        }
+                        Status::Closed => {}
+                        other => w.push(format!(
+                            "CLOSE_AUCTION of an auction that was opened answered {}",
+                            other.name()
+                        )),
+                    }
+                    (!w.is_empty()).then(|| w.join("; "))
+                }
+                (OpKind::Get { .. }, Answer::Auction(v)) if !v.closed => {
+                    after_close(o.attempt_sent_after(i))
+                        .map(|w| format!("GET_AUCTION showed it OPEN although {w}"))
+                }
+                (OpKind::Get { .. }, Answer::Result(r)) => Some(format!(
+                    "GET_AUCTION of an auction that was opened answered {r}"
+                )),
+                (_, Answer::Error(code)) if misuse(code) => Some(format!(
+                    "answered {}, impossible for a well-formed request",
+                    a.answer
+                )),
+                (_, Answer::Error(_)) if a.answer.is_in_doubt() && !a.final_replay => {
+                    doubt_gen = Some(a.gen_sent);
+                    continue;
+                }
+                _ => continue,
+            };
+            if let Some(why) = why {
+                if !reported {
+                    f.violation(format!(
+                        "auction {id}: attempt {}: {why}:\n    {}",
+                        i + 1,
+                        o.describe()
+                    ));
+                }
+                reported = true;
+            }
+        }
+        if matches!(o.kind, OpKind::Close { .. }) && o.got_in_doubt() && !o.resolved() {
+            f.violation(format!(
+                "auction {id}: CLOSE_AUCTION answered IN_DOUBT and never resolved: no retry got a \
+                 RESULT:\n    {}",
+                o.describe()
+            ));
+        }
+    }
+    if ok_closes > 1 {
+        f.violation(format!(
+            "auction {id}: CLOSE_AUCTION answered OK {ok_closes} times (an auction closes once):\n    {}",
+            closes
+                .iter()
+                .map(|o| o.describe())
+                .collect::<Vec<_>>()
+                .join("\n    ")
+        ));
+    }
+
+    // The final state.
+    let Some(a) = got else {
+        return; // check_auction reports it.
+    };
+    let past_end = spec
+        .ends_ms
+        .is_some_and(|e| read_at_ms > 0 && e + END_SLACK_MS < read_at_ms);
+    if !a.closed {
+        if let Some(c) = first_shown {
+            f.violation(format!(
+                "auction {id}: OPEN in the final state, but it was shown closed at +{}ms:\n    {}",
+                c.at_ms,
+                c.op.describe()
+            ));
+        } else if past_end {
+            f.violation(format!(
+                "auction {id}: OPEN in the final state, read at +{read_at_ms}ms, after its end at \
+                 +{}ms",
+                spec.ends_ms.unwrap_or_default()
+            ));
+        }
+        return;
+    }
+    if may_close_from.is_none() {
+        f.violation(format!(
+            "auction {id}: CLOSED in the final state, but {}",
+            how_closable()
+        ));
+    }
+    let high = (a.high_bid, a.high_bidder);
+    if let Some(c) = shown.iter().find(|c| c.high != high) {
+        f.violation(format!(
+            "auction {id}: shown closed with high bid {} (bidder {}), but the final state has \
+             {} (bidder {}):\n    {}",
+            c.high.0,
+            c.high.1,
+            high.0,
+            high.1,
+            c.op.describe()
+        ));
+    }
+    // Closed: no bid accepted after the close, so the high bid is the
+    // highest OK bid — or a bid whose outcome is unknown (check_auction
+    // checks that it is one of those).
+    let max_ok = bids
+        .iter()
+        .filter(|o| o.accepted())
+        .map(|o| bid_fields(o).1)
+        .max()
+        .unwrap_or(0);
+    let unknown_high = bids
+        .iter()
+        .any(|o| o.maybe_executed() && bid_fields(o).1 == a.high_bid);
+    if a.high_bid != max_ok && !unknown_high {
+        f.violation(format!(
+            "auction {id}: closed with high bid {}, but the highest bid answered OK is {max_ok}",
+            a.high_bid
+        ));
+    }
+}
+
 fn realtime_sale(spec: &SaleSpec, ops: &[&Op], f: &mut Findings) {
     let before = AckedBefore::new(
         ops.iter()
@@ -581,7 +878,7 @@ fn realtime_sale(spec: &SaleSpec, ops: &[&Op], f: &mut Findings) {
         };
         let qty = match o.kind {
             OpKind::Buy { qty, .. } => u64::from(qty),
-            OpKind::Bid { .. } => unreachable!("orders only"),
+            _ => unreachable!("orders only"),
         };
         let mut seen: Vec<Reply> = Vec::new();
         for r in o.attempts.iter().filter_map(|x| x.answer.result()) {
@@ -611,11 +908,11 @@ fn check_sale(spec: &SaleSpec, ops: &[&Op], got: Option<&Option<SaleSnap>>, f: &
     let id = spec.sku;
     let qty = |o: &Op| match o.kind {
         OpKind::Buy { qty, .. } => u64::from(qty),
-        OpKind::Bid { .. } => unreachable!("orders only"),
+        _ => unreachable!("orders only"),
     };
     let buyer = |o: &Op| match o.kind {
         OpKind::Buy { buyer, .. } => buyer,
-        OpKind::Bid { .. } => unreachable!("orders only"),
+        _ => unreachable!("orders only"),
     };
     let ok: Vec<&Op> = ops.iter().copied().filter(|o| o.accepted()).collect();
     let lo: u64 = ok.iter().map(|o| qty(o)).sum();
@@ -737,7 +1034,7 @@ fn check_sale(spec: &SaleSpec, ops: &[&Op], got: Option<&Option<SaleSnap>>, f: &
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::chaos::history::{Answer, Op, OpKind, Reply};
+    use crate::chaos::history::{Answer, AuctionView, Op, OpKind, Reply};
 
     const BUSY: u16 = ErrorCode::Busy as u16;
     const UNAVAILABLE: u16 = ErrorCode::Unavailable as u16;
@@ -749,6 +1046,7 @@ mod tests {
                 id: 1,
                 reserve: 100,
                 min_increment: 5,
+                ends_ms: None,
             }],
             sales: vec![SaleSpec {
                 sku: 7,
@@ -804,6 +1102,7 @@ mod tests {
         s.auctions.insert(
             1,
             Some(AuctionSnap {
+                closed: false,
                 high_bid: high,
                 high_bidder: bidder,
                 bid_count: count,
@@ -813,7 +1112,285 @@ mod tests {
         FinalState {
             before: s.clone(),
             after_replays: Some(s),
+            read_at_ms: 0,
         }
+    }
+
+    /// The final state with auction 1 closed.
+    fn closed_state(high: u64, bidder: u64, count: u64) -> FinalState {
+        let mut st = state(high, bidder, count, 0);
+        for s in [Some(&mut st.before), st.after_replays.as_mut()]
+            .into_iter()
+            .flatten()
+        {
+            if let Some(Some(a)) = s.auctions.get_mut(&1) {
+                a.closed = true;
+            }
+        }
+        st.read_at_ms = 100_000;
+        st
+    }
+
+    /// An op on auction 1 first sent at `sent`, with answers at given times.
+    fn timed(kind: OpKind, sent: u64, answers: &[(u64, Answer)]) -> Op {
+        let mut op = Op::new(kind, 0);
+        op.sent_ms = sent;
+        for (at, a) in answers {
+            op.push(*at, *a);
+        }
+        op
+    }
+
+    fn bid_kind(amount: u64, bidder: u64, key: u64) -> OpKind {
+        OpKind::Bid {
+            auction: 1,
+            bidder,
+            amount,
+            bid_id: key,
+        }
+    }
+
+    const CLOSE: OpKind = OpKind::Close { auction: 1 };
+    const GET: OpKind = OpKind::Get { auction: 1 };
+
+    fn view(closed: bool, high_bid: u64, high_bidder: u64) -> Answer {
+        Answer::Auction(AuctionView {
+            closed,
+            high_bid,
+            high_bidder,
+        })
+    }
+
+    /// An auction closed by CLOSE_AUCTION while bids and reads go on: a
+    /// bid executed before the close whose answer was lost replays OK after
+    /// it; the CLOSE_AUCTION's answer was lost and its retry says CLOSED.
+    fn closing_history() -> Vec<Op> {
+        vec![
+            timed(bid_kind(1000, 1, 1), 40, &[(50, res(Status::Ok, 1000, 1))]),
+            timed(
+                bid_kind(1006, 2, 2),
+                60,
+                &[(70, Answer::Lost), (150, replayed(Status::Ok, 1006, 2))],
+            ),
+            timed(GET, 90, &[(95, view(false, 1006, 2))]),
+            timed(
+                CLOSE,
+                100,
+                &[(105, Answer::Lost), (120, res(Status::Closed, 1006, 2))],
+            ),
+            timed(
+                bid_kind(1009, 3, 3),
+                130,
+                &[(140, res(Status::Closed, 1006, 2))],
+            ),
+            timed(GET, 160, &[(170, view(true, 1006, 2))]),
+            // Sent before the close was shown, answered after: concurrent.
+            timed(
+                bid_kind(1003, 4, 4),
+                110,
+                &[(180, res(Status::Outbid, 1006, 2))],
+            ),
+        ]
+    }
+
+    #[test]
+    fn a_consistent_closing_passes() {
+        let f = check(&setup(), &closing_history(), &closed_state(1006, 2, 2));
+        assert!(f.violations.is_empty(), "{:#?}", f.violations);
+    }
+
+    #[test]
+    fn an_ok_after_a_confirmed_close_is_a_violation() {
+        // Sent after the CLOSE_AUCTION's answer came (+120ms), accepted.
+        let mut ops = closing_history();
+        ops.push(timed(
+            bid_kind(1012, 5, 5),
+            200,
+            &[(210, res(Status::Ok, 1012, 5))],
+        ));
+        let f = check(&setup(), &ops, &closed_state(1012, 5, 3));
+        assert!(
+            f.violations
+                .iter()
+                .any(|v| v.contains("bid accepted (OK) although sent at +200ms")),
+            "{:#?}",
+            f.violations
+        );
+        // The close showed 1006, the final state has 1012.
+        assert!(
+            f.violations
+                .iter()
+                .any(|v| v.contains("shown closed with high bid 1006")),
+            "{:#?}",
+            f.violations
+        );
+
+        // First sent before, but evaluated afresh (not REPLAYED) by a retry
+        // sent after the close was shown: that retry should have got CLOSED.
+        let mut ops = closing_history();
+        ops.push(timed(
+            bid_kind(1012, 5, 5),
+            100,
+            &[(125, Answer::Timeout), (210, res(Status::Ok, 1012, 5))],
+        ));
+        let f = check(&setup(), &ops, &closed_state(1012, 5, 3));
+        assert!(
+            f.violations
+                .iter()
+                .any(|v| v.contains("attempt 2: bid accepted (OK) although sent at +125ms")),
+            "{:#?}",
+            f.violations
+        );
+        // Had the retry replayed it, it executed before the close... but
+        // then the close must have shown it.
+        let mut ops = closing_history();
+        ops.push(timed(
+            bid_kind(1012, 5, 5),
+            100,
+            &[(125, Answer::Timeout), (210, replayed(Status::Ok, 1012, 5))],
+        ));
+        let f = check(&setup(), &ops, &closed_state(1012, 5, 3));
+        assert!(
+            f.violations
+                .iter()
+                .all(|v| !v.contains("bid accepted (OK) although")),
+            "{:#?}",
+            f.violations
+        );
+        assert!(
+            f.violations
+                .iter()
+                .any(|v| v.contains("shown closed with high bid 1006")),
+            "{:#?}",
+            f.violations
+        );
+    }
+
+    #[test]
+    fn closed_without_a_close_is_a_violation() {
+        let ops = vec![
+            timed(bid_kind(1000, 1, 1), 40, &[(50, res(Status::Ok, 1000, 1))]),
+            timed(
+                bid_kind(1003, 2, 2),
+                60,
+                &[(70, res(Status::Closed, 1000, 1))],
+            ),
+        ];
+        let f = check(&setup(), &ops, &closed_state(1000, 1, 1));
+        assert!(
+            f.violations.iter().any(|v| v
+                .contains("before it could close (no CLOSE_AUCTION was sent and it does not end")),
+            "{:#?}",
+            f.violations
+        );
+        assert!(
+            f.violations
+                .iter()
+                .any(|v| v.contains("CLOSED in the final state, but no CLOSE_AUCTION")),
+            "{:#?}",
+            f.violations
+        );
+        // Shown closed, yet open in the final state (the close was lost).
+        let mut ops = closing_history();
+        ops.truncate(4);
+        let f = check(&setup(), &ops, &state(1006, 2, 2, 0));
+        assert!(
+            f.violations
+                .iter()
+                .any(|v| v.contains("OPEN in the final state, but it was shown closed")),
+            "{:#?}",
+            f.violations
+        );
+    }
+
+    #[test]
+    fn end_times_and_double_closes_are_checked() {
+        let mut su = setup();
+        su.auctions[0].ends_ms = Some(1000);
+        let ok = vec![
+            timed(bid_kind(1000, 1, 1), 40, &[(50, res(Status::Ok, 1000, 1))]),
+            timed(
+                bid_kind(1006, 2, 2),
+                900,
+                &[(910, res(Status::Ok, 1006, 2))],
+            ),
+            // Within the slack before the end: the clocks may differ a little.
+            timed(
+                bid_kind(1009, 3, 3),
+                940,
+                &[(950, res(Status::Closed, 1006, 2))],
+            ),
+            timed(GET, 1200, &[(1210, view(true, 1006, 2))]),
+        ];
+        let f = check(&su, &ok, &closed_state(1006, 2, 2));
+        assert!(f.violations.is_empty(), "{:#?}", f.violations);
+
+        let cases = [
+            (
+                timed(
+                    bid_kind(1012, 4, 4),
+                    1200,
+                    &[(1210, res(Status::Ok, 1012, 4))],
+                ),
+                "bid accepted (OK) although sent at +1200ms or later, after the auction's end at +1000ms",
+            ),
+            (
+                timed(
+                    bid_kind(1015, 5, 5),
+                    700,
+                    &[(800, res(Status::Closed, 1006, 2))],
+                ),
+                "shown closed at +800ms, before it could close (it ends at +1000ms)",
+            ),
+            (
+                timed(GET, 1300, &[(1310, view(false, 1006, 2))]),
+                "GET_AUCTION showed it OPEN although sent at +1300ms or later, after the auction's end",
+            ),
+        ];
+        for (op, needle) in cases {
+            // Nothing showed it closed: the end time is what counts.
+            let mut ops = ok[..2].to_vec();
+            ops.push(op);
+            let f = check(&su, &ops, &closed_state(1006, 2, 2));
+            assert!(
+                f.violations.iter().any(|v| v.contains(needle)),
+                "{needle}: {:#?}",
+                f.violations
+            );
+        }
+        // Past its end, read open at the end.
+        let f = check(&su, &ok[..2], &state(1006, 2, 2, 0));
+        assert!(f.violations.is_empty(), "read_at_ms 0: not judged");
+        let mut st = state(1006, 2, 2, 0);
+        st.read_at_ms = 5000;
+        let f = check(&su, &ok[..2], &st);
+        assert!(
+            f.violations
+                .iter()
+                .any(|v| v.contains("OPEN in the final state, read at +5000ms")),
+            "{:#?}",
+            f.violations
+        );
+
+        // Two CLOSE_AUCTIONs answered OK; one sent after the other's answer.
+        let mut ops = closing_history();
+        ops.push(timed(CLOSE, 99, &[(101, res(Status::Ok, 1006, 2))]));
+        ops.push(timed(CLOSE, 300, &[(310, res(Status::Ok, 1006, 2))]));
+        let f = check(&setup(), &ops, &closed_state(1006, 2, 2));
+        assert!(
+            f.violations
+                .iter()
+                .any(|v| v.contains("closed (OK) again although sent at +300ms")),
+            "{:#?}",
+            f.violations
+        );
+        assert!(
+            f.violations
+                .iter()
+                .any(|v| v.contains("CLOSE_AUCTION answered OK 2 times")),
+            "{:#?}",
+            f.violations
+        );
     }
 
     /// A history every rule accepts: outbid, in-doubt resolved by a replay,

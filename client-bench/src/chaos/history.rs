@@ -20,6 +20,11 @@ pub enum OpKind {
         qty: u32,
         order_id: u64,
     },
+    /// CLOSE_AUCTION (no key: a retry of one that closed the auction
+    /// answers CLOSED with the winner).
+    Close { auction: u64 },
+    /// GET_AUCTION, recorded to check what it shows.
+    Get { auction: u64 },
 }
 
 impl OpKind {
@@ -48,6 +53,22 @@ impl OpKind {
                 quantity: qty,
                 order_id,
             }),
+            OpKind::Close { auction } => Request::CloseAuction {
+                auction_id: auction,
+            },
+            OpKind::Get { auction } => Request::GetAuction {
+                auction_id: auction,
+            },
+        }
+    }
+
+    /// The auction a BID, CLOSE_AUCTION or GET_AUCTION names.
+    pub fn auction(&self) -> Option<u64> {
+        match *self {
+            OpKind::Bid { auction, .. } | OpKind::Close { auction } | OpKind::Get { auction } => {
+                Some(auction)
+            }
+            OpKind::Buy { .. } => None,
         }
     }
 }
@@ -73,6 +94,8 @@ impl fmt::Display for OpKind {
                 f,
                 "BUY sku={sku} buyer={buyer} quantity={qty} order_id={order_id}"
             ),
+            OpKind::Close { auction } => write!(f, "CLOSE_AUCTION auction={auction}"),
+            OpKind::Get { auction } => write!(f, "GET_AUCTION auction={auction}"),
         }
     }
 }
@@ -115,11 +138,33 @@ impl fmt::Display for Reply {
     }
 }
 
+/// An AUCTION reply (to GET_AUCTION), the fields the checker uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AuctionView {
+    pub closed: bool,
+    pub high_bid: u64,
+    pub high_bidder: u64,
+}
+
+impl fmt::Display for AuctionView {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "AUCTION {} high_bid={} high_bidder={}",
+            if self.closed { "CLOSED" } else { "OPEN" },
+            self.high_bid,
+            self.high_bidder
+        )
+    }
+}
+
 /// What one attempt of a request ended with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Answer {
     /// A RESULT: the request's outcome.
     Result(Reply),
+    /// An AUCTION (GET_AUCTION's answer).
+    Auction(AuctionView),
     /// An ERROR with this code (a raw `u16`: codes this build does not know
     /// arrive as [`Answer::Garbled`]).
     Error(u16),
@@ -140,7 +185,7 @@ impl Answer {
     /// its outcome: a retry must find out.
     pub fn ambiguous(&self) -> bool {
         match *self {
-            Answer::Result(_) => false,
+            Answer::Result(_) | Answer::Auction(_) => false,
             Answer::Error(code) => !not_executed(code) && !misuse(code),
             Answer::Timeout | Answer::Lost | Answer::Dropped | Answer::Garbled => true,
         }
@@ -156,12 +201,18 @@ impl Answer {
             _ => None,
         }
     }
+
+    /// A RESULT or an AUCTION: the request is done.
+    pub fn is_final(&self) -> bool {
+        matches!(self, Answer::Result(_) | Answer::Auction(_))
+    }
 }
 
 impl fmt::Display for Answer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Answer::Result(r) => r.fmt(f),
+            Answer::Auction(v) => v.fmt(f),
             Answer::Error(code) => match ErrorCode::from_u16(*code) {
                 Some(c) => write!(f, "ERROR {}", c.name()),
                 None => write!(f, "ERROR code {code}"),
@@ -274,9 +325,19 @@ impl Op {
             .any(|a| a.answer.result().is_some_and(|r| r.status == Status::Ok))
     }
 
-    /// Whether some attempt was answered with a RESULT.
+    /// Whether some attempt was answered with a RESULT (or, for
+    /// GET_AUCTION, an AUCTION).
     pub fn resolved(&self) -> bool {
-        self.first_result().is_some()
+        self.attempts.iter().any(|a| a.answer.is_final())
+    }
+
+    /// The earliest this attempt can have been sent: a client sends an
+    /// attempt after the previous one's answer (or the op's creation).
+    pub fn attempt_sent_after(&self, i: usize) -> u64 {
+        match i.checked_sub(1) {
+            Some(p) => self.attempts[p].at_ms.max(self.sent_ms),
+            None => self.sent_ms,
+        }
     }
 
     /// Never answered with a RESULT, yet some attempt may have executed it:

@@ -3,7 +3,11 @@
 //! It starts gavel-server itself (and, as asked, a throwaway PostgreSQL
 //! and/or Redis), opens auctions and sales, and runs client threads that
 //! bid (rising amounts) and buy (limited stock, so sales sell out), retrying
-//! every request with the same key until it gets a RESULT. Meanwhile a
+//! every request with the same key until it gets a RESULT. A share of the
+//! auctions (`--closing`, chosen from the seed) close during the run: half
+//! by CLOSE_AUCTION from the clients, spread over the cycles, half at an end
+//! time a few seconds after the start; bids keep coming to them (CLOSED),
+//! and GET_AUCTIONs read auctions now and then. Meanwhile a
 //! nemesis injects faults at random times, one or two overlapping per
 //! cycle: SIGKILL + restart of gavel-server, SIGTERM + restart, SIGSTOP /
 //! SIGCONT, PostgreSQL stopped (`pg_ctl -m fast` or `-m immediate`) and
@@ -90,6 +94,11 @@ pub struct ChaosConfig {
     /// Per-buyer limit of each sale.
     #[arg(long, default_value_t = 6)]
     pub per_buyer_limit: u32,
+    /// Percent of the auctions closed during the run (chosen from the
+    /// seed): half by CLOSE_AUCTION requests spread over the cycles, half
+    /// by an end time 2-25 s after the start.
+    #[arg(long, default_value_t = 25, value_parser = clap::value_parser!(u32).range(0..=100))]
+    pub closing: u32,
     /// Seed of every random choice (default: from the clock; printed).
     #[arg(long)]
     pub seed: Option<u64>,
@@ -326,7 +335,20 @@ pub fn run(cfg: &ChaosConfig) -> anyhow::Result<usize> {
         .map_err(|e| anyhow!("gavel-server: {e}"))?;
     log(epoch, format!("gavel-server listening on {addr}"));
 
-    let setup = open_all(addr, cfg).context("opening the auctions and sales")?;
+    let (setup, closes) =
+        open_all(addr, cfg, epoch, seed).context("opening the auctions and sales")?;
+    log(
+        epoch,
+        format!(
+            "{} auctions to close by CLOSE_AUCTION, {} by their end time",
+            closes.len(),
+            setup
+                .auctions
+                .iter()
+                .filter(|a| a.ends_ms.is_some())
+                .count()
+        ),
+    );
 
     // The load.
     let shared = Arc::new(Shared {
@@ -337,6 +359,9 @@ pub fn run(cfg: &ChaosConfig) -> anyhow::Result<usize> {
         drop_until_ms: AtomicU64::new(0),
         auction_steps: (0..cfg.auctions).map(|_| AtomicU64::new(0)).collect(),
         sku_window: AtomicUsize::new(0),
+        closes,
+        close_due: AtomicUsize::new(0),
+        close_next: AtomicUsize::new(0),
         next_key: AtomicU64::new(1),
         generation: AtomicU64::new(1),
         params: LoadParams {
@@ -350,6 +375,8 @@ pub fn run(cfg: &ChaosConfig) -> anyhow::Result<usize> {
             first_amount: FIRST_AMOUNT,
             amount_step: AMOUNT_STEP,
             bid_percent: 60,
+            get_permille: 20,
+            reclose_permille: 3,
             read_timeout: Duration::from_millis(2500),
             connect_timeout: Duration::from_secs(1),
             drop_percent: 30,
@@ -431,6 +458,7 @@ pub fn run(cfg: &ChaosConfig) -> anyhow::Result<usize> {
         .start(START_TIMEOUT)
         .map_err(|e| anyhow!("gavel-server after the clean restart: {e}"))?;
     log(epoch, "clean restart done; reading the final state");
+    let read_at_ms = epoch.elapsed().as_millis() as u64;
     let before = snapshot(addr, &setup).context("reading the final state")?;
     let (replays, unanswered) = final_replays(addr, epoch, &ops, cfg.replay_rejected);
     let replayed_count = replays.len();
@@ -455,6 +483,7 @@ pub fn run(cfg: &ChaosConfig) -> anyhow::Result<usize> {
     let state = FinalState {
         before,
         after_replays: Some(after),
+        read_at_ms,
     };
     let findings = check::check(&setup, &ops, &state);
     violations.extend(findings.violations);
@@ -530,6 +559,9 @@ pub fn run(cfg: &ChaosConfig) -> anyhow::Result<usize> {
 struct Stats {
     bids: usize,
     orders: usize,
+    closes: usize,
+    closes_ok: usize,
+    gets: usize,
     ok_bids: usize,
     ok_orders: usize,
     unknown: usize,
@@ -549,12 +581,18 @@ impl Stats {
         let mut s = Stats::default();
         for o in ops {
             let bid = matches!(o.kind, OpKind::Bid { .. });
-            if bid {
-                s.bids += 1;
-            } else {
-                s.orders += 1;
+            match o.kind {
+                OpKind::Bid { .. } => s.bids += 1,
+                OpKind::Buy { .. } => s.orders += 1,
+                OpKind::Close { .. } => {
+                    s.closes += 1;
+                    s.closes_ok += usize::from(o.accepted());
+                }
+                OpKind::Get { .. } => s.gets += 1,
             }
-            if o.accepted() {
+            if matches!(o.kind, OpKind::Close { .. } | OpKind::Get { .. }) {
+                // Counted above; not keyed.
+            } else if o.accepted() {
                 if bid {
                     s.ok_bids += 1;
                 } else {
@@ -580,6 +618,9 @@ impl Stats {
                 s.attempts += 1;
                 let key = match a.answer {
                     Answer::Result(r) => r.status.name().to_string(),
+                    Answer::Auction(v) => {
+                        format!("AUCTION {}", if v.closed { "CLOSED" } else { "OPEN" })
+                    }
                     other => other.to_string(),
                 };
                 *s.answers.entry(key).or_default() += 1;
@@ -590,13 +631,16 @@ impl Stats {
 
     fn line(&self) -> String {
         format!(
-            "requests: {} bids ({} OK), {} orders ({} OK), {} outcome unknown; IN_DOUBT \
-             resolved {} replayed / {} afresh; lost answers resolved {} replayed / {} afresh; \
+            "requests: {} bids ({} OK), {} orders ({} OK), {} CLOSE_AUCTIONs ({} OK), {} \
+             GET_AUCTIONs, {} outcome unknown; IN_DOUBT resolved {} replayed / {} afresh; lost answers resolved {} replayed / {} afresh; \
              {} attempts: {:?}",
             self.bids,
             self.ok_bids,
             self.orders,
             self.ok_orders,
+            self.closes,
+            self.closes_ok,
+            self.gets,
             self.unknown,
             self.in_doubt_replayed,
             self.in_doubt_fresh,
@@ -671,6 +715,13 @@ impl Nemesis<'_> {
             };
             let hold = outer.hold_ms(&mut self.rng);
             let cycle = self.cycles + 1;
+            // CLOSE_AUCTIONs spread over the cycles, the last ones due as
+            // the last cycle begins.
+            let closes = self.shared.closes.len() as u64;
+            let due = closes * u64::from(cycle) / u64::from(self.cycles_total.max(1));
+            self.shared
+                .close_due
+                .store(due.min(closes) as usize, Ordering::Relaxed);
             self.begin(outer, cycle)?;
             if let Some(inner) = inner {
                 let before = self.rng.gen_range(0..=hold / 2);
@@ -919,19 +970,45 @@ fn call_until(
     bail!("{req:?} got no answer within 60 s (last: {last})")
 }
 
-fn open_all(addr: SocketAddr, cfg: &ChaosConfig) -> anyhow::Result<Setup> {
+/// Opens the auctions and sales. Of the auctions, `--closing` percent are
+/// to close during the run: half end 2-25 s from now (their end, in ms
+/// since `epoch`, is in their [`AuctionSpec`]), the others are returned, to
+/// be closed by CLOSE_AUCTION.
+fn open_all(
+    addr: SocketAddr,
+    cfg: &ChaosConfig,
+    epoch: Instant,
+    seed: u64,
+) -> anyhow::Result<(Setup, Vec<u64>)> {
     let ends = crate::setup::now_ms() + 7 * 24 * 3600 * 1000;
+    let mut rng = SmallRng::seed_from_u64(seed ^ 0xC105_E0F0_A0C7_1045);
     let mut conn = None;
+    let mut closes = Vec::new();
     let mut setup = Setup {
         in_doubt_means_applied: !cfg.redis,
         ..Setup::default()
     };
     for id in 1..=cfg.auctions {
+        let roll = rng.gen_range(0..200);
+        let (ends_at_ms, ends_ms) = if roll < cfg.closing {
+            // Read both clocks together: the end in the server's (wall)
+            // clock and in the harness's.
+            let d = rng.gen_range(2_000..=25_000);
+            (
+                crate::setup::now_ms() + d,
+                Some(epoch.elapsed().as_millis() as u64 + d),
+            )
+        } else {
+            if roll < 2 * cfg.closing {
+                closes.push(id);
+            }
+            (ends, None)
+        };
         let req = Request::OpenAuction(gavel_protocol::OpenAuctionRequest {
             auction_id: id,
             reserve: RESERVE,
             min_increment: MIN_INCREMENT,
-            ends_at_ms: ends,
+            ends_at_ms,
         });
         match call_until(addr, &mut conn, &req)? {
             Response::Result(r) if r.status == Status::Ok => {}
@@ -941,6 +1018,7 @@ fn open_all(addr: SocketAddr, cfg: &ChaosConfig) -> anyhow::Result<Setup> {
             id,
             reserve: RESERVE,
             min_increment: MIN_INCREMENT,
+            ends_ms,
         });
     }
     for sku in 1..=cfg.skus {
@@ -961,7 +1039,7 @@ fn open_all(addr: SocketAddr, cfg: &ChaosConfig) -> anyhow::Result<Setup> {
             per_buyer_limit: cfg.per_buyer_limit,
         });
     }
-    Ok(setup)
+    Ok((setup, closes))
 }
 
 /// Every auction and sale as the server shows them now.
@@ -971,6 +1049,7 @@ fn snapshot(addr: SocketAddr, setup: &Setup) -> anyhow::Result<Snapshot> {
     for a in &setup.auctions {
         let got = match call_until(addr, &mut conn, &Request::GetAuction { auction_id: a.id })? {
             Response::Auction(i) => Some(AuctionSnap {
+                closed: i.state == gavel_protocol::AuctionState::Closed,
                 high_bid: i.high_bid,
                 high_bidder: i.high_bidder,
                 bid_count: i.bid_count,
@@ -997,13 +1076,19 @@ fn snapshot(addr: SocketAddr, setup: &Setup) -> anyhow::Result<Snapshot> {
 /// Answers to record (op index, attempt), and the ops left without one.
 type ReplayOut = (Vec<(usize, Attempt)>, Vec<usize>);
 
-/// Re-sends every accepted request and up to `max_rejected` rejected ones
-/// (pipelined, on a few connections), until each gets a RESULT. Returns the
-/// answers to record, and the accepted requests that never got one.
+/// Re-sends every accepted request and every CLOSE_AUCTION that got a
+/// RESULT, and up to `max_rejected` rejected bids and orders (pipelined, on
+/// a few connections), until each gets a RESULT. Returns the answers to
+/// record, and the accepted requests that never got one.
 fn final_replays(addr: SocketAddr, epoch: Instant, ops: &[Op], max_rejected: usize) -> ReplayOut {
-    let mut idx: Vec<usize> = (0..ops.len()).filter(|&i| ops[i].accepted()).collect();
+    let keyed = |o: &Op| matches!(o.kind, OpKind::Bid { .. } | OpKind::Buy { .. });
+    let mut idx: Vec<usize> = (0..ops.len())
+        .filter(|&i| {
+            ops[i].accepted() || (matches!(ops[i].kind, OpKind::Close { .. }) && ops[i].resolved())
+        })
+        .collect();
     let rejected: Vec<usize> = (0..ops.len())
-        .filter(|&i| ops[i].resolved() && !ops[i].accepted())
+        .filter(|&i| keyed(&ops[i]) && ops[i].resolved() && !ops[i].accepted())
         .collect();
     let stride = (rejected.len() / max_rejected.max(1)).max(1);
     idx.extend(rejected.iter().step_by(stride).take(max_rejected));

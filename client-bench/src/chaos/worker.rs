@@ -1,6 +1,8 @@
 //! The load of the fault harness: client threads that bid (rising amounts)
-//! and buy, one request at a time each, and retry every request with the
-//! same key until it gets a RESULT — after BUSY, UNAVAILABLE, IN_DOUBT,
+//! and buy, close the auctions scheduled to be closed by request (and now
+//! and then close one again, or read one with GET_AUCTION), one request at
+//! a time each, and retry every request with the same key until it gets a
+//! RESULT — after BUSY, UNAVAILABLE, IN_DOUBT,
 //! SHUTTING_DOWN, a timeout or a lost connection (reconnecting). While the
 //! nemesis says so, they also drop their connection right after sending.
 
@@ -11,11 +13,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use gavel_protocol::{Client, ClientError, Request, Response};
+use gavel_protocol::{AuctionState, Client, ClientError, Request, Response};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
-use super::history::{misuse, Answer, Op, OpKind, Reply};
+use super::history::{misuse, Answer, AuctionView, Op, OpKind, Reply};
 
 /// What the client threads share with the nemesis and each other.
 pub struct Shared {
@@ -31,6 +33,12 @@ pub struct Shared {
     pub auction_steps: Vec<AtomicU64>,
     /// First SKU index of the window buys go to.
     pub sku_window: AtomicUsize,
+    /// Auctions to close with CLOSE_AUCTION, in order.
+    pub closes: Vec<u64>,
+    /// How many of `closes` may be closed now (raised by the nemesis).
+    pub close_due: AtomicUsize,
+    /// How many of `closes` a client has taken on.
+    pub close_next: AtomicUsize,
     pub next_key: AtomicU64,
     /// Bumped by the nemesis before it stops and after it starts
     /// gavel-server (or Redis): see [`super::history::Attempt::gen_sent`].
@@ -53,8 +61,13 @@ pub struct LoadParams {
     /// Between consecutive amounts of one auction (below the increment, so
     /// racing bids lose).
     pub amount_step: u64,
-    /// Percent of requests that are bids (the rest are buys).
+    /// Percent of requests that are bids (the rest are buys, closes and
+    /// reads).
     pub bid_percent: u32,
+    /// Per mille of requests that are GET_AUCTIONs.
+    pub get_permille: u32,
+    /// Per mille of requests that close again an auction already closed.
+    pub reclose_permille: u32,
     pub read_timeout: Duration,
     pub connect_timeout: Duration,
     /// Percent of requests dropped mid-request while drops are on.
@@ -105,6 +118,30 @@ impl Worker {
 
     fn next_op(&mut self) -> OpKind {
         let p = self.shared.params;
+        let due = self.shared.close_due.load(Ordering::Relaxed);
+        let next = self.shared.close_next.load(Ordering::Relaxed);
+        if next < due.min(self.shared.closes.len())
+            && self
+                .shared
+                .close_next
+                .compare_exchange(next, next + 1, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            return OpKind::Close {
+                auction: self.shared.closes[next],
+            };
+        }
+        let roll = self.rng.gen_range(0..1000);
+        if roll < p.get_permille {
+            return OpKind::Get {
+                auction: self.rng.gen_range(1..=p.auctions),
+            };
+        }
+        if roll < p.get_permille + p.reclose_permille && next > 0 {
+            return OpKind::Close {
+                auction: self.shared.closes[self.rng.gen_range(0..next)],
+            };
+        }
         let key = self.shared.next_key.fetch_add(1, Ordering::Relaxed);
         if self.rng.gen_range(0..100) < p.bid_percent {
             let auction = self.rng.gen_range(1..=p.auctions);
@@ -156,7 +193,7 @@ impl Worker {
             let at = self.shared.now_ms();
             self.ops[idx].push_gen(at, answer, gen_sent, gen_answered);
             match answer {
-                Answer::Result(_) => return,
+                Answer::Result(_) | Answer::Auction(_) => return,
                 Answer::Error(code) if misuse(code) => {
                     // A retry cannot change that: record it and move on.
                     return;
@@ -216,6 +253,11 @@ impl Worker {
                     Response::Result(r) => {
                         Answer::Result(Reply::new(r.status, r.value, r.aux, replayed))
                     }
+                    Response::Auction(i) => Answer::Auction(AuctionView {
+                        closed: i.state == AuctionState::Closed,
+                        high_bid: i.high_bid,
+                        high_bidder: i.high_bidder,
+                    }),
                     Response::Error { code, .. } => {
                         if code.closes_connection() {
                             self.conn = None;
