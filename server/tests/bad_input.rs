@@ -151,8 +151,11 @@ fn slowloris_is_closed_after_idle_timeout() {
 fn subscriber_that_never_reads_does_not_stall_others() {
     // A small server-side send buffer so the stuck subscriber's backlog lands
     // in Gavel's own queue (and trips the cap) instead of in the kernel's
-    // autotuned buffer of up to 4 MiB.
-    let s = Server::start(&["--subscriber-cap", "262144", "--send-buffer", "16384"]);
+    // autotuned buffer of up to 4 MiB. The cap (1 MiB, ~26k pushes) leaves
+    // the reading subscribers room to fall behind on a loaded 2-core box (at
+    // 256 KiB two of 20 were cut off while CI shared the box); the pushes
+    // (~2.4 MB) are well past it for the one that never reads.
+    let s = Server::start(&["--subscriber-cap", "1048576", "--send-buffer", "16384"]);
     let mut c = s.client();
     c.open_auction(1, 0, 1, 0).unwrap();
 
@@ -164,7 +167,7 @@ fn subscriber_that_never_reads_does_not_stall_others() {
     let mut stuck = gavel_protocol::Client::from_stream(t).unwrap();
     stuck.subscribe(1).unwrap();
 
-    let bids = 30_000u64;
+    let bids = 60_000u64;
     let readers: Vec<_> = (0..20)
         .map(|_| {
             let mut sub = s.client();
@@ -186,6 +189,7 @@ fn subscriber_that_never_reads_does_not_stall_others() {
             })
         })
         .collect();
+    assert!(bids * 40 > 2 * 1_048_576, "enough pushes to pass the cap");
     for chunk in 0..bids / 1000 {
         for i in chunk * 1000..(chunk + 1) * 1000 {
             c.send(&Request::Bid(BidRequest {
