@@ -793,11 +793,10 @@ mod tests {
             .collect()
     }
 
-    /// A key that left memory is looked up while its command, and later
-    /// ones on the same auction, wait; other auctions keep flowing; the
-    /// answer releases them in order.
-    #[test]
-    fn a_spilled_key_waits_for_its_lookup_and_holds_its_auction_only() {
+    /// A state backed by a store with room for one accepted key, auctions
+    /// 1 and 2 open, bid key 100 accepted (at 10) and moved out of memory by
+    /// key 101 (at 20). Returns the state and bid 100's first RESULT.
+    fn with_key_100_spilled() -> (ShardState, ResultPayload) {
         let mut st = ShardState::new(
             1_000_000,
             KeyBudget {
@@ -818,6 +817,15 @@ mod tests {
         let first = result(&run(&mut st, bid(1, 7, 10, 100), 0).0).0;
         st.keys_applied(1);
         run(&mut st, bid(1, 7, 20, 101), 0); // key 100 leaves memory
+        (st, first)
+    }
+
+    /// A key that left memory is looked up while its command, and later
+    /// ones on the same auction, wait; other auctions keep flowing; the
+    /// answer releases them in order.
+    #[test]
+    fn a_spilled_key_waits_for_its_lookup_and_holds_its_auction_only() {
+        let (mut st, first) = with_key_100_spilled();
         let mut fx = Effects::new(1);
         run_as(&mut st, 1, bid(1, 7, 10, 100), &mut fx); // retry of 100
         run_as(&mut st, 2, Op::GetAuction(1), &mut fx); // waits behind it
@@ -862,24 +870,7 @@ mod tests {
 
     #[test]
     fn an_absent_key_executes_and_a_failed_lookup_refuses() {
-        let mut st = ShardState::new(
-            1_000_000,
-            KeyBudget {
-                accepted: 1,
-                rejected: 10,
-            },
-        );
-        st.back_with_store(None);
-        let open = OpenAuctionRequest {
-            auction_id: 1,
-            reserve: 0,
-            min_increment: 1,
-            ends_at_ms: 0,
-        };
-        run(&mut st, Op::OpenAuction(open), 0);
-        run(&mut st, bid(1, 7, 10, 100), 0);
-        st.keys_applied(1);
-        run(&mut st, bid(1, 7, 20, 101), 0);
+        let (mut st, _) = with_key_100_spilled();
         let key = Key {
             kind: KeyKind::Bid,
             scope: 1,
@@ -983,24 +974,7 @@ mod tests {
     /// does not register when it runs (it would never be removed).
     #[test]
     fn a_waiting_subscribe_of_a_closed_connection_does_not_register() {
-        let mut st = ShardState::new(
-            1_000_000,
-            KeyBudget {
-                accepted: 1,
-                rejected: 10,
-            },
-        );
-        st.back_with_store(None);
-        let open = OpenAuctionRequest {
-            auction_id: 1,
-            reserve: 0,
-            min_increment: 1,
-            ends_at_ms: 0,
-        };
-        run(&mut st, Op::OpenAuction(open), 0);
-        run(&mut st, bid(1, 7, 10, 100), 0);
-        st.keys_applied(1);
-        run(&mut st, bid(1, 7, 20, 101), 0); // key 100 leaves memory
+        let (mut st, _) = with_key_100_spilled();
         let mut fx = Effects::new(1);
         run_as(&mut st, 1, bid(1, 7, 10, 100), &mut fx); // waits for a lookup
         run_as(&mut st, 2, Op::Subscribe(1), &mut fx); // waits behind it
