@@ -707,16 +707,23 @@ pub struct KeyMetrics {
     pub spilled: Gauge,
     pub filter_bytes: Gauge,
     pub parked: Gauge,
-    lookups: Family<Vec<(String, String)>, Counter>,
+    /// By [`LOOKUP_RESULTS`].
+    lookups: Vec<Counter>,
     pub lookup_seconds: AtomicHistogram,
 }
 
+/// The `result` label of `gavel_idempotency_lookups_total`.
+const LOOKUP_RESULTS: [&str; 4] = ["found", "absent", "auction", "failed"];
+
 impl KeyMetrics {
     fn new(r: &mut Registry) -> Self {
-        let lookups = Family::<Vec<(String, String)>, Counter>::default();
-        for result in ["found", "absent", "auction", "failed"] {
-            let _ = lookups.get_or_create(&labels("result", result));
-        }
+        let lookups = counters_by(
+            r,
+            "idempotency_lookups",
+            "Lookups in the store, by result: an idempotency key found or absent, a passivated auction read back, or a failure",
+            "result",
+            LOOKUP_RESULTS.into_iter(),
+        );
         KeyMetrics {
             in_memory: reg(
                 r,
@@ -742,12 +749,7 @@ impl KeyMetrics {
                 "Commands waiting for a key lookup in the store",
                 Gauge::default(),
             ),
-            lookups: reg(
-                r,
-                "idempotency_lookups",
-                "Lookups in the store, by result: an idempotency key found or absent, a passivated auction read back, or a failure",
-                lookups,
-            ),
+            lookups,
             lookup_seconds: reg(
                 r,
                 "idempotency_lookup_seconds",
@@ -762,13 +764,14 @@ impl KeyMetrics {
     pub fn count(&self, answer: &crate::engine::parked::Answer) {
         use crate::engine::idempotency::KeyLookup;
         use crate::engine::parked::Answer;
-        let label = match answer {
-            Answer::Key(KeyLookup::Found(_)) => "found",
-            Answer::Key(KeyLookup::Absent) => "absent",
-            Answer::Auction(_) => "auction",
-            Answer::Refused(_) => "failed",
+        let i = match answer {
+            Answer::Key(KeyLookup::Found(_)) => 0,
+            Answer::Key(KeyLookup::Absent) => 1,
+            Answer::Auction(_) => 2,
+            Answer::Refused(_) => 3,
         };
-        self.lookups.get_or_create(&labels("result", label)).inc();
+        debug_assert_eq!(LOOKUP_RESULTS.len(), self.lookups.len());
+        self.lookups[i].inc();
     }
 }
 
