@@ -168,9 +168,11 @@ struct Spill {
     /// A key the store was just asked about and does not hold: checked
     /// without the filter until it is remembered.
     absent: Option<Key>,
-    /// A full walk found no key that may leave at this `applied` count:
-    /// no walk again until it grows.
+    /// Walks for room found no key that may leave over a whole table's
+    /// worth of slots at this `applied` count: no walk again until it grows.
     stuck_at: Option<u64>,
+    /// Slots walked for room since a key last left.
+    fruitless: usize,
 }
 
 impl Spill {
@@ -180,6 +182,10 @@ impl Spill {
         self.pending.front().is_none_or(|&(t, _)| at_ms < t)
     }
 }
+
+/// Most accepted slots one walk for room reads (~0.3 ms at worst, each a
+/// cache miss); slots it passes by their control byte alone cost little.
+const ROOM_WALK: usize = 4096;
 
 /// Counts of what a walk removed.
 #[derive(Default)]
@@ -233,6 +239,7 @@ impl IdempotencyStore {
             pending: VecDeque::new(),
             absent: None,
             stuck_at: None,
+            fruitless: 0,
         });
     }
 
@@ -281,8 +288,11 @@ impl IdempotencyStore {
 
     /// Moves accepted keys the tables hold out of memory (and drops expired
     /// ones met on the way) until at most `len` accepted keys are left —
-    /// in batches of 1/64 of the budget, so walks are rare. False if that
-    /// many may not leave yet (or there is no store to leave for).
+    /// in batches of 1/64 of the budget, so walks are rare. One call reads
+    /// at most [`ROOM_WALK`] accepted slots (a request never waits for a
+    /// walk of the whole table when few keys may leave; the next call goes
+    /// on from there). False if that many may not leave yet (or there is no
+    /// store to leave for).
     fn spill_down_to(&mut self, len: usize, now_ms: u64) -> bool {
         let Some(sp) = &mut self.spill else {
             return false;
@@ -298,9 +308,14 @@ impl IdempotencyStore {
         let window = self.window_ms;
         let mut gone = Removed::default();
         let capacity = self.table.capacity();
-        self.table.walk(capacity, |s, _, accepted| {
+        let mut read = 0;
+        let passed = self.table.walk(capacity, |s, _, accepted| {
             if !accepted {
                 return Visit::Keep;
+            }
+            read += 1;
+            if read > ROOM_WALK {
+                return Visit::Stop;
             }
             if s.at_ms.saturating_add(window) <= now_ms {
                 gone.accepted += 1;
@@ -318,11 +333,16 @@ impl IdempotencyStore {
             }
         });
         self.accepted -= gone.accepted;
-        let fits = self.accepted <= len;
-        if gone.accepted == 0 {
-            sp.stuck_at = Some(sp.applied);
+        if gone.accepted > 0 {
+            sp.fruitless = 0;
+        } else {
+            sp.fruitless += passed;
+            if sp.fruitless >= capacity {
+                sp.stuck_at = Some(sp.applied);
+                sp.fruitless = 0;
+            }
         }
-        fits
+        self.accepted <= len
     }
 
     /// The materializer's count of this shard's keyed mutations in the
@@ -728,5 +748,30 @@ mod tests {
             }
         }
         assert_eq!((lookups, replays), (90, 10));
+    }
+
+    /// A full table of keys the tables do not hold yet: each check reads a
+    /// bounded number of slots and answers Full; once a whole table's worth
+    /// found nothing it stops walking until the applied count grows; then
+    /// room is made again.
+    #[test]
+    fn room_is_looked_for_in_bounded_steps_and_after_progress() {
+        let n = 3 * ROOM_WALK as u64;
+        let mut s = IdempotencyStore::new(1_000_000, budget(n as usize, 10));
+        s.enable_spill();
+        for i in 0..n {
+            s.remember(k(i), (0, 0), OK, i);
+        }
+        for _ in 0..10 {
+            assert_eq!(s.check(k(n), (0, 0), n), Seen::Full);
+        }
+        assert_eq!(
+            s.spill.as_ref().unwrap().stuck_at,
+            Some(0),
+            "gave up until progress"
+        );
+        s.keys_applied(n);
+        assert_eq!(s.check(k(n), (0, 0), n), Seen::New);
+        assert!(s.accepted_len() < n as usize);
     }
 }
