@@ -85,8 +85,8 @@ fn closed_auctions_leave_memory_and_answer_as_before() {
     for id in 1..=N {
         c.open_auction(id, 10, 1, 0).unwrap();
         firsts.push(c.bid(id, 7, 100 + id, id).unwrap().result);
-        c.close_auction(id).unwrap();
     }
+    // 20 open auctions are held (none can leave): the 21st is refused.
     match c.open_auction(N + 1, 10, 1, 0) {
         Err(ClientError::Server {
             code: ErrorCode::Busy,
@@ -95,7 +95,10 @@ fn closed_auctions_leave_memory_and_answer_as_before() {
         other => panic!("the 21st auction while 20 are held: {other:?}"),
     }
     let infos: Vec<AuctionInfo> = (1..=N)
-        .map(|id| c.get_auction(id).unwrap().unwrap())
+        .map(|id| {
+            c.close_auction(id).unwrap();
+            c.get_auction(id).unwrap().unwrap()
+        })
         .collect();
     wait_for_metric(&s, "gavel_auctions_passivated", N as f64);
     assert_eq!(metric(&s.http_get("/metrics").1, "gavel_auctions"), 0.0);
