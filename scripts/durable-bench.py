@@ -113,6 +113,12 @@ def free_port():
         return s.getsockname()[1]
 
 
+# Keys must not run out within a run: with --store memory a shard past its
+# share of the server's default --idempotency-max-keys (2M) answers new bids
+# BUSY, which a 5 s memory run reaches. A --server-arg overrides this.
+os.environ.setdefault("GAVEL_IDEMPOTENCY_MAX_KEYS", "40000000")
+
+
 def spawn(cmd, **kw):
     """Starts a child in its own session (Ctrl-C reaches only this script,
     which then stops the children in order) and remembers it for cleanup."""
