@@ -156,6 +156,7 @@ fn open_store(config: &Config) -> anyhow::Result<Opened> {
             s.set_capacity(cap);
             if backed {
                 s.back_with_store(passivate_after);
+                s.cap_key_filter((config.idempotency_max_filter_bytes / shard_count).max(1));
             }
             s
         })

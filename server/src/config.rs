@@ -127,6 +127,20 @@ pub struct Config {
     #[arg(long, env = "GAVEL_IDEMPOTENCY_MAX_KEYS", default_value_t = 2_000_000)]
     pub idempotency_max_keys: usize,
 
+    /// With a durable store, most memory the filter of accepted keys that
+    /// left memory for the store may take, across all shards (split
+    /// evenly). It grows with the accepted rate over the window (12 bits
+    /// per key at a steady rate: the default holds ~170M keys, e.g. 2,000
+    /// accepted bids/s for 24 h); once full no more keys leave memory and
+    /// new BIDs/BUYs on a full shard get ERROR BUSY (not executed) until
+    /// old keys expire — an accepted key is never forgotten.
+    #[arg(
+        long,
+        env = "GAVEL_IDEMPOTENCY_MAX_FILTER_BYTES",
+        default_value_t = 256 << 20
+    )]
+    pub idempotency_max_filter_bytes: usize,
+
     /// Upper bound on remembered keys of *rejected* bids and orders (OUTBID,
     /// SOLD_OUT, …) across all shards; the oldest are dropped first (a retry
     /// of a dropped one is evaluated afresh, which never applies it twice).

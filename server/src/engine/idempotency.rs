@@ -173,6 +173,9 @@ struct Spill {
     stuck_at: Option<u64>,
     /// Slots walked for room since a key last left.
     fruitless: usize,
+    /// `--idempotency-max-filter-bytes` (this shard's share): past it no
+    /// more keys leave memory (new keyed requests get BUSY at the cap).
+    max_filter_bytes: usize,
 }
 
 impl Spill {
@@ -240,7 +243,17 @@ impl IdempotencyStore {
             absent: None,
             stuck_at: None,
             fruitless: 0,
+            max_filter_bytes: usize::MAX,
         });
+    }
+
+    /// Bounds the filter of keys that left memory: once it holds this many
+    /// bytes no more keys leave (the memory cap then answers BUSY, as
+    /// without a store) until slices of it expire.
+    pub fn cap_filter(&mut self, bytes: usize) {
+        if let Some(sp) = &mut self.spill {
+            sp.max_filter_bytes = bytes;
+        }
     }
 
     #[inline]
@@ -300,7 +313,7 @@ impl IdempotencyStore {
         if self.accepted <= len {
             return true;
         }
-        if sp.stuck_at == Some(sp.applied) {
+        if sp.stuck_at == Some(sp.applied) || sp.filter.bytes() >= sp.max_filter_bytes {
             return false;
         }
         let target = len.saturating_sub(self.budget.accepted / 64);
@@ -773,5 +786,30 @@ mod tests {
         s.keys_applied(n);
         assert_eq!(s.check(k(n), (0, 0), n), Seen::New);
         assert!(s.accepted_len() < n as usize);
+    }
+
+    /// The filter has a budget too: once full, no more keys leave memory
+    /// and new keys get Full (BUSY) — never forgotten.
+    #[test]
+    fn a_full_filter_stops_keys_leaving_memory() {
+        let mut s = IdempotencyStore::new(1_000_000, budget(1, 1));
+        s.enable_spill();
+        s.cap_filter(1);
+        s.remember(k(0), (0, 0), OK, 0);
+        s.keys_applied(1);
+        assert_eq!(s.check(k(1), (0, 0), 0), Seen::New, "the first key leaves");
+        s.remember(k(1), (0, 0), OK, 1);
+        s.keys_applied(2);
+        assert_eq!(
+            s.check(k(2), (0, 0), 1),
+            Seen::Full,
+            "the filter is at its budget"
+        );
+        assert_eq!(s.check(k(1), (0, 0), 1), Seen::Replay(OK));
+        assert_eq!(
+            s.check(k(0), (0, 0), 1),
+            Seen::Lookup,
+            "the first is still asked of the store"
+        );
     }
 }

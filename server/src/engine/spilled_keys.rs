@@ -93,13 +93,16 @@ struct Slice {
     start_ms: u64,
     filters: Vec<Bloom>,
     len: usize,
+    bytes: usize,
 }
 
 impl Slice {
     fn new(start_ms: u64, capacity: usize) -> Self {
+        let first = Bloom::with_capacity(capacity);
         Slice {
             start_ms,
-            filters: vec![Bloom::with_capacity(capacity)],
+            bytes: first.bytes(),
+            filters: vec![first],
             len: 0,
         }
     }
@@ -107,8 +110,9 @@ impl Slice {
     fn insert(&mut self, h: u64) {
         let last = self.filters.last().expect("a slice has a filter");
         if last.len >= last.capacity {
-            let grown = (self.len * 4).max(MIN_CAPACITY);
-            self.filters.push(Bloom::with_capacity(grown));
+            let grown = Bloom::with_capacity((self.len * 4).max(MIN_CAPACITY));
+            self.bytes += grown.bytes();
+            self.filters.push(grown);
         }
         self.filters.last_mut().expect("just checked").insert(h);
         self.len += 1;
@@ -126,6 +130,8 @@ pub struct SpilledKeys {
     /// Oldest first.
     slices: VecDeque<Slice>,
     len: usize,
+    /// Memory of all live filters.
+    bytes: usize,
 }
 
 impl SpilledKeys {
@@ -135,6 +141,7 @@ impl SpilledKeys {
             slice_ms: (window_ms / SLICES).max(1),
             slices: VecDeque::new(),
             len: 0,
+            bytes: 0,
         }
     }
 
@@ -144,12 +151,15 @@ impl SpilledKeys {
         let h = hash(key);
         // Keys leave memory in about acceptance order: the newest slice.
         if let Some(s) = self.slices.iter_mut().rev().find(|s| s.start_ms == start) {
+            let before = s.bytes;
             s.insert(h);
+            self.bytes += s.bytes - before;
         } else {
             let capacity = self.slices.back().map_or(MIN_CAPACITY, |s| s.len);
             let at = self.slices.partition_point(|s| s.start_ms < start);
             let mut s = Slice::new(start, capacity.max(MIN_CAPACITY));
             s.insert(h);
+            self.bytes += s.bytes;
             self.slices.insert(at, s);
         }
         self.len += 1;
@@ -172,6 +182,7 @@ impl SpilledKeys {
                 break;
             }
             self.len -= s.len;
+            self.bytes -= s.bytes;
             self.slices.pop_front();
         }
     }
@@ -187,11 +198,15 @@ impl SpilledKeys {
 
     /// Memory the filters take.
     pub fn bytes(&self) -> usize {
-        self.slices
-            .iter()
-            .flat_map(|s| &s.filters)
-            .map(Bloom::bytes)
-            .sum()
+        debug_assert_eq!(
+            self.bytes,
+            self.slices
+                .iter()
+                .flat_map(|s| &s.filters)
+                .map(Bloom::bytes)
+                .sum::<usize>()
+        );
+        self.bytes
     }
 }
 

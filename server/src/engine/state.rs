@@ -68,6 +68,12 @@ impl ShardState {
         self.passivation = passivate_after_ms.map(Passivation::new);
     }
 
+    /// Bounds the filter of keys that left memory (this shard's share of
+    /// `--idempotency-max-filter-bytes`).
+    pub fn cap_key_filter(&mut self, bytes: usize) {
+        self.idempotency.cap_filter(bytes);
+    }
+
     /// The materializer's count of this shard's keyed mutations in the tables.
     pub fn keys_applied(&mut self, applied: u64) {
         self.idempotency.keys_applied(applied);
