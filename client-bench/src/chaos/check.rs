@@ -1036,6 +1036,16 @@ mod tests {
     use super::*;
     use crate::chaos::history::{Answer, AuctionView, Op, OpKind, Reply};
 
+    /// The checker reported a violation mentioning `needle`.
+    #[track_caller]
+    fn assert_reported(f: &Findings, needle: &str) {
+        assert!(
+            f.violations.iter().any(|v| v.contains(needle)),
+            "no violation mentions {needle:?}: {:#?}",
+            f.violations
+        );
+    }
+
     const BUSY: u16 = ErrorCode::Busy as u16;
     const UNAVAILABLE: u16 = ErrorCode::Unavailable as u16;
     const IN_DOUBT: u16 = ErrorCode::InDoubt as u16;
@@ -1209,21 +1219,9 @@ mod tests {
             &[(210, res(Status::Ok, 1012, 5))],
         ));
         let f = check(&setup(), &ops, &closed_state(1012, 5, 3));
-        assert!(
-            f.violations
-                .iter()
-                .any(|v| v.contains("bid accepted (OK) although sent at +200ms")),
-            "{:#?}",
-            f.violations
-        );
+        assert_reported(&f, "bid accepted (OK) although sent at +200ms");
         // The close showed 1006, the final state has 1012.
-        assert!(
-            f.violations
-                .iter()
-                .any(|v| v.contains("shown closed with high bid 1006")),
-            "{:#?}",
-            f.violations
-        );
+        assert_reported(&f, "shown closed with high bid 1006");
 
         // First sent before, but evaluated afresh (not REPLAYED) by a retry
         // sent after the close was shown: that retry should have got CLOSED.
@@ -1234,13 +1232,7 @@ mod tests {
             &[(125, Answer::Timeout), (210, res(Status::Ok, 1012, 5))],
         ));
         let f = check(&setup(), &ops, &closed_state(1012, 5, 3));
-        assert!(
-            f.violations
-                .iter()
-                .any(|v| v.contains("attempt 2: bid accepted (OK) although sent at +125ms")),
-            "{:#?}",
-            f.violations
-        );
+        assert_reported(&f, "attempt 2: bid accepted (OK) although sent at +125ms");
         // Had the retry replayed it, it executed before the close... but
         // then the close must have shown it.
         let mut ops = closing_history();
@@ -1257,13 +1249,7 @@ mod tests {
             "{:#?}",
             f.violations
         );
-        assert!(
-            f.violations
-                .iter()
-                .any(|v| v.contains("shown closed with high bid 1006")),
-            "{:#?}",
-            f.violations
-        );
+        assert_reported(&f, "shown closed with high bid 1006");
     }
 
     #[test]
@@ -1283,24 +1269,12 @@ mod tests {
             "{:#?}",
             f.violations
         );
-        assert!(
-            f.violations
-                .iter()
-                .any(|v| v.contains("CLOSED in the final state, but no CLOSE_AUCTION")),
-            "{:#?}",
-            f.violations
-        );
+        assert_reported(&f, "CLOSED in the final state, but no CLOSE_AUCTION");
         // Shown closed, yet open in the final state (the close was lost).
         let mut ops = closing_history();
         ops.truncate(4);
         let f = check(&setup(), &ops, &state(1006, 2, 2, 0));
-        assert!(
-            f.violations
-                .iter()
-                .any(|v| v.contains("OPEN in the final state, but it was shown closed")),
-            "{:#?}",
-            f.violations
-        );
+        assert_reported(&f, "OPEN in the final state, but it was shown closed");
     }
 
     #[test]
@@ -1352,11 +1326,7 @@ mod tests {
             let mut ops = ok[..2].to_vec();
             ops.push(op);
             let f = check(&su, &ops, &closed_state(1006, 2, 2));
-            assert!(
-                f.violations.iter().any(|v| v.contains(needle)),
-                "{needle}: {:#?}",
-                f.violations
-            );
+            assert_reported(&f, needle);
         }
         // Past its end, read open at the end.
         let f = check(&su, &ok[..2], &state(1006, 2, 2, 0));
@@ -1364,33 +1334,15 @@ mod tests {
         let mut st = state(1006, 2, 2, 0);
         st.read_at_ms = 5000;
         let f = check(&su, &ok[..2], &st);
-        assert!(
-            f.violations
-                .iter()
-                .any(|v| v.contains("OPEN in the final state, read at +5000ms")),
-            "{:#?}",
-            f.violations
-        );
+        assert_reported(&f, "OPEN in the final state, read at +5000ms");
 
         // Two CLOSE_AUCTIONs answered OK; one sent after the other's answer.
         let mut ops = closing_history();
         ops.push(timed(CLOSE, 99, &[(101, res(Status::Ok, 1006, 2))]));
         ops.push(timed(CLOSE, 300, &[(310, res(Status::Ok, 1006, 2))]));
         let f = check(&setup(), &ops, &closed_state(1006, 2, 2));
-        assert!(
-            f.violations
-                .iter()
-                .any(|v| v.contains("closed (OK) again although sent at +300ms")),
-            "{:#?}",
-            f.violations
-        );
-        assert!(
-            f.violations
-                .iter()
-                .any(|v| v.contains("CLOSE_AUCTION answered OK 2 times")),
-            "{:#?}",
-            f.violations
-        );
+        assert_reported(&f, "closed (OK) again although sent at +300ms");
+        assert_reported(&f, "CLOSE_AUCTION answered OK 2 times");
     }
 
     /// A history every rule accepts: outbid, in-doubt resolved by a replay,
@@ -1439,13 +1391,7 @@ mod tests {
     #[test]
     fn a_lost_acknowledged_bid_is_a_violation() {
         let f = check(&setup(), &good_history(), &state(1000, 1, 1, 10));
-        assert!(
-            f.violations
-                .iter()
-                .any(|v| v.contains("acknowledged bid lost")),
-            "{:#?}",
-            f.violations
-        );
+        assert_reported(&f, "acknowledged bid lost");
     }
 
     #[test]
@@ -1455,12 +1401,9 @@ mod tests {
         let mut ops = good_history();
         ops[4] = bid(1012, 5, 5, &[Answer::Timeout, res(Status::Outbid, 1012, 5)]);
         let f = check(&setup(), &ops, &state(1012, 5, 3, 10));
-        assert!(
-            f.violations
-                .iter()
-                .any(|v| v.contains("the high bid 1012 is a bid that was answered as rejected")),
-            "{:#?}",
-            f.violations
+        assert_reported(
+            &f,
+            "the high bid 1012 is a bid that was answered as rejected",
         );
     }
 
@@ -1493,13 +1436,7 @@ mod tests {
             &[Answer::Error(UNAVAILABLE), replayed(Status::Ok, 1015, 6)],
         );
         let f = check(&setup(), &ops, &state(1015, 6, 4, 10));
-        assert!(
-            f.violations
-                .iter()
-                .any(|v| v.contains("refused as not executed had executed")),
-            "{:#?}",
-            f.violations
-        );
+        assert_reported(&f, "refused as not executed had executed");
     }
 
     #[test]
@@ -1507,11 +1444,7 @@ mod tests {
         let mut ops = good_history();
         ops.push(bid(1018, 7, 7, &[Answer::Error(IN_DOUBT), Answer::Timeout]));
         let f = check(&setup(), &ops, &state(1012, 5, 3, 10));
-        assert!(
-            f.violations.iter().any(|v| v.contains("never resolved")),
-            "{:#?}",
-            f.violations
-        );
+        assert_reported(&f, "never resolved");
     }
 
     #[test]
@@ -1521,32 +1454,16 @@ mod tests {
         ops[9] = buy(1, 4, 13, &[res(Status::SoldOut, 0, 0)]);
         ops.retain(|o| !matches!(o.kind, OpKind::Buy { order_id: 12, .. }));
         let f = check(&setup(), &ops, &state(1012, 5, 3, 10));
-        assert!(
-            f.violations
-                .iter()
-                .any(|v| v.contains("sold 10 > 5 units answered OK")),
-            "{:#?}",
-            f.violations
-        );
+        assert_reported(&f, "sold 10 > 5 units answered OK");
         // sold below what was answered OK.
         let f = check(&setup(), &good_history(), &state(1012, 5, 3, 8));
-        assert!(
-            f.violations
-                .iter()
-                .any(|v| v.contains("acknowledged orders lost")),
-            "{:#?}",
-            f.violations
-        );
+        assert_reported(&f, "acknowledged orders lost");
     }
 
     #[test]
     fn a_wrong_bid_count_and_a_changing_replay_are_violations() {
         let f = check(&setup(), &good_history(), &state(1012, 5, 7, 10));
-        assert!(
-            f.violations.iter().any(|v| v.contains("bid_count 7")),
-            "{:#?}",
-            f.violations
-        );
+        assert_reported(&f, "bid_count 7");
         let mut st = state(1012, 5, 3, 10);
         st.after_replays
             .as_mut()
@@ -1554,13 +1471,7 @@ mod tests {
             .sales
             .insert(7, Some(SaleSnap { stock: 10, sold: 9 }));
         let f = check(&setup(), &good_history(), &st);
-        assert!(
-            f.violations
-                .iter()
-                .any(|v| v.contains("final replays changed")),
-            "{:#?}",
-            f.violations
-        );
+        assert_reported(&f, "final replays changed");
     }
 
     #[test]
@@ -1642,19 +1553,7 @@ mod tests {
         ));
         ops.push(buy(1, 9, 14, &[res(Status::Ok, 9, 7)]));
         let f = check(&setup(), &ops, &state(1012, 5, 3, 10));
-        assert!(
-            f.violations
-                .iter()
-                .any(|v| v.contains("IDEMPOTENCY_CONFLICT")),
-            "{:#?}",
-            f.violations
-        );
-        assert!(
-            f.violations
-                .iter()
-                .any(|v| v.contains("RESULT OK value=9 aux=7 is wrong")),
-            "{:#?}",
-            f.violations
-        );
+        assert_reported(&f, "IDEMPOTENCY_CONFLICT");
+        assert_reported(&f, "RESULT OK value=9 aux=7 is wrong");
     }
 }
