@@ -70,6 +70,20 @@ impl Key {
         key_hash(self.kind.code(), self.scope, self.key)
     }
 
+    /// The key a slot holds.
+    fn of(s: &Slot) -> Key {
+        let kind = if s.kind == 0 {
+            KeyKind::Bid
+        } else {
+            KeyKind::Order
+        };
+        Key {
+            kind,
+            scope: s.scope,
+            key: s.key,
+        }
+    }
+
     #[inline]
     fn is(&self, s: &Slot) -> bool {
         s.key == self.key && s.scope == self.scope && s.kind == self.kind.code()
@@ -548,11 +562,6 @@ impl IdempotencyStore {
         self.table.is_empty()
     }
 
-    /// Memory the key table takes.
-    pub fn bytes(&self) -> usize {
-        self.table.bytes()
-    }
-
     /// Accepted keys that left memory for the store (inside the window).
     pub fn spilled_len(&self) -> usize {
         self.spill.as_ref().map_or(0, |s| s.filter.len())
@@ -561,20 +570,6 @@ impl IdempotencyStore {
     /// Memory the filter of spilled keys takes.
     pub fn filter_bytes(&self) -> usize {
         self.spill.as_ref().map_or(0, |s| s.filter.bytes())
-    }
-}
-
-impl Key {
-    fn of(s: &Slot) -> Key {
-        Key {
-            kind: if s.kind == 0 {
-                KeyKind::Bid
-            } else {
-                KeyKind::Order
-            },
-            scope: s.scope,
-            key: s.key,
-        }
     }
 }
 

@@ -323,11 +323,6 @@ impl KeyTable {
     pub fn capacity(&self) -> usize {
         self.segments.len() * SEG
     }
-
-    /// Memory held by the table.
-    pub fn bytes(&self) -> usize {
-        self.capacity() * (std::mem::size_of::<Slot>() + 5) + self.dir.len() * 4
-    }
 }
 
 #[cfg(test)]
