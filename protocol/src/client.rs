@@ -449,12 +449,19 @@ fn unexpected(r: Response) -> ClientError {
     }
 }
 
-/// Reads once into the spare capacity of `buf`.
+/// Reads once into the spare capacity of `buf`. A read interrupted by a
+/// signal (EINTR, e.g. a child process of the caller exiting) is retried,
+/// as `Read::read_exact` does: it is not an error of the connection.
 fn read_into(stream: &mut Transport, buf: &mut BytesMut) -> io::Result<usize> {
     let start = buf.len();
     let cap = buf.capacity();
     buf.resize(cap, 0);
-    let r = stream.read(&mut buf[start..]);
+    let r = loop {
+        match stream.read(&mut buf[start..]) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            r => break r,
+        }
+    };
     let n = *r.as_ref().unwrap_or(&0);
     buf.truncate(start + n);
     r
