@@ -20,7 +20,7 @@ fn a_read_interrupted_by_a_signal_is_retried() {
     // SIGUSR1, which nothing else in this test binary uses.
     unsafe {
         let mut sa: libc::sigaction = std::mem::zeroed();
-        sa.sa_sigaction = ignore as usize;
+        sa.sa_sigaction = ignore as extern "C" fn(libc::c_int) as usize;
         libc::sigemptyset(&mut sa.sa_mask);
         assert_eq!(libc::sigaction(libc::SIGUSR1, &sa, std::ptr::null_mut()), 0);
     }
