@@ -6,6 +6,7 @@
 //! - [`effects`]: what a round produces (replies per event loop, mutations).
 //! - [`mutation`]: one state change, as the store persists it.
 //! - [`auction`], [`sale`]: one auction's and one sale's rules.
+//! - [`auction_table`]: a shard's auctions by id, one cache line each.
 //! - [`idempotency`]: remembered outcomes of keyed requests.
 //! - [`key_table`]: the compact hash table the keys live in.
 //! - [`spilled_keys`]: the filter of accepted keys that left memory for the store.
@@ -16,6 +17,7 @@
 //! - [`state`]: [`state::ShardState`], the local engine tying them together.
 
 pub mod auction;
+pub mod auction_table;
 pub mod command;
 pub mod effects;
 pub mod idempotency;

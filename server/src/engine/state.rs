@@ -14,6 +14,7 @@ use gavel_protocol::{
 };
 
 use super::auction::{Auction, BidOutcome};
+use super::auction_table::AuctionTable;
 use super::command::{Command, ConnRef, Op, Reply};
 use super::effects::Effects;
 use super::idempotency::{IdempotencyStore, Key, KeyBudget, KeyKind, KeyLookup, Seen};
@@ -26,7 +27,7 @@ use super::subscriptions::{Added, Subscriptions};
 
 /// All state one shard owns.
 pub struct ShardState {
-    auctions: HashMap<u64, Auction, ahash::RandomState>,
+    auctions: AuctionTable,
     sales: HashMap<u64, Sale, ahash::RandomState>,
     idempotency: IdempotencyStore,
     /// Scheduled ends of open auctions, earliest first.
@@ -49,7 +50,7 @@ const OK: ResultPayload = ResultPayload::new(Status::Ok, 0, 0);
 impl ShardState {
     pub fn new(idempotency_window_ms: u64, keys: KeyBudget) -> Self {
         ShardState {
-            auctions: HashMap::default(),
+            auctions: AuctionTable::default(),
             sales: HashMap::default(),
             idempotency: IdempotencyStore::new(idempotency_window_ms, keys),
             deadlines: BinaryHeap::new(),
@@ -174,7 +175,7 @@ impl ShardState {
         };
         debug_assert!(a.closed, "only closed auctions are passivated");
         p.closed(now_ms, id);
-        self.auctions.insert(id, a);
+        self.auctions.insert(a);
     }
 
     fn run(&mut self, cmd: &Command, now_ms: u64, fx: &mut Effects) {
@@ -186,7 +187,7 @@ impl ShardState {
             Op::GetAuction(id) => self.get_auction(cmd, id, now_ms, fx),
             Op::Subscribe(id) => self.subscribe(cmd, id, now_ms, fx),
             Op::Unsubscribe(id) => {
-                let (result, gone) = if self.auctions.contains_key(&id) {
+                let (result, gone) = if self.auctions.contains(id) {
                     (OK, self.subscriptions.remove(id, cmd.conn))
                 } else {
                     (NONE, false)
@@ -209,7 +210,7 @@ impl ShardState {
     }
 
     fn open_auction(&mut self, c: &Command, o: OpenAuctionRequest, now_ms: u64, fx: &mut Effects) {
-        let (status, replayed) = match self.auctions.get(&o.auction_id) {
+        let (status, replayed) = match self.auctions.get(o.auction_id) {
             Some(a)
                 if (a.reserve, a.min_increment, a.ends_at_ms)
                     == (o.reserve, o.min_increment, o.ends_at_ms) =>
@@ -242,7 +243,7 @@ impl ShardState {
         if !a.closed && a.ends_at_ms != 0 {
             self.deadlines.push(Reverse((a.ends_at_ms, a.id)));
         }
-        self.auctions.insert(a.id, a);
+        self.auctions.insert(a);
     }
 
     /// Looks a keyed request up: `true` when it is new and must execute;
@@ -279,7 +280,7 @@ impl ShardState {
     }
 
     fn bid(&mut self, c: &Command, b: BidRequest, now_ms: u64, fx: &mut Effects) {
-        if !self.auctions.contains_key(&b.auction_id) {
+        if !self.auctions.contains(b.auction_id) {
             return fx.result(c.conn, c.request_id, NONE, false);
         }
         let key = Key {
@@ -292,7 +293,7 @@ impl ShardState {
             return;
         }
         self.close_if_due(b.auction_id, now_ms, fx);
-        let a = self.auctions.get_mut(&b.auction_id).expect("checked above");
+        let a = self.auctions.get_mut(b.auction_id).expect("checked above");
         let outcome = a.bid(b.bidder_id, b.amount);
         let result = match outcome {
             BidOutcome::Accepted => a.result(Status::Ok),
@@ -323,12 +324,15 @@ impl ShardState {
 
     fn close_auction(&mut self, c: &Command, id: u64, now_ms: u64, fx: &mut Effects) {
         self.close_if_due(id, now_ms, fx);
-        let result = match self.auctions.get(&id) {
+        let result = match self.auctions.get(id) {
             None => NONE,
             Some(a) if a.closed => a.result(Status::Closed),
             Some(_) => {
                 self.close(id, now_ms, fx);
-                self.auctions[&id].result(Status::Ok)
+                self.auctions
+                    .get(id)
+                    .expect("closed above")
+                    .result(Status::Ok)
             }
         };
         fx.result(c.conn, c.request_id, result, false);
@@ -336,7 +340,7 @@ impl ShardState {
 
     fn get_auction(&mut self, c: &Command, id: u64, now_ms: u64, fx: &mut Effects) {
         self.close_if_due(id, now_ms, fx);
-        match self.auctions.get(&id) {
+        match self.auctions.get(id) {
             None => fx.result(c.conn, c.request_id, NONE, false),
             Some(a) => fx.send(
                 c.conn,
@@ -350,7 +354,7 @@ impl ShardState {
 
     fn subscribe(&mut self, c: &Command, id: u64, now_ms: u64, fx: &mut Effects) {
         self.close_if_due(id, now_ms, fx);
-        let result = match self.auctions.get(&id) {
+        let result = match self.auctions.get(id) {
             None => NONE,
             Some(a) if a.closed => a.result(Status::Closed),
             // Its connection closed while it waited for a lookup: answered
@@ -432,7 +436,7 @@ impl ShardState {
     fn close_if_due(&mut self, id: u64, now_ms: u64, fx: &mut Effects) {
         if self
             .auctions
-            .get(&id)
+            .get(id)
             .is_some_and(|a| !a.closed && a.time_is_up(now_ms))
         {
             self.close(id, now_ms, fx);
@@ -441,7 +445,7 @@ impl ShardState {
 
     /// Closes an open auction: records it and tells its subscribers.
     fn close(&mut self, id: u64, now_ms: u64, fx: &mut Effects) {
-        let Some(a) = self.auctions.get_mut(&id) else {
+        let Some(a) = self.auctions.get_mut(id) else {
             return;
         };
         debug_assert!(!a.closed, "an auction closes once");
@@ -491,8 +495,8 @@ impl ShardState {
             }
             p.pop();
             let held = self.parked.holds((KeyKind::Bid, id));
-            if !held && self.auctions.get(&id).is_some_and(|a| a.closed) {
-                self.auctions.remove(&id);
+            if !held && self.auctions.get(id).is_some_and(|a| a.closed) {
+                self.auctions.remove(id);
                 p.left(id);
             }
         }
@@ -929,7 +933,7 @@ mod tests {
         run(&mut st, Op::OpenAuction(open), 0);
         run(&mut st, bid(1, 7, 50, 1), 0);
         run(&mut st, Op::CloseAuction(1), 10);
-        let before = st.auctions[&1];
+        let before = *st.auctions.get(1).unwrap();
         let mut fx = Effects::new(1);
         st.sweep(200, &mut fx);
         assert_eq!(
