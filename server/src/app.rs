@@ -442,6 +442,7 @@ fn serve_metrics(
         m.keys.filter_bytes.set(held.filter_bytes as i64);
         m.keys.parked.set(held.parked as i64);
         m.bounds.passivated.set(held.passivated as i64);
+        m.bounds.passivated_sales.set(held.passivated_sales as i64);
         m.sync_refused("per_ip", live.refused_per_ip.load(Ordering::Relaxed));
         match &refresh_gate {
             Some(g) => {

@@ -108,11 +108,12 @@ pub struct Config {
     #[arg(long, env = "GAVEL_IDEMPOTENCY_WINDOW", default_value = "24h", value_parser = parse_duration)]
     pub idempotency_window: Duration,
 
-    /// With a durable store, how long a closed auction stays in memory
-    /// after closing; then it leaves (only its id stays) and is read back
-    /// from the store by the next request naming it, which waits for that
-    /// read. Frees --max-auctions room. 0 keeps closed auctions in memory
-    /// for ever (as --store memory always does).
+    /// With a durable store, how long a closed auction, or a sale that sold
+    /// out or ended, stays in memory after that; then it leaves (only its
+    /// id stays) and is read back from the store (a sale with its holdings)
+    /// by the next request naming it, which waits for that read. Frees
+    /// --max-auctions / --max-sales room. 0 keeps them in memory for ever
+    /// (as --store memory always does).
     #[arg(long, env = "GAVEL_PASSIVATE_AFTER", default_value = "5m", value_parser = parse_duration)]
     pub passivate_after: Duration,
 

@@ -548,6 +548,7 @@ fn shard_queue_gauges(r: &mut Registry, shards: usize) -> Family<Vec<(String, St
 pub struct BoundMetrics {
     pub auctions: Gauge,
     pub passivated: Gauge,
+    pub passivated_sales: Gauge,
     pub sales: Gauge,
     pub subscriptions: Gauge,
     pub reply_queue_full: Counter,
@@ -567,6 +568,12 @@ impl BoundMetrics {
             r,
             "auctions_passivated",
             "Closed auctions that left memory for the store (--passivate-after; read back on demand)",
+            Gauge::default(),
+        );
+        let passivated_sales = reg(
+            r,
+            "sales_passivated",
+            "Sold-out or ended sales that left memory for the store (--passivate-after; read back on demand)",
             Gauge::default(),
         );
         let sales = reg(
@@ -602,6 +609,7 @@ impl BoundMetrics {
         BoundMetrics {
             auctions,
             passivated,
+            passivated_sales,
             sales,
             subscriptions,
             reply_queue_full,
@@ -713,7 +721,7 @@ pub struct KeyMetrics {
 }
 
 /// The `result` label of `gavel_idempotency_lookups_total`.
-const LOOKUP_RESULTS: [&str; 4] = ["found", "absent", "auction", "failed"];
+const LOOKUP_RESULTS: [&str; 5] = ["found", "absent", "auction", "sale", "failed"];
 
 impl KeyMetrics {
     fn new(r: &mut Registry) -> Self {
@@ -759,8 +767,8 @@ impl KeyMetrics {
         }
     }
 
-    /// Counts one lookup's result: a key found or absent, an auction read
-    /// back, or a failure.
+    /// Counts one lookup's result: a key found or absent, an auction or a
+    /// sale read back, or a failure.
     pub fn count(&self, answer: &crate::engine::parked::Answer) {
         use crate::engine::idempotency::KeyLookup;
         use crate::engine::parked::Answer;
@@ -768,7 +776,8 @@ impl KeyMetrics {
             Answer::Key(KeyLookup::Found(_)) => 0,
             Answer::Key(KeyLookup::Absent) => 1,
             Answer::Auction(_) => 2,
-            Answer::Refused(_) => 3,
+            Answer::Sale(_) => 3,
+            Answer::Refused(_) => 4,
         };
         debug_assert_eq!(LOOKUP_RESULTS.len(), self.lookups.len());
         self.lookups[i].inc();

@@ -440,6 +440,12 @@ impl IdempotencyStore {
         at_ms
     }
 
+    /// The time the latest tracked mutation was counted at: everything
+    /// tracked so far is in the tables once [`Self::in_tables_through`] it.
+    pub fn latest_ms(&self) -> u64 {
+        self.latest_ms
+    }
+
     /// True when every tracked mutation made at or before `at_ms` (as
     /// `track` returned it) is in the tables. Always false without a store.
     pub fn in_tables_through(&self, at_ms: u64) -> bool {

@@ -19,6 +19,8 @@ pub struct Sizes {
     pub parked: usize,
     /// Closed auctions that left memory (ids kept).
     pub passivated: usize,
+    /// Sold-out or ended sales that left memory (ids kept).
+    pub passivated_sales: usize,
 }
 
 impl Sizes {
@@ -32,6 +34,7 @@ impl Sizes {
         self.filter_bytes += o.filter_bytes;
         self.parked += o.parked;
         self.passivated += o.passivated;
+        self.passivated_sales += o.passivated_sales;
     }
 }
 

@@ -1,5 +1,6 @@
 //! Commands waiting for a lookup in the store: of an idempotency key that
-//! left memory, or of an auction that did (a closed auction, passivated).
+//! left memory, or of an auction or sale that did (passivated: a closed
+//! auction, a sold-out or ended sale).
 //!
 //! The command waits for the answer, and so does every later command on the
 //! same auction or sale (so one connection's pipelined requests on it still
@@ -14,6 +15,7 @@ use gavel_protocol::ErrorCode;
 use super::auction::Auction;
 use super::command::{Command, ConnRef, Op};
 use super::idempotency::{Key, KeyKind, KeyLookup};
+use super::sale::Sale;
 
 /// What a shard asks the store for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -22,6 +24,8 @@ pub enum Wanted {
     Key(Key),
     /// A passivated auction, to bring back into memory.
     Auction(u64),
+    /// A passivated sale (holdings included), to bring back into memory.
+    Sale(u64),
 }
 
 impl Wanted {
@@ -30,16 +34,27 @@ impl Wanted {
         match *self {
             Wanted::Key(k) => (k.kind, k.scope),
             Wanted::Auction(id) => (KeyKind::Bid, id),
+            Wanted::Sale(id) => (KeyKind::Order, id),
+        }
+    }
+
+    /// Brings passivated `scope` back into memory.
+    pub fn passivated(scope: Scope) -> Self {
+        match scope {
+            (KeyKind::Bid, id) => Wanted::Auction(id),
+            (KeyKind::Order, id) => Wanted::Sale(id),
         }
     }
 }
 
 /// The store's answer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum Answer {
     Key(KeyLookup),
     /// The auction as the tables hold it (`None`: they do not).
     Auction(Option<Auction>),
+    /// The sale and its holdings as the tables hold them (`None`: they do not).
+    Sale(Option<Box<Sale>>),
     /// The store could not be asked: refuse the waiting command (not executed).
     Refused(ErrorCode),
 }

@@ -37,8 +37,12 @@ pub struct ShardState {
     cap: Capacity,
     /// Commands waiting for a lookup in the store.
     parked: Parked,
-    /// With a durable store: closed auctions that left memory.
+    /// With a durable store: closed auctions and finished sales that left
+    /// memory.
     passivation: Option<Passivation>,
+    /// With passivation: scheduled ends of sales, earliest first (an ended
+    /// sale may leave memory).
+    sale_ends: BinaryHeap<Reverse<(u64, u64)>>,
 }
 
 /// Most commands a shard holds while their keys are looked up.
@@ -58,12 +62,14 @@ impl ShardState {
             cap: Capacity::UNLIMITED,
             parked: Parked::new(PARKED_MAX),
             passivation: None,
+            sale_ends: BinaryHeap::new(),
         }
     }
 
     /// With a durable store: accepted keys may leave memory for the store
     /// once its tables hold them (see `engine::idempotency`), and closed
-    /// auctions leave `passivate_after_ms` after closing (`None`: never).
+    /// auctions and sold-out or ended sales leave `passivate_after_ms`
+    /// after they finished (`None`: never; see `engine::passivated`).
     pub fn back_with_store(&mut self, passivate_after_ms: Option<u64>) {
         self.idempotency.enable_spill();
         self.passivation = passivate_after_ms.map(Passivation::new);
@@ -90,14 +96,14 @@ impl ShardState {
                 return self.park(cmd, scope, fx);
             }
             if self.is_passivated(scope) {
-                return self.wait_for(cmd, Wanted::Auction(scope.1), fx);
+                return self.wait_for(cmd, Wanted::passivated(scope), fx);
             }
         }
         self.run(cmd, now_ms, fx);
     }
 
-    fn is_passivated(&self, (kind, id): Scope) -> bool {
-        kind == KeyKind::Bid && self.passivation.as_ref().is_some_and(|p| p.holds(id))
+    fn is_passivated(&self, scope: Scope) -> bool {
+        self.passivation.as_ref().is_some_and(|p| p.holds(scope))
     }
 
     fn park(&mut self, cmd: &Command, scope: Scope, fx: &mut Effects) {
@@ -128,16 +134,19 @@ impl ShardState {
             debug_assert!(false, "an answer without a waiting command: {wanted:?}");
             return;
         };
+        let mut refused = false;
         match (wanted, answer) {
             (Wanted::Key(key), Answer::Key(found)) => self.key_looked_up(key, found),
             (Wanted::Auction(id), Answer::Auction(found)) => self.unpassivate(id, found, now_ms),
+            (Wanted::Sale(id), Answer::Sale(found)) => self.unpassivate_sale(id, found),
             (_, Answer::Refused(code)) => {
+                refused = true;
                 fx.stamp(&first);
                 fx.error(&first, code);
             }
             (w, a) => debug_assert!(false, "answer {a:?} to {w:?}"),
         }
-        if !matches!(answer, Answer::Refused(_)) {
+        if !refused {
             self.run(&first, now_ms, fx);
         }
         for c in waiting {
@@ -164,7 +173,7 @@ impl ShardState {
         let Some(p) = &mut self.passivation else {
             return;
         };
-        let was = p.back(id);
+        let was = p.back((KeyKind::Bid, id));
         debug_assert!(was, "auction {id} was passivated");
         let Some(a) = found else {
             tracing::error!(
@@ -174,8 +183,26 @@ impl ShardState {
             return;
         };
         debug_assert!(a.closed, "only closed auctions are passivated");
-        p.closed(now_ms, id);
+        p.finished((KeyKind::Bid, id), now_ms);
         self.auctions.insert(a);
+    }
+
+    /// A passivated sale read back from the tables, holdings included: in
+    /// memory again (until another period has passed).
+    fn unpassivate_sale(&mut self, id: u64, found: Option<Box<Sale>>) {
+        let Some(p) = &mut self.passivation else {
+            return;
+        };
+        let was = p.back((KeyKind::Order, id));
+        debug_assert!(was, "sale {id} was passivated");
+        let Some(sale) = found else {
+            tracing::error!(sku = id, "a passivated sale is missing from the tables");
+            return;
+        };
+        // Came back now: may leave once what is tracked by now is applied.
+        let at = self.idempotency.latest_ms();
+        p.finished((KeyKind::Order, id), at);
+        self.sales.insert(id, *sale);
     }
 
     fn run(&mut self, cmd: &Command, now_ms: u64, fx: &mut Effects) {
@@ -387,7 +414,7 @@ impl ShardState {
                     o.starts_at_ms,
                     o.ends_at_ms,
                 );
-                self.sales.insert(o.sku_id, s);
+                self.insert_sale(s);
                 fx.mutations.push(Mutation::SaleOpened {
                     req: o,
                     at_ms: now_ms,
@@ -429,7 +456,11 @@ impl ShardState {
                 at_ms: now_ms,
             });
         }
+        let sold_out = result.status == Status::Ok && sale.sold == sale.stock;
         self.idempotency.remember(key, fields, result, now_ms);
+        if sold_out {
+            self.sale_finished(b.sku_id);
+        }
         fx.result(c.conn, c.request_id, result, false);
     }
 
@@ -458,7 +489,7 @@ impl ShardState {
         // the tables.
         let at = self.idempotency.track(now_ms);
         if let Some(p) = &mut self.passivation {
-            p.closed(at, id);
+            p.finished((KeyKind::Bid, id), at);
         }
         let push = Push::AuctionClosed {
             auction_id: id,
@@ -480,25 +511,64 @@ impl ShardState {
             self.close_if_due(id, now_ms, fx);
         }
         self.idempotency.expire(now_ms);
-        self.passivate(now_ms);
+        if self.passivation.is_some() {
+            self.sales_ended(now_ms);
+            self.passivate(KeyKind::Bid, now_ms);
+            self.passivate(KeyKind::Order, now_ms);
+        }
+    }
+
+    /// Sales whose end time has passed are finished.
+    fn sales_ended(&mut self, now_ms: u64) {
+        while let Some(&Reverse((at, id))) = self.sale_ends.peek() {
+            if at > now_ms {
+                break;
+            }
+            self.sale_ends.pop();
+            self.sale_finished(id);
+        }
+    }
+
+    /// A sale sold out or ended: nothing it does changes any more, so it
+    /// may leave memory once what was tracked so far is in the tables.
+    fn sale_finished(&mut self, id: u64) {
+        let at = self.idempotency.latest_ms();
+        if let Some(p) = &mut self.passivation {
+            p.finished((KeyKind::Order, id), at);
+        }
     }
 
     /// Closed auctions whose time in memory is up and whose closing is in
     /// the tables leave memory.
-    fn passivate(&mut self, now_ms: u64) {
+    fn passivate(&mut self, kind: KeyKind, now_ms: u64) {
         let Some(p) = &mut self.passivation else {
             return;
         };
-        while let Some((at, id)) = p.next_due(now_ms) {
+        let mut busy = Vec::new();
+        let latest = self.idempotency.latest_ms();
+        while let Some((at, id)) = p.next_due(kind, now_ms) {
             if !self.idempotency.in_tables_through(at) {
                 break;
             }
-            p.pop();
-            let held = self.parked.holds((KeyKind::Bid, id));
-            if !held && self.auctions.get(id).is_some_and(|a| a.closed) {
-                self.auctions.remove(id);
-                p.left(id);
+            p.pop(kind);
+            if self.parked.holds((kind, id)) {
+                // Commands wait on it: try again another period later.
+                busy.push(id);
+                continue;
             }
+            let gone = match kind {
+                KeyKind::Bid => {
+                    self.auctions.get(id).is_some_and(|a| a.closed)
+                        && self.auctions.remove(id).is_some()
+                }
+                KeyKind::Order => self.sales.remove(&id).is_some(),
+            };
+            if gone {
+                p.left((kind, id));
+            }
+        }
+        for id in busy {
+            p.finished((kind, id), latest);
         }
     }
 
@@ -511,13 +581,25 @@ impl ShardState {
     /// tables when auctions are passivated.
     pub fn restore_auction(&mut self, a: Auction) {
         match &mut self.passivation {
-            Some(p) if a.closed => p.left(a.id),
+            Some(p) if a.closed => p.left((KeyKind::Bid, a.id)),
             _ => self.insert_auction(a),
         }
     }
 
-    /// Recovery: a sale as the store has it (holdings included).
+    /// Recovery: a sale as the store has it (its holdings follow through
+    /// [`Self::sale_mut`]). A sold-out one stays in the tables when sales
+    /// are passivated.
     pub fn restore_sale(&mut self, s: Sale) {
+        match &mut self.passivation {
+            Some(p) if s.sold == s.stock => p.left((KeyKind::Order, s.id)),
+            _ => self.insert_sale(s),
+        }
+    }
+
+    fn insert_sale(&mut self, s: Sale) {
+        if self.passivation.is_some() && s.ends_at_ms != 0 {
+            self.sale_ends.push(Reverse((s.ends_at_ms, s.id)));
+        }
         self.sales.insert(s.id, s);
     }
 
@@ -551,7 +633,8 @@ impl ShardState {
             spilled_keys: self.idempotency.spilled_len(),
             filter_bytes: self.idempotency.filter_bytes(),
             parked: self.parked.len(),
-            passivated: self.passivation.as_ref().map_or(0, Passivation::len),
+            passivated: self.passivation.as_ref().map_or(0, Passivation::auctions),
+            passivated_sales: self.passivation.as_ref().map_or(0, Passivation::sales),
         }
     }
 }

@@ -50,6 +50,7 @@ pub struct SizeGauges {
     filter_bytes: AtomicUsize,
     parked: AtomicUsize,
     passivated: AtomicUsize,
+    passivated_sales: AtomicUsize,
 }
 
 impl SizeGauges {
@@ -63,6 +64,7 @@ impl SizeGauges {
         set(&self.filter_bytes, s.filter_bytes);
         set(&self.parked, s.parked);
         set(&self.passivated, s.passivated);
+        set(&self.passivated_sales, s.passivated_sales);
     }
 
     pub fn load(&self) -> Sizes {
@@ -76,6 +78,7 @@ impl SizeGauges {
             filter_bytes: get(&self.filter_bytes),
             parked: get(&self.parked),
             passivated: get(&self.passivated),
+            passivated_sales: get(&self.passivated_sales),
         }
     }
 }

@@ -34,7 +34,7 @@ pub struct LookupRequest {
     pub wanted: Wanted,
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct LookupAnswer {
     pub wanted: Wanted,
     pub answer: Answer,
@@ -67,6 +67,7 @@ fn serve(
         let answer = match req.wanted {
             Wanted::Key(key) => lookup(&mut *tables, key, window_ms),
             Wanted::Auction(id) => read_auction(&mut *tables, id),
+            Wanted::Sale(id) => read_sale(&mut *tables, id),
         };
         metrics
             .keys
@@ -103,6 +104,21 @@ fn read_auction(tables: &mut dyn Tables, id: u64) -> Answer {
         Ok(row) => Answer::Auction(row.as_ref().map(recovery::auction)),
         Err(e) => {
             tracing::warn!(error = %e, auction = id, "reading a passivated auction failed; answering UNAVAILABLE");
+            Answer::Refused(ErrorCode::Unavailable)
+        }
+    }
+}
+
+/// A passivated sale and its holdings, as the tables hold them.
+fn read_sale(tables: &mut dyn Tables, id: u64) -> Answer {
+    match tables.find_sale(id) {
+        Ok(found) => Answer::Sale(found.map(|(row, holdings)| {
+            let mut s = recovery::sale(&row);
+            s.holdings.extend(holdings);
+            Box::new(s)
+        })),
+        Err(e) => {
+            tracing::warn!(error = %e, sku = id, "reading a passivated sale failed; answering UNAVAILABLE");
             Answer::Refused(ErrorCode::Unavailable)
         }
     }

@@ -168,7 +168,13 @@ pub trait Tables: Send {
     /// One auction's row, if the tables hold it (a passivated auction
     /// coming back into memory).
     fn find_auction(&mut self, id: u64) -> Result<Option<AuctionRow>, StoreError>;
+    /// One sale's row and its holdings `(buyer, held)`, if the tables hold
+    /// it (a passivated sale coming back into memory).
+    fn find_sale(&mut self, id: u64) -> Result<Option<FoundSale>, StoreError>;
 }
+
+/// A sale's row and its holdings `(buyer, held)`.
+pub type FoundSale = (SaleRow, Vec<(u64, u64)>);
 
 /// Opens another connection to the configured store's tables (the key
 /// lookups use their own, so a lookup never waits behind a batch).

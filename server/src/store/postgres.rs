@@ -20,8 +20,8 @@ use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::NoTls;
 
 use super::{
-    from_sql, to_sql, AuctionRow, BidRow, Journal, OrderRow, SaleRow, Snapshot, StoreError, Tables,
-    WriteBatch,
+    from_sql, to_sql, AuctionRow, BidRow, FoundSale, Journal, OrderRow, SaleRow, Snapshot,
+    StoreError, Tables, WriteBatch,
 };
 use crate::engine::idempotency::{Key, KeyKind, StoredOutcome};
 
@@ -192,14 +192,7 @@ impl PgStore {
             .await
             .map_err(pg)?
         {
-            s.sales.push(SaleRow {
-                id: from_sql(r.get(0)),
-                stock: from_sql(r.get(1)),
-                sold: from_sql(r.get(2)),
-                per_buyer_limit: r.get::<_, i64>(3) as u32,
-                starts_at_ms: from_sql(r.get(4)),
-                ends_at_ms: from_sql(r.get(5)),
-            });
+            s.sales.push(sale_row(&r));
         }
         for r in c
             .query("SELECT sku_id, buyer_id, held FROM holdings", &[])
@@ -400,6 +393,33 @@ impl Tables for PgStore {
         })
     }
 
+    fn find_sale(&mut self, id: u64) -> Result<Option<FoundSale>, StoreError> {
+        let pool = &self.pool;
+        self.run(async move {
+            let mut c = pool.get().await.map_err(pg)?;
+            // One snapshot: the row and its holdings agree.
+            let tx = c
+                .build_transaction()
+                .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+                .read_only(true)
+                .start()
+                .await
+                .map_err(pg)?;
+            let st = tx.prepare_cached(FIND_SALE).await.map_err(pg)?;
+            let Some(row) = tx.query_opt(&st, &[&to_sql(id)]).await.map_err(pg)? else {
+                return Ok(None);
+            };
+            let st = tx.prepare_cached(FIND_HOLDINGS).await.map_err(pg)?;
+            let holdings = tx.query(&st, &[&to_sql(id)]).await.map_err(pg)?;
+            let holdings = holdings
+                .iter()
+                .map(|r| (from_sql(r.get(0)), from_sql(r.get(1))))
+                .collect();
+            tx.commit().await.map_err(pg)?;
+            Ok(Some((sale_row(&row), holdings)))
+        })
+    }
+
     fn load(&mut self, since_ms: u64) -> Result<Snapshot, StoreError> {
         let pool = &self.pool;
         // Loading may take longer than one commit; allow it a generous bound.
@@ -427,6 +447,9 @@ const FIND_ORDER: &str = "SELECT buyer_id, quantity, sold_after, held_after, at_
 const FIND_AUCTION: &str =
     "SELECT id, reserve, min_increment, ends_at_ms, high_bid, high_bidder, bid_count, closed
      FROM auctions WHERE id = $1";
+const FIND_SALE: &str =
+    "SELECT id, stock, sold, per_buyer_limit, starts_at_ms, ends_at_ms FROM sales WHERE id = $1";
+const FIND_HOLDINGS: &str = "SELECT buyer_id, held FROM holdings WHERE sku_id = $1";
 const GET_APPLIED: &str = "SELECT applied_seq FROM materializer WHERE id = 1";
 const SET_APPLIED: &str =
     "UPDATE materializer SET applied_seq = $1 WHERE id = 1 AND applied_seq < $1";
@@ -459,6 +482,17 @@ const COPY_ORDERS: &str = "COPY orders (sku_id, order_id, buyer_id, quantity, so
 const INSERT_ORDERS: &str = "INSERT INTO orders (sku_id, order_id, buyer_id, quantity, sold_after, held_after, at_ms)
      SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[], $6::bigint[], $7::bigint[])
      ON CONFLICT DO NOTHING";
+
+fn sale_row(r: &tokio_postgres::Row) -> SaleRow {
+    SaleRow {
+        id: from_sql(r.get(0)),
+        stock: from_sql(r.get(1)),
+        sold: from_sql(r.get(2)),
+        per_buyer_limit: r.get::<_, i64>(3) as u32,
+        starts_at_ms: from_sql(r.get(4)),
+        ends_at_ms: from_sql(r.get(5)),
+    }
+}
 
 fn auction_row(r: &tokio_postgres::Row) -> AuctionRow {
     AuctionRow {

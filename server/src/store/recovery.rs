@@ -3,6 +3,8 @@
 //! then [`restore`] hands the [`Snapshot`] read from the tables to the
 //! shards' engines, each row to the shard that owns its key.
 
+use std::collections::HashMap;
+
 use gavel_protocol::ResultPayload;
 
 use super::{
@@ -89,13 +91,15 @@ pub fn restore(states: &mut [ShardState], snap: &Snapshot) {
         let (key, fields, result) = bid_key(b);
         states[auction_shard(b.auction_id)].restore_key(key, fields, result, b.at_ms);
     }
+    // From the rows, not the shards: a passivated sale is not in memory,
+    // but its orders' keys must be.
+    let stock: HashMap<u64, u64> = snap.sales.iter().map(|s| (s.id, s.stock)).collect();
     for o in &snap.orders {
-        let st = &mut states[sale_shard(o.sku_id)];
-        let Some(stock) = st.sale_mut(o.sku_id).map(|s| s.stock) else {
+        let Some(&stock) = stock.get(&o.sku_id) else {
             continue;
         };
         let (key, fields, result) = order_key(o, stock);
-        st.restore_key(key, fields, result, o.at_ms);
+        states[sale_shard(o.sku_id)].restore_key(key, fields, result, o.at_ms);
     }
 }
 
@@ -109,7 +113,7 @@ pub(crate) fn auction(r: &AuctionRow) -> Auction {
     a
 }
 
-fn sale(r: &SaleRow) -> Sale {
+pub(crate) fn sale(r: &SaleRow) -> Sale {
     let mut s = Sale::new(
         r.id,
         r.stock,

@@ -15,8 +15,8 @@ use std::time::Duration;
 use rusqlite::{params, Connection};
 
 use super::{
-    from_sql, to_sql, AuctionRow, BidRow, Journal, OrderRow, SaleRow, Snapshot, StoreError, Tables,
-    WriteBatch,
+    from_sql, to_sql, AuctionRow, BidRow, FoundSale, Journal, OrderRow, SaleRow, Snapshot,
+    StoreError, Tables, WriteBatch,
 };
 use crate::engine::idempotency::{Key, KeyKind, StoredOutcome};
 
@@ -213,18 +213,7 @@ impl Tables for SqliteStore {
         let mut st = c.prepare(
             "SELECT id, stock, sold, per_buyer_limit, starts_at_ms, ends_at_ms FROM sales",
         )?;
-        s.sales = st
-            .query_map([], |r| {
-                Ok(SaleRow {
-                    id: from_sql(r.get(0)?),
-                    stock: from_sql(r.get(1)?),
-                    sold: from_sql(r.get(2)?),
-                    per_buyer_limit: r.get::<_, i64>(3)? as u32,
-                    starts_at_ms: from_sql(r.get(4)?),
-                    ends_at_ms: from_sql(r.get(5)?),
-                })
-            })?
-            .collect::<Result<_, _>>()?;
+        s.sales = st.query_map([], sale_row)?.collect::<Result<_, _>>()?;
         let mut st = c.prepare("SELECT sku_id, buyer_id, held FROM holdings")?;
         s.holdings = st
             .query_map([], |r| {
@@ -313,6 +302,30 @@ impl Tables for SqliteStore {
         }
     }
 
+    fn find_sale(&mut self, id: u64) -> Result<Option<FoundSale>, StoreError> {
+        // One read transaction: the row and its holdings agree.
+        let tx = self.conn.transaction()?;
+        let row = tx
+            .prepare_cached(
+                "SELECT id, stock, sold, per_buyer_limit, starts_at_ms, ends_at_ms
+                 FROM sales WHERE id = ?1",
+            )?
+            .query_row([to_sql(id)], sale_row);
+        let row = match row {
+            Ok(r) => r,
+            Err(rusqlite::Error::QueryReturnedNoRows) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let holdings = tx
+            .prepare_cached("SELECT buyer_id, held FROM holdings WHERE sku_id = ?1")?
+            .query_map([to_sql(id)], |r| {
+                Ok((from_sql(r.get(0)?), from_sql(r.get(1)?)))
+            })?
+            .collect::<Result<_, _>>()?;
+        tx.commit()?;
+        Ok(Some((row, holdings)))
+    }
+
     fn find_auction(&mut self, id: u64) -> Result<Option<AuctionRow>, StoreError> {
         let found = self
             .conn
@@ -327,6 +340,17 @@ impl Tables for SqliteStore {
             Err(e) => Err(e.into()),
         }
     }
+}
+
+fn sale_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<SaleRow> {
+    Ok(SaleRow {
+        id: from_sql(r.get(0)?),
+        stock: from_sql(r.get(1)?),
+        sold: from_sql(r.get(2)?),
+        per_buyer_limit: r.get::<_, i64>(3)? as u32,
+        starts_at_ms: from_sql(r.get(4)?),
+        ends_at_ms: from_sql(r.get(5)?),
+    })
 }
 
 fn auction_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AuctionRow> {
