@@ -109,11 +109,14 @@ pub struct Config {
     pub idempotency_window: Duration,
 
     /// With a durable store, how long a closed auction, or a sale that sold
-    /// out or ended, stays in memory after that; then it leaves (only its
-    /// id stays) and is read back from the store (a sale with its holdings)
-    /// by the next request naming it, which waits for that read. Frees
-    /// --max-auctions / --max-sales room. 0 keeps them in memory for ever
-    /// (as --store memory always does).
+    /// out or ended, stays in memory after that, and an open auction that
+    /// no request names and nobody subscribes to; then it leaves (only its
+    /// id stays, and an open one's end time) and is read back from the
+    /// store (a sale with its holdings) by the next request naming it,
+    /// which waits for that read. An open auction's end that comes while it
+    /// is out is recorded as usual. Frees --max-auctions / --max-sales
+    /// room. 0 keeps them in memory for ever (as --store memory always
+    /// does).
     #[arg(long, env = "GAVEL_PASSIVATE_AFTER", default_value = "5m", value_parser = parse_duration)]
     pub passivate_after: Duration,
 
@@ -244,8 +247,10 @@ pub struct Config {
     /// Most auctions (open and closed) held in memory, split evenly over
     /// shards; an OPEN_AUCTION for a new auction on a full shard gets ERROR
     /// BUSY "auction limit reached" (not executed; replays of existing ones
-    /// still answer). ~200 bytes each: the default holds ~0.8 GB. Applies
-    /// to the local engine (in cross-node mode Redis holds the auctions).
+    /// still answer). ~85 bytes each (~100 with an end time): the default
+    /// holds ~0.4 GB. With a durable store, auctions out of memory
+    /// (--passivate-after) do not count. Applies to the local engine (in
+    /// cross-node mode Redis holds the auctions).
     #[arg(long, env = "GAVEL_MAX_AUCTIONS", default_value_t = 4_000_000)]
     pub max_auctions: usize,
 

@@ -567,7 +567,7 @@ impl BoundMetrics {
         let passivated = reg(
             r,
             "auctions_passivated",
-            "Closed auctions that left memory for the store (--passivate-after; read back on demand)",
+            "Auctions (closed, or open and idle) that left memory for the store (--passivate-after; read back on demand)",
             Gauge::default(),
         );
         let passivated_sales = reg(

@@ -98,9 +98,11 @@ fn auctions_leave_and_come_back(store: &str) {
     let mut firsts = Vec::new();
     for id in 1..=N {
         c.open_auction(id, 10, 1, 0).unwrap();
+        // Watched, so it cannot leave memory while idle and open.
+        c.subscribe(id).unwrap();
         firsts.push(c.bid(id, 7, 100 + id, id).unwrap().result);
     }
-    // 20 open auctions are held (none can leave): the 21st is refused.
+    // 20 open watched auctions are held: the 21st is refused.
     match c.open_auction(N + 1, 10, 1, 0) {
         Err(ClientError::Server {
             code: ErrorCode::Busy,
@@ -122,9 +124,10 @@ fn auctions_leave_and_come_back(store: &str) {
     }
     check_closed(&mut c, &infos, &firsts);
     assert!(s.terminate().success());
-    // After a restart closed auctions stay in the tables until named.
+    // After a restart closed auctions stay in the tables until named; the
+    // 20 open ones (nobody watches them now) leave once idle.
     let s = Server::start(&argv);
-    wait_for_metric(&s, "gavel_auctions_passivated", N as f64);
+    wait_for_metric(&s, "gavel_auctions_passivated", 2.0 * N as f64);
     check_closed(&mut s.client(), &infos, &firsts);
 }
 
@@ -240,4 +243,75 @@ fn sales_leave_and_come_back(store: &str) {
     let mut c = s.client();
     wait_for_metric(&s, "gavel_sales_passivated", SALES as f64);
     check_sales(&mut c, &h);
+}
+
+/// Open auctions no command names for the period leave memory too; they
+/// come back as they were, and an end that comes while they are out is
+/// recorded in the tables (`closed_in_tables` counts closed rows).
+fn idle_auctions_leave_and_come_back(store: &str, closed_in_tables: &dyn Fn() -> u64) {
+    let argv = args(store);
+    let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+    let s = Server::start(&argv);
+    let mut c = s.client();
+    // Room for 10 opens and 10 durable bids on a loaded machine.
+    let ends_at = common::now_ms() + 2_000;
+    let mut infos = Vec::new();
+    for id in 1..=10 {
+        let end = if id > 5 { ends_at } else { 0 };
+        c.open_auction(id, 10, 1, end).unwrap();
+        let r = c.bid(id, 7, 100 + id, id).unwrap().result;
+        assert_eq!(r.status, Status::Ok);
+        infos.push(c.get_auction(id).unwrap().unwrap());
+    }
+    wait_for_metric(&s, "gavel_auctions_passivated", 10.0);
+    assert_eq!(metric(&s.http_get("/metrics").1, "gavel_auctions"), 0.0);
+    for (id, info) in (1..=5).zip(&infos) {
+        assert_eq!(c.get_auction(id).unwrap().as_ref(), Some(info));
+        let again = c.bid(id, 7, 100 + id, id).unwrap();
+        assert!(again.replayed, "bid {id} replays");
+    }
+    // 6..10 end while out of memory: their closings reach the tables.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while closed_in_tables() < 5 {
+        assert!(
+            Instant::now() < deadline,
+            "closings of idle auctions not recorded"
+        );
+        std::thread::sleep(Duration::from_millis(20)); // polling another process
+    }
+    assert_eq!(closed_in_tables(), 5);
+    for (id, info) in (6..=10).zip(&infos[5..]) {
+        let got = c.get_auction(id).unwrap().unwrap();
+        assert_eq!(got.state, gavel_protocol::AuctionState::Closed);
+        assert_eq!(
+            (got.high_bid, got.high_bidder),
+            (info.high_bid, info.high_bidder)
+        );
+    }
+    let r = c.bid(1, 8, 500, 99).unwrap().result;
+    assert_eq!(r, ResultPayload::new(Status::Ok, 500, 8), "back and open");
+}
+
+#[test]
+fn idle_open_auctions_leave_memory_and_their_ends_are_recorded() {
+    let dir = temp_dir("passivate-idle");
+    let db = dir.join("gavel.db");
+    let closed = || {
+        let c = rusqlite::Connection::open(&db).unwrap();
+        c.query_row("SELECT count(*) FROM auctions WHERE closed = 1", [], |r| {
+            r.get(0)
+        })
+        .unwrap()
+    };
+    idle_auctions_leave_and_come_back(&format!("sqlite:{}", db.display()), &closed);
+}
+
+#[test]
+fn idle_open_auctions_leave_memory_for_postgres_and_their_ends_are_recorded() {
+    let pg = Postgres::start();
+    let closed = || {
+        let n = pg.psql("SELECT count(*) FROM auctions WHERE closed");
+        n.trim().parse().unwrap()
+    };
+    idle_auctions_leave_and_come_back(&pg.url(), &closed);
 }

@@ -2,7 +2,7 @@
 
 use gavel_protocol::{AuctionInfo, AuctionState, ResultPayload, Status};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy)]
 pub struct Auction {
     pub id: u64,
     pub reserve: u64,
@@ -13,7 +13,43 @@ pub struct Auction {
     pub high_bidder: u64,
     pub bid_count: u64,
     pub closed: bool,
+    /// The shard's bookkeeping, not the auction's state (`==` ignores it):
+    /// when a command last named it, in [`COARSE_MS`] units (wrapping), so
+    /// an idle open auction can leave memory. Fits the padding: an auction
+    /// stays 64 bytes.
+    pub touched: u32,
 }
+
+/// The unit of [`Auction::touched`]: 2^32 of them are 8.7 years.
+pub const COARSE_MS: u64 = 64;
+
+/// `now_ms` in [`COARSE_MS`] units, wrapped to 32 bits.
+#[inline]
+pub fn coarse(now_ms: u64) -> u32 {
+    (now_ms / COARSE_MS) as u32
+}
+
+impl PartialEq for Auction {
+    fn eq(&self, o: &Self) -> bool {
+        let state = |a: &Auction| {
+            (
+                a.id,
+                a.reserve,
+                a.min_increment,
+                a.ends_at_ms,
+                a.high_bid,
+                a.high_bidder,
+                a.bid_count,
+                a.closed,
+            )
+        };
+        state(self) == state(o)
+    }
+}
+
+impl Eq for Auction {}
+
+const _: () = assert!(std::mem::size_of::<Auction>() == 64);
 
 /// What a bid did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,6 +69,7 @@ impl Auction {
             high_bidder: 0,
             bid_count: 0,
             closed: false,
+            touched: 0,
         }
     }
 

@@ -153,6 +153,13 @@ impl AuctionTable {
         Some(removed)
     }
 
+    /// The auction at position `pos` (`0..len()`; positions change when
+    /// an auction is removed), for walks over all of them.
+    #[inline]
+    pub fn at(&self, pos: usize) -> Option<&Auction> {
+        (pos < self.len).then(|| &line(&self.chunks, pos as u32).0)
+    }
+
     pub fn len(&self) -> usize {
         self.len
     }

@@ -423,8 +423,9 @@ impl IdempotencyStore {
         self.put(key, fields, outcome, at_ms);
     }
 
-    /// Counts one tracked mutation made at `at_ms` (an accepted bid or
-    /// purchase — remembered here — or an auction's closing): the shard's
+    /// Counts one tracked mutation made at `at_ms` (every mutation: an
+    /// accepted bid or purchase — remembered here —, an opening or an
+    /// auction's closing): the shard's
     /// next ordinal. Returns the time it is counted at (never before an
     /// earlier one: a wall clock may go back).
     pub fn track(&mut self, at_ms: u64) -> u64 {

@@ -43,19 +43,25 @@ pub enum Mutation {
 }
 
 impl Mutation {
-    /// For a mutation the shard tracks into the tables (an accepted bid or
-    /// purchase, which records an idempotency key, or an auction's closing,
-    /// after which the auction may leave memory): the shard, of `shards`,
-    /// that made it. See `engine::idempotency` (ordinals).
-    pub fn tracked_shard(&self, shards: usize) -> Option<usize> {
+    /// The shard, of `shards`, that made this mutation. Every mutation is
+    /// tracked into the tables (see `engine::idempotency`, ordinals): an
+    /// accepted bid or purchase records an idempotency key that may leave
+    /// memory once applied, and an auction or sale (open, closed or
+    /// finished) may leave memory once all it did is applied.
+    pub fn tracked_shard(&self, shards: usize) -> usize {
         let routing = match *self {
             Mutation::BidAccepted { auction_id, .. }
-            | Mutation::AuctionClosed { auction_id, .. } => {
-                Op::GetAuction(auction_id).routing_key()
-            }
-            Mutation::Purchase { sku_id, .. } => Op::GetSale(sku_id).routing_key(),
-            _ => return None,
+            | Mutation::AuctionClosed { auction_id, .. }
+            | Mutation::AuctionOpened {
+                req: OpenAuctionRequest { auction_id, .. },
+                ..
+            } => Op::GetAuction(auction_id).routing_key(),
+            Mutation::Purchase { sku_id, .. }
+            | Mutation::SaleOpened {
+                req: OpenSaleRequest { sku_id, .. },
+                ..
+            } => Op::GetSale(sku_id).routing_key(),
         };
-        Some(shard_of(routing, shards))
+        shard_of(routing, shards)
     }
 }

@@ -9,6 +9,14 @@
 //! it stays in memory for another period. Its idempotency keys are not
 //! affected (they follow their own rule). Nothing brings a finished auction
 //! or sale back to life, so what was true when it left stays true.
+//!
+//! An *open* auction leaves too once no command has named it for
+//! `--passivate-after`, nobody subscribes to it and its last change is in
+//! the tables (found by a walk over the auctions, see `engine::state`).
+//! It keeps its id here and its entry in the deadline heap: if its end
+//! comes while it is out, its closing is recorded without reading it back
+//! (nobody watches it, and closing changes nothing else), and it counts as
+//! closed from then on.
 
 use std::collections::{HashSet, VecDeque};
 
@@ -20,6 +28,8 @@ pub struct Passivation {
     after_ms: u64,
     auctions: Leaving,
     sales: Leaving,
+    /// Open auctions that left memory (idle), apart from the closed ones.
+    idle: HashSet<u64, ahash::RandomState>,
 }
 
 /// One kind's queue of finished ones in memory and set of those that left.
@@ -37,6 +47,7 @@ impl Passivation {
             after_ms,
             auctions: Leaving::default(),
             sales: Leaving::default(),
+            idle: HashSet::default(),
         }
     }
 
@@ -77,20 +88,38 @@ impl Passivation {
         self.of_mut(kind).ids.insert(id);
     }
 
+    /// Open auction `id` left memory, idle.
+    pub fn left_idle(&mut self, id: u64) {
+        self.idle.insert(id);
+    }
+
+    /// The end of auction `id` came: true when it is an idle open auction
+    /// out of memory (its closing is for the caller to record); from now
+    /// on it counts as a closed one.
+    pub fn ended_while_out(&mut self, id: u64) -> bool {
+        let was = !self.idle.is_empty() && self.idle.remove(&id);
+        if was {
+            self.auctions.ids.insert(id);
+        }
+        was
+    }
+
     /// `scope` came back (or never was in the tables).
     pub fn back(&mut self, (kind, id): Scope) -> bool {
-        self.of_mut(kind).ids.remove(&id)
+        let idle = kind == KeyKind::Bid && !self.idle.is_empty() && self.idle.remove(&id);
+        idle || self.of_mut(kind).ids.remove(&id)
     }
 
     #[inline]
     pub fn holds(&self, (kind, id): Scope) -> bool {
         let ids = &self.of(kind).ids;
-        !ids.is_empty() && ids.contains(&id)
+        let idle = kind == KeyKind::Bid && !self.idle.is_empty() && self.idle.contains(&id);
+        idle || (!ids.is_empty() && ids.contains(&id))
     }
 
-    /// Auctions out of memory.
+    /// Auctions out of memory, open and closed.
     pub fn auctions(&self) -> usize {
-        self.auctions.ids.len()
+        self.auctions.ids.len() + self.idle.len()
     }
 
     /// Sales out of memory.
@@ -99,7 +128,12 @@ impl Passivation {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.auctions.ids.is_empty() && self.sales.ids.is_empty()
+        self.auctions.ids.is_empty() && self.sales.ids.is_empty() && self.idle.is_empty()
+    }
+
+    /// How long an open auction stays in memory after a command named it.
+    pub fn after_ms(&self) -> u64 {
+        self.after_ms
     }
 }
 
@@ -130,5 +164,19 @@ mod tests {
         assert!(p.back(A1));
         assert!(!p.back(A1));
         assert!(p.is_empty());
+    }
+
+    #[test]
+    fn an_idle_open_auction_that_ends_while_out_counts_as_closed() {
+        let mut p = Passivation::new(100);
+        p.left_idle(1);
+        p.left_idle(2);
+        assert!(p.holds(A1) && p.holds(A2) && p.auctions() == 2);
+        assert!(!p.ended_while_out(3), "not out");
+        assert!(p.ended_while_out(1));
+        assert!(!p.ended_while_out(1), "recorded once");
+        assert!(p.holds(A1) && p.auctions() == 2);
+        assert!(p.back(A2) && !p.holds(A2));
+        assert!(p.back(A1) && p.is_empty());
     }
 }

@@ -266,12 +266,10 @@ impl Materializer {
     }
 }
 
-/// Adds each shard's keyed mutations in `ms` to `counts`.
+/// Adds each shard's tracked mutations (all of them) in `ms` to `counts`.
 fn count_keys(ms: &[Mutation], counts: &mut [u64]) {
     for m in ms {
-        if let Some(shard) = m.tracked_shard(counts.len()) {
-            counts[shard] += 1;
-        }
+        counts[m.tracked_shard(counts.len())] += 1;
     }
 }
 
