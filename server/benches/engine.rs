@@ -56,7 +56,8 @@
 //!
 //! - `engine/memory` (runs with no filter or a filter containing
 //!   "memory"): heap bytes, counted by this binary's global allocator, per
-//!   remembered idempotency key and per idle open auction.
+//!   remembered idempotency key and per idle open auction, in memory and
+//!   out of it (passivated with a durable store).
 //!
 //! Times are the benchmark thread's CPU time (`CLOCK_THREAD_CPUTIME_ID`),
 //! so other processes on a shared box do not count as engine time (they
@@ -953,6 +954,39 @@ fn heap_per_auction(n: u64, ends_at_ms: u64, bids: bool) -> (f64, usize) {
     (total as f64 / n as f64, total)
 }
 
+/// Opens `n` idle auctions on a shard backed by a store, lets them all
+/// leave memory (passivation), and returns heap bytes per auction left.
+fn heap_per_passivated_auction(n: u64, ends_at_ms: u64) -> f64 {
+    let mut fx = Effects::new(1);
+    let base = heap();
+    let mut st = ShardState::new(24 * 3_600_000, BUDGET);
+    st.back_with_store(Some(1_000));
+    let mut src = Source::new(5);
+    for i in 0..n {
+        let c = src.command(Op::OpenAuction(OpenAuctionRequest {
+            auction_id: AUCTION_BASE + i,
+            reserve: 0,
+            min_increment: 1,
+            ends_at_ms,
+        }));
+        st.execute(&c, T0, &mut fx);
+        fx.replies[0].clear();
+        fx.mutations.clear();
+    }
+    st.keys_applied(n); // the tables hold every opening
+    let mut sweeps = 0;
+    while st.auction_count() > 0 {
+        st.sweep(T0 + 10_000, &mut fx);
+        sweeps += 1;
+        assert!(sweeps < n, "idle auctions do not leave");
+    }
+    assert_eq!(st.sizes().passivated as u64, n);
+    drop(fx);
+    let total = heap() - base;
+    drop(st);
+    total as f64 / n as f64
+}
+
 fn memory_report() {
     println!(
         "engine/memory: size_of Auction {} B, Key {} B, Command {} B, Outgoing {} B, Mutation {} B",
@@ -969,6 +1003,12 @@ fn memory_report() {
     println!(
         "engine/memory: idle open auction (1M open): {no_end:.1} B/auction without an end \
          time, {with_end:.1} B/auction with one (its deadline heap entry)"
+    );
+    let out_no_end = heap_per_passivated_auction(N, 0);
+    let out_with_end = heap_per_passivated_auction(N, T0 + 3_600_000);
+    println!(
+        "engine/memory: idle open auction out of memory (1M passivated, durable store): \
+         {out_no_end:.1} B/auction without an end time, {out_with_end:.1} B/auction with one"
     );
     let (per, total) = heap_per_auction(N, T0 + 3_600_000, true);
     println!(

@@ -150,6 +150,12 @@ impl AuctionTable {
         if self.chunks.len() * CHUNK >= self.len + 2 * CHUNK {
             self.chunks.pop();
         }
+        // Most auctions left (passivation): give the index back too, from
+        // the stored hash bits (no auction is read).
+        let room = self.index.capacity();
+        if room > 4 * CHUNK && self.len < room / 4 {
+            self.index.shrink_to(self.len * 2, |e| spread(e.tag));
+        }
         Some(removed)
     }
 
