@@ -268,3 +268,20 @@ fn postgres_journal_appends_reads_back_and_truncates() {
     assert_eq!(seqs, vec![4, 5], "applied records removed with an append");
     assert_eq!(j.read_after(4).unwrap(), vec![(5, vec![5; 5])]);
 }
+
+/// Quarantined records are read back after a sequence (the key lookups
+/// find the keys of records the tables refused there).
+#[test]
+fn postgres_quarantined_records_are_read_back() {
+    use gavel_server::store::postgres::PgStore;
+    use gavel_server::store::Tables;
+
+    let pg = Postgres::start();
+    let mut t = PgStore::connect(&pg.url(), Duration::from_secs(5)).unwrap();
+    assert!(t.quarantined_after(0).unwrap().is_empty());
+    t.quarantine(7, &[1, 2, 3], "refused").unwrap();
+    t.quarantine(9, &[4], "refused").unwrap();
+    let all = t.quarantined_after(0).unwrap();
+    assert_eq!(all, vec![(7, vec![1, 2, 3]), (9, vec![4])]);
+    assert_eq!(t.quarantined_after(7).unwrap(), vec![(9, vec![4])]);
+}

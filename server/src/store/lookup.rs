@@ -19,6 +19,7 @@ use gavel_protocol::ErrorCode;
 
 use std::sync::Arc;
 
+use super::quarantined::QuarantinedKeys;
 use super::{recovery, Tables};
 use crate::clock::now_ms;
 use crate::engine::idempotency::{Key, KeyLookup};
@@ -62,10 +63,11 @@ fn serve(
     window_ms: u64,
     metrics: Arc<Metrics>,
 ) {
+    let mut quarantined = QuarantinedKeys::default();
     for req in rx {
         let t = Instant::now();
         let answer = match req.wanted {
-            Wanted::Key(key) => lookup(&mut *tables, key, window_ms),
+            Wanted::Key(key) => lookup(&mut *tables, &mut quarantined, key, window_ms),
             Wanted::Auction(id) => read_auction(&mut *tables, id),
             Wanted::Sale(id) => read_sale(&mut *tables, id),
         };
@@ -83,10 +85,15 @@ fn serve(
     }
 }
 
-/// One key: found inside the window, absent (or older than the window: a
-/// retry of it may execute again, as the contract allows), or failed.
-fn lookup(tables: &mut dyn Tables, key: Key, window_ms: u64) -> Answer {
-    match tables.find_key(key) {
+/// One key: found inside the window (in the log, or in a quarantined
+/// record), absent (or older than the window: a retry of it may execute
+/// again, as the contract allows), or failed.
+fn lookup(tables: &mut dyn Tables, q: &mut QuarantinedKeys, key: Key, window_ms: u64) -> Answer {
+    let found = match tables.find_key(key) {
+        Ok(None) => q.find(tables, key),
+        r => r,
+    };
+    match found {
         Ok(Some(s)) if s.at_ms().saturating_add(window_ms) > now_ms() => {
             Answer::Key(KeyLookup::Found(s))
         }

@@ -246,8 +246,9 @@ impl Materializer {
             r => r?,
         }
         self.gate.applied(c.mutations.len(), c.seq);
-        // A quarantined record counts too: its keys cannot be found in the
-        // tables, but holding them in memory forever would stop the shard.
+        // A quarantined record counts too (holding its keys in memory for
+        // ever would stop the shard): the key lookups find its keys in the
+        // quarantine (store::quarantined).
         let mut keys = vec![0; self.keys.len()];
         count_keys(&c.mutations, &mut keys);
         self.gate.keys_applied_add(&keys);

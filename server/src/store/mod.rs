@@ -9,7 +9,9 @@
 //! [`Tables`] in large transactions, off the reply path, recording the last
 //! journal sequence it applied in the same transaction; applied records
 //! are then removed from the journal. At start, [`recovery`] applies the
-//! journal's tail to the tables and loads a [`Snapshot`] back.
+//! journal's tail to the tables and loads a [`Snapshot`] back. The
+//! [`lookup`] thread reads back what left the shards' memory (keys, with
+//! [`quarantined`] records' keys too; passivated auctions and sales).
 //!
 //! Integers are `u64` on the wire and `i64` in SQL (SQLite INTEGER,
 //! PostgreSQL BIGINT): they are stored bit-for-bit (`u64 as i64`), so values
@@ -20,6 +22,7 @@ pub mod journal;
 pub mod lookup;
 pub mod materializer;
 pub mod postgres;
+pub mod quarantined;
 pub mod recovery;
 pub mod sqlite;
 pub mod writer;
@@ -171,6 +174,9 @@ pub trait Tables: Send {
     /// One sale's row and its holdings `(buyer, held)`, if the tables hold
     /// it (a passivated sale coming back into memory).
     fn find_sale(&mut self, id: u64) -> Result<Option<FoundSale>, StoreError>;
+    /// Quarantined journal records `(seq, record)` with `seq` after
+    /// `seq` (see [`quarantined`]).
+    fn quarantined_after(&mut self, seq: u64) -> Result<Vec<(u64, Vec<u8>)>, StoreError>;
 }
 
 /// A sale's row and its holdings `(buyer, held)`.

@@ -393,6 +393,19 @@ impl Tables for PgStore {
         })
     }
 
+    fn quarantined_after(&mut self, seq: u64) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+        let pool = &self.pool;
+        self.run(async move {
+            let c = pool.get().await.map_err(pg)?;
+            let st = c.prepare_cached(QUARANTINED_AFTER).await.map_err(pg)?;
+            let rows = c.query(&st, &[&to_sql(seq)]).await.map_err(pg)?;
+            Ok(rows
+                .iter()
+                .map(|r| (from_sql(r.get(0)), r.get(1)))
+                .collect())
+        })
+    }
+
     fn find_sale(&mut self, id: u64) -> Result<Option<FoundSale>, StoreError> {
         let pool = &self.pool;
         self.run(async move {
@@ -447,6 +460,7 @@ const FIND_ORDER: &str = "SELECT buyer_id, quantity, sold_after, held_after, at_
 const FIND_AUCTION: &str =
     "SELECT id, reserve, min_increment, ends_at_ms, high_bid, high_bidder, bid_count, closed
      FROM auctions WHERE id = $1";
+const QUARANTINED_AFTER: &str = "SELECT seq, record FROM quarantine WHERE seq > $1 ORDER BY seq";
 const FIND_SALE: &str =
     "SELECT id, stock, sold, per_buyer_limit, starts_at_ms, ends_at_ms FROM sales WHERE id = $1";
 const FIND_HOLDINGS: &str = "SELECT buyer_id, held FROM holdings WHERE sku_id = $1";

@@ -302,6 +302,15 @@ impl Tables for SqliteStore {
         }
     }
 
+    fn quarantined_after(&mut self, seq: u64) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+        let rows = self
+            .conn
+            .prepare_cached("SELECT seq, record FROM quarantine WHERE seq > ?1 ORDER BY seq")?
+            .query_map([to_sql(seq)], |r| Ok((from_sql(r.get(0)?), r.get(1)?)))?
+            .collect::<Result<_, _>>()?;
+        Ok(rows)
+    }
+
     fn find_sale(&mut self, id: u64) -> Result<Option<FoundSale>, StoreError> {
         // One read transaction: the row and its holdings agree.
         let tx = self.conn.transaction()?;
