@@ -174,7 +174,7 @@ fn open_store(config: &Config) -> anyhow::Result<Opened> {
         let snap = tables
             .load(now_ms().saturating_sub(window_ms))
             .with_context(|| format!("cannot load state from {}", config.store))?;
-        recovery::restore(&mut states, &snap);
+        recovery::restore(&mut states, &snap, now_ms());
         tracing::info!(
             auctions = snap.auctions.len(),
             sales = snap.sales.len(),

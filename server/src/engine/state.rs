@@ -9,8 +9,8 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 
 use gavel_protocol::{
-    BidRequest, BuyRequest, ErrorCode, OpenAuctionRequest, OpenSaleRequest, Push, ResultPayload,
-    Status,
+    AuctionState, BidRequest, BuyRequest, ErrorCode, OpenAuctionRequest, OpenSaleRequest, Push,
+    ResultPayload, Status,
 };
 
 use super::auction::{coarse, Auction, BidOutcome, COARSE_MS};
@@ -663,21 +663,30 @@ impl ShardState {
         self.parked.disconnected(conn);
     }
 
-    /// Recovery: an auction as the store has it. A closed one stays in the
-    /// tables when auctions are passivated.
+    /// Recovery: an auction as the store has it. When auctions are
+    /// passivated a closed one stays in the tables, and so do open ones
+    /// past this shard's share of `--max-auctions` (idle ones out of memory
+    /// do not count against it, so the tables may hold more).
     pub fn restore_auction(&mut self, a: Auction) {
         match &mut self.passivation {
             Some(p) if a.closed => p.left((KeyKind::Bid, a.id)),
+            Some(p) if self.auctions.len() >= self.cap.auctions => {
+                p.left_idle(a.id);
+                if a.ends_at_ms != 0 {
+                    self.deadlines.push(Reverse((a.ends_at_ms, a.id)));
+                }
+            }
             _ => self.insert_auction(a),
         }
     }
 
     /// Recovery: a sale as the store has it (its holdings follow through
-    /// [`Self::sale_mut`]). A sold-out one stays in the tables when sales
-    /// are passivated.
-    pub fn restore_sale(&mut self, s: Sale) {
+    /// [`Self::sale_mut`]). A finished one (sold out, or ended by
+    /// `now_ms`) stays in the tables when sales are passivated.
+    pub fn restore_sale(&mut self, s: Sale, now_ms: u64) {
+        let finished = s.sold == s.stock || s.state(now_ms) == AuctionState::Closed;
         match &mut self.passivation {
-            Some(p) if s.sold == s.stock => p.left((KeyKind::Order, s.id)),
+            Some(p) if finished => p.left((KeyKind::Order, s.id)),
             _ => self.insert_sale(s),
         }
     }
@@ -1147,6 +1156,34 @@ mod tests {
         // Idle again for the period: it leaves again.
         st.sweep(400, &mut fx);
         assert_eq!((st.sizes().auctions, st.sizes().passivated), (0, 1));
+    }
+
+    /// At a restart, open auctions past the shard's share of the cap stay
+    /// in the tables as idle ones; their ends are still recorded.
+    #[test]
+    fn restored_open_auctions_past_the_cap_stay_out_of_memory() {
+        let mut st = ShardState::new(1_000_000, KEYS);
+        st.set_capacity(Capacity {
+            auctions: 2,
+            ..Capacity::UNLIMITED
+        });
+        st.back_with_store(Some(100));
+        let mut closed = Auction::new(9, 0, 1, 0);
+        closed.closed = true;
+        st.restore_auction(closed);
+        for id in 1..=3 {
+            st.restore_auction(Auction::new(id, 0, 1, 1_000 * id));
+        }
+        assert_eq!((st.sizes().auctions, st.sizes().passivated), (2, 2));
+        let mut fx = Effects::new(1);
+        st.sweep(3_000, &mut fx);
+        let closings: Vec<u64> = (fx.mutations.iter())
+            .map(|m| match *m {
+                Mutation::AuctionClosed { auction_id, .. } => auction_id,
+                ref m => panic!("{m:?}"),
+            })
+            .collect();
+        assert_eq!(closings, vec![1, 2, 3], "in memory or not, each closes");
     }
 
     /// An open auction no command named for the period, with no

@@ -71,8 +71,8 @@ pub fn replay_journal(
     Ok(last)
 }
 
-/// Hands each shard the rows it owns.
-pub fn restore(states: &mut [ShardState], snap: &Snapshot) {
+/// Hands each shard the rows it owns; `now_ms` tells which sales ended.
+pub fn restore(states: &mut [ShardState], snap: &Snapshot, now_ms: u64) {
     let n = states.len();
     let auction_shard = |id: u64| shard_of(Op::GetAuction(id).routing_key(), n);
     let sale_shard = |id: u64| shard_of(Op::GetSale(id).routing_key(), n);
@@ -80,7 +80,7 @@ pub fn restore(states: &mut [ShardState], snap: &Snapshot) {
         states[auction_shard(a.id)].restore_auction(auction(a));
     }
     for s in &snap.sales {
-        states[sale_shard(s.id)].restore_sale(sale(s));
+        states[sale_shard(s.id)].restore_sale(sale(s), now_ms);
     }
     for &(sku, buyer, held) in &snap.holdings {
         if let Some(s) = states[sale_shard(sku)].sale_mut(sku) {
