@@ -11,9 +11,8 @@
 
 use std::collections::HashMap;
 
-use super::{journal, StoreError, Tables};
+use super::{journal, StoreError, Tables, WriteBatch};
 use crate::engine::idempotency::{Key, KeyKind, StoredOutcome};
-use crate::engine::mutation::Mutation;
 
 /// The keys of the quarantined records read so far.
 #[derive(Default)]
@@ -44,65 +43,44 @@ impl QuarantinedKeys {
             tracing::error!(seq, error = ?e, "a quarantined record does not decode");
             return;
         }
-        for m in mutations {
-            if let Some((key, outcome)) = keyed(&m) {
-                self.keys.insert(key, outcome);
-            }
-        }
-    }
-}
-
-/// An accepted bid's or purchase's key and outcome, as the log would hold it.
-fn keyed(m: &Mutation) -> Option<(Key, StoredOutcome)> {
-    match *m {
-        Mutation::BidAccepted {
-            auction_id,
-            bidder_id,
-            amount,
-            bid_id,
-            at_ms,
-            ..
-        } => Some((
-            Key {
+        // The log rows the record would have written, as find_key reads them.
+        let mut batch = WriteBatch::default();
+        mutations.iter().for_each(|m| batch.add(m));
+        for b in &batch.bids {
+            let key = Key {
                 kind: KeyKind::Bid,
-                scope: auction_id,
-                key: bid_id,
-            },
-            StoredOutcome::Bid {
-                bidder_id,
-                amount,
-                at_ms,
-            },
-        )),
-        Mutation::Purchase {
-            sku_id,
-            buyer_id,
-            quantity,
-            order_id,
-            sold_after,
-            held_after,
-            at_ms,
-        } => Some((
-            Key {
+                scope: b.auction_id,
+                key: b.bid_id,
+            };
+            let outcome = StoredOutcome::Bid {
+                bidder_id: b.bidder_id,
+                amount: b.amount,
+                at_ms: b.at_ms,
+            };
+            self.keys.insert(key, outcome);
+        }
+        for o in &batch.orders {
+            let key = Key {
                 kind: KeyKind::Order,
-                scope: sku_id,
-                key: order_id,
-            },
-            StoredOutcome::Order {
-                buyer_id,
-                quantity: u64::from(quantity),
-                sold_after,
-                held_after,
-                at_ms,
-            },
-        )),
-        _ => None,
+                scope: o.sku_id,
+                key: o.order_id,
+            };
+            let outcome = StoredOutcome::Order {
+                buyer_id: o.buyer_id,
+                quantity: u64::from(o.quantity),
+                sold_after: o.sold_after,
+                held_after: o.held_after,
+                at_ms: o.at_ms,
+            };
+            self.keys.insert(key, outcome);
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::mutation::Mutation;
     use crate::store::sqlite::SqliteStore;
 
     fn bid(bid_id: u64) -> Mutation {
