@@ -5,8 +5,9 @@
 //!
 //! What is measured:
 //!
-//! - `engine/bid` and `engine/buy`: [`ShardState::execute`] over rounds of
-//!   8,192 commands, idempotency check and remember included, then the
+//! - `engine/bid` and `engine/buy`: [`ShardState::execute_batch`] (as the
+//!   local shard backend calls it) over rounds of 8,192 commands,
+//!   idempotency check and remember included, then the
 //!   round's release as the shard runner does with `--store memory` (the
 //!   reused [`Effects`]' replies and mutations cleared), and every 50th round
 //!   the sweep that expires keys (`--sweep-interval` 50 ms). Building the
@@ -576,9 +577,7 @@ impl<W: Workload> Local<W> {
     fn execute_round(&mut self) {
         self.now_ms += MS_PER_ROUND;
         self.rounds += 1;
-        for c in &self.cmds {
-            self.st.execute(c, self.now_ms, &mut self.fx);
-        }
+        self.st.execute_batch(&self.cmds, self.now_ms, &mut self.fx);
         if self.rounds.is_multiple_of(self.shape.sweep_every) {
             self.fx.unstamp();
             self.st.sweep(self.now_ms, &mut self.fx);

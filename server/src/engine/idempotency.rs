@@ -36,6 +36,7 @@ use std::collections::VecDeque;
 
 use gavel_protocol::{ResultPayload, Status};
 
+use super::command::Op;
 use super::key_table::{key_hash, KeyTable, Slot, Visit};
 use super::spilled_keys::SpilledKeys;
 
@@ -87,6 +88,25 @@ impl Key {
     #[inline]
     fn is(&self, s: &Slot) -> bool {
         s.key == self.key && s.scope == self.scope && s.kind == self.kind.code()
+    }
+}
+
+/// The idempotency key a command is checked and remembered under (as the
+/// engine's BID and BUY build it), if it has one.
+#[inline]
+pub fn key_of(op: &Op) -> Option<Key> {
+    match *op {
+        Op::Bid(b) => Some(Key {
+            kind: KeyKind::Bid,
+            scope: b.auction_id,
+            key: b.bid_id,
+        }),
+        Op::Buy(b) => Some(Key {
+            kind: KeyKind::Order,
+            scope: b.sku_id,
+            key: b.order_id,
+        }),
+        _ => None,
     }
 }
 
@@ -281,6 +301,14 @@ impl IdempotencyStore {
     #[inline]
     fn coarse(&self, at_ms: u64) -> u16 {
         (at_ms / self.tick_ms) as u16
+    }
+
+    /// Starts loading the table lines a `check` and `remember` of `key`
+    /// will touch (see [`KeyTable::prefetch`]): call it a few commands
+    /// ahead of that key's.
+    #[inline]
+    pub fn prefetch(&self, key: &Key) {
+        self.table.prefetch(key.hash());
     }
 
     pub fn check(&mut self, key: Key, fields: (u64, u64), now_ms: u64) -> Seen {
@@ -604,6 +632,31 @@ mod tests {
 
     fn budget(accepted: usize, rejected: usize) -> KeyBudget {
         KeyBudget { accepted, rejected }
+    }
+
+    #[test]
+    fn key_of_gives_the_keys_bid_and_buy_remember() {
+        use gavel_protocol::{BidRequest, BuyRequest};
+        let bid = Op::Bid(BidRequest {
+            auction_id: 3,
+            bidder_id: 4,
+            amount: 5,
+            bid_id: 6,
+        });
+        let buy = Op::Buy(BuyRequest {
+            sku_id: 3,
+            buyer_id: 4,
+            quantity: 5,
+            order_id: 6,
+        });
+        let want = |kind| Key {
+            kind,
+            scope: 3,
+            key: 6,
+        };
+        assert_eq!(key_of(&bid), Some(want(KeyKind::Bid)));
+        assert_eq!(key_of(&buy), Some(want(KeyKind::Order)));
+        assert_eq!(key_of(&Op::GetSale(3)), None);
     }
 
     #[test]

@@ -17,7 +17,7 @@ use super::auction::{coarse, Auction, BidOutcome, COARSE_MS};
 use super::auction_table::AuctionTable;
 use super::command::{Command, ConnRef, Op, Reply};
 use super::effects::Effects;
-use super::idempotency::{IdempotencyStore, Key, KeyBudget, KeyKind, KeyLookup, Seen};
+use super::idempotency::{key_of, IdempotencyStore, Key, KeyBudget, KeyKind, KeyLookup, Seen};
 use super::limits::{Cap, Capacity, Sizes};
 use super::mutation::Mutation;
 use super::parked::{scope_of, Answer, Parked, Scope, Wanted};
@@ -54,6 +54,11 @@ const PARKED_MAX: usize = 65_536;
 /// Most auctions one sweep looks at for idle ones (a cache miss each: ~0.1
 /// ms; at the default 50 ms sweep, 20k auctions a second).
 const IDLE_WALK: usize = 1024;
+
+/// How many commands ahead [`ShardState::execute_batch`] prefetches (4,
+/// 8 and 16 measured alike in the engine bench; 8 is enough to cover a
+/// DRAM miss at ~170 ns per command).
+const PREFETCH_AHEAD: usize = 8;
 
 const NONE: ResultPayload = ResultPayload::new(Status::NotFound, 0, 0);
 const OK: ResultPayload = ResultPayload::new(Status::Ok, 0, 0);
@@ -108,6 +113,29 @@ impl ShardState {
             }
         }
         self.run(cmd, now_ms, fx);
+    }
+
+    /// Executes `cmds` in order, as [`execute`](Self::execute) does each,
+    /// hiding most of the idempotency table's memory latency: before
+    /// executing a command it starts loading the table lines of the keyed
+    /// command [`PREFETCH_AHEAD`] places later.
+    pub fn execute_batch(&mut self, cmds: &[Command], now_ms: u64, fx: &mut Effects) {
+        for c in cmds.iter().take(PREFETCH_AHEAD) {
+            self.prefetch(c);
+        }
+        for (i, c) in cmds.iter().enumerate() {
+            if let Some(later) = cmds.get(i + PREFETCH_AHEAD) {
+                self.prefetch(later);
+            }
+            self.execute(c, now_ms, fx);
+        }
+    }
+
+    #[inline]
+    fn prefetch(&self, cmd: &Command) {
+        if let Some(key) = key_of(&cmd.op) {
+            self.idempotency.prefetch(&key);
+        }
     }
 
     fn is_passivated(&self, scope: Scope) -> bool {

@@ -72,9 +72,7 @@ impl Backend for LocalShard {
     }
 
     fn execute(&mut self, cmds: &[Command], now_ms: u64, fx: &mut Effects) {
-        for c in cmds {
-            self.state.execute(c, now_ms, fx);
-        }
+        self.state.execute_batch(cmds, now_ms, fx);
         if !fx.lookups.is_empty() {
             self.dispatch(fx);
         }
