@@ -865,7 +865,7 @@ fn mib(bytes: usize) -> f64 {
 
 /// Heap bytes per remembered (accepted) key in the idempotency store alone,
 /// at checkpoints from 0.5M to 4M keys: the key table grows by splitting
-/// 16 Ki-slot segments (load 7/8 just before a split, 7/16 just after), and
+/// 32 Ki-slot segments (load 7/8 just before a split, 7/16 just after), and
 /// keys hash evenly, so the segments split at about the same count and the
 /// figure is a sawtooth (64-byte slots plus 5 bytes of side arrays each).
 fn memory_keys() {
