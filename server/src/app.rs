@@ -8,14 +8,12 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use anyhow::{bail, Context};
-use crossbeam_channel::Receiver;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 
 use crate::clock::now_ms;
 use crate::cluster::engine::RedisShard;
 use crate::cluster::{updates, RedisConfig};
 use crate::config::{AckMode, Config};
-use crate::engine::command::Outgoing;
 use crate::engine::idempotency::KeyBudget;
 use crate::engine::state::ShardState;
 use crate::metrics::Metrics;
@@ -23,7 +21,7 @@ use crate::metrics_http;
 use crate::net::auth::AuthTokens;
 use crate::net::event_loop::{EventLoop, Shared};
 use crate::net::{listener, tls};
-use crate::outbox::{self, LoopHandle};
+use crate::outbox::{self, Inbox, LoopHandle};
 use crate::shard::local::{KeyLookups, LocalShard};
 use crate::shard::runner::{self, ShardContext};
 use crate::shard::{ShardHandle, SizeGauges, Sizes};
@@ -196,7 +194,7 @@ fn open_store(config: &Config) -> anyhow::Result<Opened> {
 struct IoLoops {
     polls: Vec<mio::Poll>,
     handles: Vec<LoopHandle>,
-    rxs: Vec<Receiver<Vec<Outgoing>>>,
+    rxs: Vec<Inbox>,
 }
 
 impl IoLoops {
@@ -519,7 +517,7 @@ fn reload_auth(auth: Option<&AuthTokens>) {
 
 fn start_loops(
     polls: Vec<mio::Poll>,
-    rxs: Vec<Receiver<Vec<Outgoing>>>,
+    rxs: Vec<Inbox>,
     listener: &std::net::TcpListener,
     shared: &Arc<Shared>,
 ) -> std::io::Result<Vec<JoinHandle<std::io::Result<()>>>> {

@@ -3,7 +3,9 @@
 //! connection got in a turn with one `write(2)`.
 //!
 //! One turn, top to bottom:
-//! 1. `poll` for socket readiness, a waker (shard replies, shutdown) or a timeout;
+//! 1. `poll` for socket readiness, a waker (shard replies, shutdown) or a
+//!    timeout — through [`Inbox::poll`], which does not sleep when replies
+//!    are waiting and lets shards skip the waker while the loop is awake;
 //! 2. accept new connections; read and decode ready ones (PING, HELLO and
 //!    protocol errors are answered here; the rest becomes shard commands);
 //! 3. take the shard replies that arrived and encode them into write buffers;
@@ -18,7 +20,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use crossbeam_channel::Receiver;
 use gavel_protocol::frame::msg_type;
 use gavel_protocol::message::{
     encode_auction, encode_error, encode_pong, encode_result, encode_sale,
@@ -36,6 +37,7 @@ use super::rate_limit::{Bucket, KeyedBuckets, Limit, RateSpec};
 use crate::engine::command::{shard_of, Command, ConnRef, Op, Outgoing, Reply};
 use crate::engine::limits::Cap;
 use crate::metrics::{LoopStats, Metrics};
+use crate::outbox::Inbox;
 use crate::shard::{ShardHandle, ShardMsg};
 
 const LISTENER: Token = Token(0);
@@ -140,7 +142,7 @@ pub struct EventLoop {
     poll: Poll,
     listener: TcpListener,
     conns: Slab<Connection>,
-    replies: Receiver<Vec<Outgoing>>,
+    replies: Inbox,
     ctx: Ctx,
     next_gen: u32,
     resume: Vec<usize>,
@@ -154,7 +156,7 @@ impl EventLoop {
         io: u16,
         poll: Poll,
         listener: std::net::TcpListener,
-        replies: Receiver<Vec<Outgoing>>,
+        replies: Inbox,
         shared: Arc<Shared>,
     ) -> io::Result<EventLoop> {
         let mut listener = TcpListener::from_std(listener);
@@ -210,7 +212,7 @@ impl EventLoop {
             } else {
                 Duration::from_millis(250)
             };
-            match self.poll.poll(&mut events, Some(timeout)) {
+            match self.replies.poll(&mut self.poll, &mut events, timeout) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(e),
