@@ -311,7 +311,7 @@ mod tests {
                         let mut n = 0u32;
                         while seen.load(Ordering::Acquire) < r * SENDERS {
                             n += 1;
-                            if n % 64 == 0 {
+                            if n.is_multiple_of(64) {
                                 std::thread::yield_now(); // 2 cores, 4 threads
                             }
                             std::hint::spin_loop();
