@@ -569,8 +569,13 @@ impl IdempotencyStore {
         );
         let mut gone = Removed::default();
         self.table.walk(quota, |s, coarse, accepted| {
-            let age = u64::from(now.wrapping_sub(coarse));
-            if age < young || (age <= old && s.at_ms.saturating_add(window) > now_ms) {
+            let age = now.wrapping_sub(coarse);
+            // Stamped after now: the wall clock stepped back (a key is
+            // remembered at the latest time seen). Ages this large are not
+            // otherwise reached: every slot is walked each 1/8 window.
+            let future = age > u16::MAX / 2;
+            let age = u64::from(age);
+            if future || age < young || (age <= old && s.at_ms.saturating_add(window) > now_ms) {
                 return Visit::Keep;
             }
             if accepted {
@@ -725,6 +730,21 @@ mod tests {
         s.remember(k(1), (2, 2), LOST, 100);
         assert_eq!(s.check(k(1), (2, 2), 150), Seen::Replay(LOST));
         assert_eq!((s.len(), s.accepted_len()), (1, 0));
+    }
+
+    /// The wall clock stepping back (by more than a coarse tick) does not
+    /// make the walk take keys remembered at a later time for expired.
+    #[test]
+    fn a_clock_stepping_back_expires_nothing() {
+        let mut s = IdempotencyStore::new(6_400, budget(4, 4));
+        s.remember(k(1), (1, 1), OK, 10_000);
+        s.expire(9_000); // ten ticks back
+        assert_eq!(s.len(), 1);
+        assert_eq!(s.check(k(1), (1, 1), 9_000), Seen::Replay(OK));
+        s.expire(16_399);
+        assert_eq!(s.len(), 1, "live until 10,000 + the window");
+        s.expire(16_400 + 6_400);
+        assert_eq!(s.len(), 0);
     }
 
     #[test]

@@ -613,9 +613,13 @@ impl ShardState {
             let Some(a) = self.auctions.at(pos) else {
                 break; // none left
             };
-            let age = u64::from(coarse(now_ms).wrapping_sub(a.touched));
-            let last_change_ms = (now.wrapping_sub(age) + 1) * COARSE_MS - 1;
+            let age = coarse(now_ms).wrapping_sub(a.touched);
+            // Touched after now: the wall clock stepped back. Not idle.
+            let future = age > u32::MAX / 2;
+            let age = u64::from(age);
+            let last_change_ms = (now.saturating_sub(age) + 1) * COARSE_MS - 1;
             let leaves = !a.closed
+                && !future
                 && age >= after
                 && !self.subscriptions.is_watched(a.id)
                 && !self.parked.holds((KeyKind::Bid, a.id))
@@ -1183,6 +1187,26 @@ mod tests {
         assert_eq!((st.sizes().auctions, st.sizes().passivated), (1, 0));
         // Idle again for the period: it leaves again.
         st.sweep(400, &mut fx);
+        assert_eq!((st.sizes().auctions, st.sizes().passivated), (0, 1));
+    }
+
+    /// A wall clock stepping back does not make a just-used auction idle.
+    #[test]
+    fn a_clock_stepping_back_makes_no_auction_idle() {
+        let mut st = ShardState::new(1_000_000, KEYS);
+        st.back_with_store(Some(100));
+        let open = OpenAuctionRequest {
+            auction_id: 1,
+            reserve: 0,
+            min_increment: 1,
+            ends_at_ms: 0,
+        };
+        run(&mut st, Op::OpenAuction(open), 10_000);
+        st.keys_applied(1);
+        let mut fx = Effects::new(1);
+        st.sweep(5_000, &mut fx);
+        assert_eq!((st.sizes().auctions, st.sizes().passivated), (1, 0));
+        st.sweep(10_300, &mut fx);
         assert_eq!((st.sizes().auctions, st.sizes().passivated), (0, 1));
     }
 
