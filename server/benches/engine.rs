@@ -908,6 +908,24 @@ fn memory_keys() {
     drop(s);
 }
 
+/// Opens auctions `AUCTION_BASE..+n` at `T0` (replies and mutations
+/// dropped as they come).
+fn open_auctions(st: &mut ShardState, src: &mut Source, n: u64, ends_at_ms: u64, fx: &mut Effects) {
+    for i in 0..n {
+        let c = src.command(Op::OpenAuction(OpenAuctionRequest {
+            auction_id: AUCTION_BASE + i,
+            reserve: 0,
+            min_increment: 1,
+            ends_at_ms,
+        }));
+        st.execute(&c, T0, fx);
+        if fx.replies[0].len() >= BATCH {
+            fx.replies[0].clear();
+            fx.mutations.clear();
+        }
+    }
+}
+
 /// Opens `n` auctions on a fresh shard and returns heap bytes per auction
 /// (the reused Effects' buffers excluded).
 fn heap_per_auction(n: u64, ends_at_ms: u64, bids: bool) -> (f64, usize) {
@@ -923,19 +941,7 @@ fn heap_per_auction(n: u64, ends_at_ms: u64, bids: bool) -> (f64, usize) {
         },
     );
     let mut src = Source::new(4);
-    for i in 0..n {
-        let c = src.command(Op::OpenAuction(OpenAuctionRequest {
-            auction_id: AUCTION_BASE + i,
-            reserve: 0,
-            min_increment: 1,
-            ends_at_ms,
-        }));
-        st.execute(&c, T0, &mut fx);
-        if fx.replies[0].len() >= BATCH {
-            fx.replies[0].clear();
-            fx.mutations.clear();
-        }
-    }
+    open_auctions(&mut st, &mut src, n, ends_at_ms, &mut fx);
     if bids {
         for i in 0..n {
             let op = bid(AUCTION_BASE + i, 1 + i % 100_000, 10, src.key());
@@ -961,17 +967,7 @@ fn heap_per_passivated_auction(n: u64, ends_at_ms: u64) -> f64 {
     let mut st = ShardState::new(24 * 3_600_000, BUDGET);
     st.back_with_store(Some(1_000));
     let mut src = Source::new(5);
-    for i in 0..n {
-        let c = src.command(Op::OpenAuction(OpenAuctionRequest {
-            auction_id: AUCTION_BASE + i,
-            reserve: 0,
-            min_increment: 1,
-            ends_at_ms,
-        }));
-        st.execute(&c, T0, &mut fx);
-        fx.replies[0].clear();
-        fx.mutations.clear();
-    }
+    open_auctions(&mut st, &mut src, n, ends_at_ms, &mut fx);
     st.keys_applied(n); // the tables hold every opening
     let mut sweeps = 0;
     while st.auction_count() > 0 {
