@@ -698,8 +698,10 @@ impl ShardState {
     /// Recovery: an auction as the store has it. When auctions are
     /// passivated a closed one stays in the tables, and so do open ones
     /// past this shard's share of `--max-auctions` (idle ones out of memory
-    /// do not count against it, so the tables may hold more).
-    pub fn restore_auction(&mut self, a: Auction) {
+    /// do not count against it, so the tables may hold more). Those in
+    /// memory count as used at `now_ms`.
+    pub fn restore_auction(&mut self, mut a: Auction, now_ms: u64) {
+        a.touched = coarse(now_ms);
         match &mut self.passivation {
             Some(p) if a.closed => p.left((KeyKind::Bid, a.id)),
             Some(p) if self.auctions.len() >= self.cap.auctions => {
@@ -1190,6 +1192,23 @@ mod tests {
         assert_eq!((st.sizes().auctions, st.sizes().passivated), (0, 1));
     }
 
+    /// An auction restored at a restart counts as used then: it goes idle
+    /// after the period, whatever the clock reads (here a time whose
+    /// coarse value has its top bit set).
+    #[test]
+    fn a_restored_auction_goes_idle_after_the_period() {
+        let t = (1u64 << 37) + 640;
+        assert!(coarse(t) > u32::MAX / 2);
+        let mut st = ShardState::new(1_000_000, KEYS);
+        st.back_with_store(Some(100));
+        st.restore_auction(Auction::new(1, 0, 1, 0), t);
+        let mut fx = Effects::new(1);
+        st.sweep(t + 50, &mut fx);
+        assert_eq!((st.sizes().auctions, st.sizes().passivated), (1, 0));
+        st.sweep(t + 1_000, &mut fx);
+        assert_eq!((st.sizes().auctions, st.sizes().passivated), (0, 1));
+    }
+
     /// A wall clock stepping back does not make a just-used auction idle.
     #[test]
     fn a_clock_stepping_back_makes_no_auction_idle() {
@@ -1222,9 +1241,9 @@ mod tests {
         st.back_with_store(Some(100));
         let mut closed = Auction::new(9, 0, 1, 0);
         closed.closed = true;
-        st.restore_auction(closed);
+        st.restore_auction(closed, 0);
         for id in 1..=3 {
-            st.restore_auction(Auction::new(id, 0, 1, 1_000 * id));
+            st.restore_auction(Auction::new(id, 0, 1, 1_000 * id), 0);
         }
         assert_eq!((st.sizes().auctions, st.sizes().passivated), (2, 2));
         let mut fx = Effects::new(1);

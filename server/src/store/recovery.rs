@@ -71,13 +71,14 @@ pub fn replay_journal(
     Ok(last)
 }
 
-/// Hands each shard the rows it owns; `now_ms` tells which sales ended.
+/// Hands each shard the rows it owns at `now_ms` (which sales ended, when
+/// the auctions were last used).
 pub fn restore(states: &mut [ShardState], snap: &Snapshot, now_ms: u64) {
     let n = states.len();
     let auction_shard = |id: u64| shard_of(Op::GetAuction(id).routing_key(), n);
     let sale_shard = |id: u64| shard_of(Op::GetSale(id).routing_key(), n);
     for a in &snap.auctions {
-        states[auction_shard(a.id)].restore_auction(auction(a));
+        states[auction_shard(a.id)].restore_auction(auction(a), now_ms);
     }
     for s in &snap.sales {
         states[sale_shard(s.id)].restore_sale(sale(s), now_ms);
