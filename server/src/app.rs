@@ -20,6 +20,7 @@ use crate::metrics::Metrics;
 use crate::metrics_http;
 use crate::net::auth::AuthTokens;
 use crate::net::event_loop::{EventLoop, Shared};
+use crate::net::log_limit::LogLimiter;
 use crate::net::{listener, tls};
 use crate::outbox::{self, Inbox, LoopHandle};
 use crate::shard::local::{KeyLookups, LocalShard};
@@ -395,7 +396,7 @@ fn shared_state(
         rate_max_bidders: config.rate_max_bidders,
         tls,
         idle_timeout: config.idle_timeout,
-        log_interval: config.log_summary_interval,
+        logs: LogLimiter::new(config.log_summary_interval),
         shutdown_grace: config.shutdown_grace,
         node_id: config.node_id,
         shutdown: shutdown.clone(),

@@ -95,8 +95,8 @@ pub struct Shared {
     pub tls: Option<Arc<rustls::ServerConfig>>,
     pub idle_timeout: Duration,
     /// Per kind of noisy log line, at most one line and one summary per
-    /// this interval (`--log-summary-interval`).
-    pub log_interval: Duration,
+    /// `--log-summary-interval`, for all event loops together.
+    pub logs: LogLimiter,
     pub shutdown_grace: Duration,
     pub node_id: u16,
     pub shutdown: Arc<AtomicBool>,
@@ -134,8 +134,6 @@ struct Ctx {
     conn_limit: Option<Limit>,
     /// `--rate-per-bidder`: this loop's buckets by bidder/buyer id.
     bidders: Option<KeyedBuckets>,
-    /// Rate limits the log lines clients can cause by the thousand.
-    logs: LogLimiter,
 }
 
 pub struct EventLoop {
@@ -163,7 +161,6 @@ impl EventLoop {
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)?;
         let shards = shared.shards.len();
-        let shared_log_interval = shared.log_interval;
         let conn_limit = shared.rate_per_conn.map(Limit::new);
         let bidders = shared
             .rate_per_bidder
@@ -189,7 +186,6 @@ impl EventLoop {
                 now_ns: 0,
                 conn_limit,
                 bidders,
-                logs: LogLimiter::new(shared_log_interval),
             },
             next_gen: 1,
             resume: Vec::new(),
@@ -269,7 +265,7 @@ impl EventLoop {
                 if let Some(b) = self.ctx.bidders.as_mut() {
                     b.sweep(now_ns);
                 }
-                self.ctx.logs.summarize(now);
+                self.ctx.shared.logs.summarize(now);
             }
             // Disconnect notices of connections closed since the last dispatch.
             self.dispatch();
@@ -287,7 +283,7 @@ impl EventLoop {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
                     // EMFILE and friends: log and try again on the next event.
-                    if self.ctx.logs.allow(Noisy::Refused, Instant::now()) {
+                    if self.ctx.shared.logs.allow(Noisy::Refused, Instant::now()) {
                         tracing::warn!(error = %e, "accept failed");
                     }
                     return;
@@ -301,7 +297,7 @@ impl EventLoop {
                 end_refused(&mut stream);
                 self.ctx.stats.refused_capacity += 1;
                 self.ctx.stats.dirty = true;
-                if self.ctx.logs.allow(Noisy::Refused, Instant::now()) {
+                if self.ctx.shared.logs.allow(Noisy::Refused, Instant::now()) {
                     tracing::warn!(%peer, "refused connection: --max-connections reached");
                 }
                 continue;
@@ -320,7 +316,7 @@ impl EventLoop {
                     let _ = io::Write::write(&mut stream, &b);
                 }
                 end_refused(&mut stream);
-                if self.ctx.logs.allow(Noisy::Refused, Instant::now()) {
+                if self.ctx.shared.logs.allow(Noisy::Refused, Instant::now()) {
                     tracing::info!(%peer, "refused connection: --max-connections-per-ip reached");
                 }
                 continue;
@@ -727,7 +723,7 @@ impl EventLoop {
             .map(|(k, _)| k)
             .collect();
         for slot in stalled {
-            if self.ctx.logs.allow(Noisy::Idle, now) {
+            if self.ctx.shared.logs.allow(Noisy::Idle, now) {
                 let c = &self.conns[slot];
                 let why = if c.silent {
                     "no complete request within --idle-timeout of connecting"
@@ -891,7 +887,7 @@ fn decode_buffered(conn: &mut Connection, slot: usize, ctx: &mut Ctx) -> bool {
             Err(e) => {
                 progressed = true;
                 if e.is_fatal() {
-                    if ctx.logs.allow(Noisy::BadFrame, Instant::now()) {
+                    if ctx.shared.logs.allow(Noisy::BadFrame, Instant::now()) {
                         tracing::info!(peer = %conn.peer, error = %e, "closing connection");
                     }
                     conn.fatal = Some((e.request_id(), e.error_code(), "frame too large"));
@@ -930,7 +926,7 @@ fn handle_request(conn: &mut Connection, slot: usize, frame: Frame<Request>, ctx
         return match &frame.body {
             Request::Hello { version, token } => hello(conn, slot, rid, *version, token, ctx),
             _ => {
-                if ctx.logs.allow(Noisy::BadHello, Instant::now()) {
+                if ctx.shared.logs.allow(Noisy::BadHello, Instant::now()) {
                     tracing::info!(peer = %conn.peer, "request before HELLO; closing connection");
                 }
                 fatal(conn, rid, ErrorCode::Unauthorized, NOT_AUTHED)
@@ -996,7 +992,7 @@ fn count_subscriptions(conn: &mut Connection, out: &Outgoing) {
 const NOT_AUTHED: &str = "HELLO with a valid token required first";
 
 fn log_bad_hello(conn: &Connection, ctx: &mut Ctx, e: &gavel_protocol::DecodeError) {
-    if ctx.logs.allow(Noisy::BadHello, Instant::now()) {
+    if ctx.shared.logs.allow(Noisy::BadHello, Instant::now()) {
         tracing::info!(peer = %conn.peer, error = %e, "undecodable frame before HELLO; closing connection");
     }
 }
@@ -1021,7 +1017,7 @@ fn hello(conn: &mut Connection, slot: usize, rid: u32, version: u16, token: &[u8
     }
     if let Some(auth) = &ctx.shared.auth {
         if !auth.check(token) {
-            if ctx.logs.allow(Noisy::BadHello, Instant::now()) {
+            if ctx.shared.logs.allow(Noisy::BadHello, Instant::now()) {
                 tracing::info!(peer = %conn.peer, "bad auth token");
             }
             return fatal(conn, rid, ErrorCode::Unauthorized, "invalid token");

@@ -3,8 +3,11 @@
 //! the first occurrence in an interval is logged as it happens and the
 //! others are counted, then summed up in one line when the interval ends.
 //! So a flood costs two lines per kind per interval, not one per event.
-//! One per event loop; no locks.
+//! One for the server, shared by the event loops behind a mutex: taken only
+//! for such events (a flood of them is what it exists for) and once a
+//! second per loop for the summaries, never per request.
 
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// What happened, by the line it would log.
@@ -44,21 +47,27 @@ struct Window {
 
 pub struct LogLimiter {
     interval: Duration,
-    windows: [Window; KINDS],
+    windows: Mutex<[Window; KINDS]>,
 }
 
 impl LogLimiter {
     pub fn new(interval: Duration) -> Self {
         LogLimiter {
             interval,
-            windows: [Window::default(); KINDS],
+            windows: Mutex::new([Window::default(); KINDS]),
         }
     }
 
+    fn windows(&self) -> std::sync::MutexGuard<'_, [Window; KINDS]> {
+        // A panic elsewhere while holding it leaves counts, not broken state.
+        self.windows.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// True: log this event now. False: it is counted for the summary.
-    pub fn allow(&mut self, kind: Noisy, now: Instant) -> bool {
-        self.summarize(now);
-        let w = &mut self.windows[kind as usize];
+    pub fn allow(&self, kind: Noisy, now: Instant) -> bool {
+        let mut windows = self.windows();
+        self.summarize_in(&mut windows, now);
+        let w = &mut windows[kind as usize];
         if w.since.is_none() {
             w.since = Some(now);
             return true;
@@ -68,9 +77,13 @@ impl LogLimiter {
     }
 
     /// Logs one summary line per kind whose interval is over; call often
-    /// (the event loop's sweep does, every second).
-    pub fn summarize(&mut self, now: Instant) {
-        for (i, w) in self.windows.iter_mut().enumerate() {
+    /// (each event loop's sweep does, every second).
+    pub fn summarize(&self, now: Instant) {
+        self.summarize_in(&mut self.windows(), now);
+    }
+
+    fn summarize_in(&self, windows: &mut [Window; KINDS], now: Instant) {
+        for (i, w) in windows.iter_mut().enumerate() {
             let Some(since) = w.since else { continue };
             if now.duration_since(since) < self.interval {
                 continue;
@@ -101,16 +114,16 @@ mod tests {
 
     #[test]
     fn one_line_then_a_count_per_interval() {
-        let mut l = LogLimiter::new(Duration::from_secs(10));
+        let l = LogLimiter::new(Duration::from_secs(10));
         let t0 = Instant::now();
         assert!(l.allow(Noisy::BadHello, t0));
         for i in 0..1000 {
             assert!(!l.allow(Noisy::BadHello, t0 + Duration::from_millis(i)));
         }
         assert!(l.allow(Noisy::Idle, t0), "kinds are apart");
-        assert_eq!(l.windows[Noisy::BadHello as usize].quiet, 1000);
+        assert_eq!(l.windows()[Noisy::BadHello as usize].quiet, 1000);
         l.summarize(t0 + Duration::from_secs(10));
-        assert_eq!(l.windows[Noisy::BadHello as usize].quiet, 0);
+        assert_eq!(l.windows()[Noisy::BadHello as usize].quiet, 0);
         assert!(l.allow(Noisy::BadHello, t0 + Duration::from_secs(11)));
     }
 }
