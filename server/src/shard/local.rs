@@ -5,6 +5,11 @@
 //! thread, its answers come back as backend events, and once per turn the
 //! engine learns how many of its tracked mutations the tables hold (so old
 //! accepted keys and closed auctions may leave memory).
+//!
+//! Memory that passivation frees goes back to the system: glibc keeps freed
+//! blocks in the thread's arena (measured: 1M auctions passivated, RSS did
+//! not move), so after every [`TRIM_AFTER`] departures the shard calls
+//! `malloc_trim`, which returns the arenas' free pages.
 
 use std::sync::Arc;
 
@@ -32,13 +37,33 @@ pub struct KeyLookups {
 pub struct LocalShard {
     state: ShardState,
     lookups: Option<KeyLookups>,
+    /// Auctions and sales that left memory since the last trim.
+    left_since_trim: usize,
+}
+
+/// Departures (auctions and sales passivated) between two `malloc_trim`s:
+/// ~5 MB of auctions; a trim walks the arenas (milliseconds), so not often.
+const TRIM_AFTER: usize = 65_536;
+
+/// Returns free heap pages to the system (glibc only; elsewhere a no-op).
+fn give_back_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only releases free memory of the allocator's own
+    // arenas; it is thread-safe and has no preconditions.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
 impl LocalShard {
     /// `lookups`: with a durable store (the state was then backed with it
     /// before recovery: `ShardState::back_with_store`).
     pub fn new(state: ShardState, lookups: Option<KeyLookups>) -> Self {
-        LocalShard { state, lookups }
+        LocalShard {
+            state,
+            lookups,
+            left_since_trim: 0,
+        }
     }
 
     /// Sends the round's lookups; one that cannot be queued is refused
@@ -96,7 +121,14 @@ impl Backend for LocalShard {
 
     fn sweep(&mut self, now_ms: u64, fx: &mut Effects) {
         fx.unstamp();
+        let out = |s: Sizes| s.passivated + s.passivated_sales;
+        let before = out(self.state.sizes());
         self.state.sweep(now_ms, fx);
+        self.left_since_trim += out(self.state.sizes()).saturating_sub(before);
+        if self.left_since_trim >= TRIM_AFTER {
+            self.left_since_trim = 0;
+            give_back_memory();
+        }
     }
 
     fn sizes(&self) -> Sizes {
