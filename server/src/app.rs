@@ -435,6 +435,7 @@ fn serve_metrics(
         }
         m.bounds.auctions.set(held.auctions as i64);
         m.bounds.sales.set(held.sales as i64);
+        m.bounds.holdings.set(held.holdings as i64);
         m.bounds.subscriptions.set(held.subscriptions as i64);
         m.keys.in_memory.set(held.keys as i64);
         m.keys.spilled.set(held.spilled_keys as i64);

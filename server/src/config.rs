@@ -261,6 +261,15 @@ pub struct Config {
     #[arg(long, env = "GAVEL_MAX_SALES", default_value_t = 1_000_000)]
     pub max_sales: usize,
 
+    /// Most buyer holdings (one per buyer and sale: the units a buyer
+    /// holds) in memory, split evenly over shards; beyond it a BUY by a
+    /// buyer who holds nothing in that sale yet gets ERROR BUSY "holding
+    /// limit reached" (not executed); buyers who hold some still buy. ~30
+    /// bytes each: the default holds ~0.3 GB. With a durable store a
+    /// finished sale's holdings leave memory with it (--passivate-after).
+    #[arg(long, env = "GAVEL_MAX_HOLDINGS", default_value_t = 10_000_000)]
+    pub max_holdings: usize,
+
     /// Reply batches that may wait for one event loop (each at most 1,024
     /// replies or pushes, ~88 bytes each): a shard or the writer that finds
     /// the queue full waits, its own queue fills, and new requests for it
@@ -363,6 +372,7 @@ impl Config {
         let total = Capacity {
             auctions: self.max_auctions,
             sales: self.max_sales,
+            holdings: self.max_holdings,
             subscriptions: self.max_subscriptions,
         };
         Capacity::share(total, self.shard_count())

@@ -550,6 +550,7 @@ pub struct BoundMetrics {
     pub passivated: Gauge,
     pub passivated_sales: Gauge,
     pub sales: Gauge,
+    pub holdings: Gauge,
     pub subscriptions: Gauge,
     pub reply_queue_full: Counter,
     pub unsent_bytes: Gauge,
@@ -582,6 +583,12 @@ impl BoundMetrics {
             "Sales held in memory (local engine; --max-sales)",
             Gauge::default(),
         );
+        let holdings = reg(
+            r,
+            "holdings",
+            "Buyer holdings (one per buyer and sale) held in memory (local engine; --max-holdings)",
+            Gauge::default(),
+        );
         let subscriptions = reg(
             r,
             "subscriptions",
@@ -611,6 +618,7 @@ impl BoundMetrics {
             passivated,
             passivated_sales,
             sales,
+            holdings,
             subscriptions,
             reply_queue_full,
             unsent_bytes,

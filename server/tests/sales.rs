@@ -174,3 +174,27 @@ fn rejected_orders_do_not_evict_accepted_keys() {
     assert!(again.replayed);
     assert_eq!(again.result, first);
 }
+
+/// `--max-holdings`: past it a buyer new to a sale is refused BUSY with
+/// its message (not executed: the same order_id is refused again, not
+/// replayed), while a buyer who holds some still buys.
+#[test]
+fn holdings_stop_at_max_holdings() {
+    let s = Server::start(&["--shards", "1", "--max-holdings", "2"]);
+    let mut c = s.client();
+    c.open_sale(1, 100, 0, 0, 0).unwrap();
+    assert_eq!(c.buy(1, 10, 1, 1).unwrap().result, r(Status::Ok, 99, 1));
+    assert_eq!(c.buy(1, 11, 1, 2).unwrap().result, r(Status::Ok, 98, 1));
+    for _ in 0..2 {
+        match c.buy(1, 12, 1, 3) {
+            Err(ClientError::Server { code, message }) => {
+                assert_eq!(code, ErrorCode::Busy);
+                assert!(message.contains("holding limit reached"), "{message}");
+            }
+            other => panic!("a third buyer at --max-holdings 2: {other:?}"),
+        }
+    }
+    assert_eq!(c.buy(1, 10, 2, 4).unwrap().result, r(Status::Ok, 96, 3));
+    let sale = c.get_sale(1).unwrap().unwrap();
+    assert_eq!(sale.sold, 4);
+}

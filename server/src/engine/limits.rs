@@ -19,6 +19,8 @@ pub struct Sizes {
     pub parked: usize,
     /// Closed auctions that left memory (ids kept).
     pub passivated: usize,
+    /// Buyer holdings in memory (`--max-holdings`).
+    pub holdings: usize,
     /// Sold-out or ended sales that left memory (ids kept).
     pub passivated_sales: usize,
 }
@@ -34,6 +36,7 @@ impl Sizes {
         self.filter_bytes += o.filter_bytes;
         self.parked += o.parked;
         self.passivated += o.passivated;
+        self.holdings += o.holdings;
         self.passivated_sales += o.passivated_sales;
     }
 }
@@ -48,6 +51,9 @@ pub enum Cap {
     Auctions,
     /// `--max-sales`: this shard's share is taken.
     Sales,
+    /// `--max-holdings`: this shard's share of buyer holdings is taken (a
+    /// BUY by a buyer new to the sale is refused; others still buy).
+    Holdings,
     /// `--max-subscriptions`: this shard's share is taken.
     Subscriptions,
     /// `--max-subscriptions-per-conn` (checked by the event loop).
@@ -55,9 +61,10 @@ pub enum Cap {
 }
 
 impl Cap {
-    pub const ALL: [Cap; 4] = [
+    pub const ALL: [Cap; 5] = [
         Cap::Auctions,
         Cap::Sales,
+        Cap::Holdings,
         Cap::Subscriptions,
         Cap::SubscriptionsPerConn,
     ];
@@ -72,6 +79,7 @@ impl Cap {
         match self {
             Cap::Auctions => "auction limit reached (--max-auctions)",
             Cap::Sales => "sale limit reached (--max-sales)",
+            Cap::Holdings => "holding limit reached (--max-holdings)",
             Cap::Subscriptions => "subscription limit reached (--max-subscriptions)",
             Cap::SubscriptionsPerConn => {
                 "too many subscriptions on this connection (--max-subscriptions-per-conn)"
@@ -84,6 +92,7 @@ impl Cap {
         match self {
             Cap::Auctions => "max_auctions",
             Cap::Sales => "max_sales",
+            Cap::Holdings => "max_holdings",
             Cap::Subscriptions => "max_subscriptions",
             Cap::SubscriptionsPerConn => "max_subscriptions_per_conn",
         }
@@ -95,6 +104,8 @@ impl Cap {
 pub struct Capacity {
     pub auctions: usize,
     pub sales: usize,
+    /// Buyer holdings (one per buyer and sale) in memory.
+    pub holdings: usize,
     pub subscriptions: usize,
 }
 
@@ -103,6 +114,7 @@ impl Capacity {
     pub const UNLIMITED: Capacity = Capacity {
         auctions: usize::MAX,
         sales: usize::MAX,
+        holdings: usize::MAX,
         subscriptions: usize::MAX,
     };
 
@@ -112,6 +124,7 @@ impl Capacity {
         Capacity {
             auctions: part(total.auctions),
             sales: part(total.sales),
+            holdings: part(total.holdings),
             subscriptions: part(total.subscriptions),
         }
     }

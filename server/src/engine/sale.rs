@@ -49,14 +49,13 @@ impl Sale {
         self.holdings.get(&buyer_id).copied().unwrap_or(0)
     }
 
-    /// Applies a purchase: all of `quantity` or nothing.
-    pub fn buy(&mut self, buyer_id: u64, quantity: u32, now_ms: u64) -> ResultPayload {
-        let status = match self.state(now_ms) {
+    /// What a purchase of `quantity` by a buyer holding `held` would get.
+    fn decide(&self, held: u64, quantity: u32, now_ms: u64) -> Status {
+        match self.state(now_ms) {
             AuctionState::NotStarted => Status::NotStarted,
             AuctionState::Closed => Status::Closed,
             AuctionState::Open => {
                 let q = quantity as u64;
-                let held = self.held(buyer_id);
                 if q > self.stock - self.sold {
                     Status::SoldOut
                 } else if self.per_buyer_limit != 0
@@ -64,12 +63,26 @@ impl Sale {
                 {
                     Status::LimitExceeded
                 } else {
-                    self.sold += q;
-                    *self.holdings.entry(buyer_id).or_insert(0) += q;
                     Status::Ok
                 }
             }
-        };
+        }
+    }
+
+    /// True when this purchase would succeed and give the buyer their
+    /// first holding in this sale (one more entry in memory).
+    pub fn would_add_holder(&self, buyer_id: u64, quantity: u32, now_ms: u64) -> bool {
+        !self.holdings.contains_key(&buyer_id) && self.decide(0, quantity, now_ms) == Status::Ok
+    }
+
+    /// Applies a purchase: all of `quantity` or nothing.
+    pub fn buy(&mut self, buyer_id: u64, quantity: u32, now_ms: u64) -> ResultPayload {
+        let status = self.decide(self.held(buyer_id), quantity, now_ms);
+        if status == Status::Ok {
+            let q = quantity as u64;
+            self.sold += q;
+            *self.holdings.entry(buyer_id).or_insert(0) += q;
+        }
         self.result(status, buyer_id)
     }
 
@@ -118,6 +131,24 @@ mod tests {
         assert_eq!(s.info(50).state, AuctionState::NotStarted);
         assert_eq!(s.info(150).state, AuctionState::Open);
         assert_eq!(s.info(250).state, AuctionState::Closed);
+    }
+
+    #[test]
+    fn a_new_holder_is_told_apart_before_buying() {
+        let mut s = Sale::new(1, 3, 2, 0, 0);
+        assert!(s.would_add_holder(1, 2, 0));
+        assert!(
+            !s.would_add_holder(1, 3, 0),
+            "over the limit: refused anyway"
+        );
+        s.buy(1, 2, 0);
+        assert!(!s.would_add_holder(1, 1, 0), "holds already");
+        assert!(s.would_add_holder(2, 1, 0));
+        assert!(!s.would_add_holder(2, 2, 0), "sold out for 2");
+        assert!(
+            !Sale::new(2, 5, 0, 100, 0).would_add_holder(1, 1, 50),
+            "not started"
+        );
     }
 
     #[test]

@@ -46,6 +46,8 @@ pub struct ShardState {
     /// Where the next walk for idle open auctions starts (a position in
     /// `auctions`).
     idle_cursor: usize,
+    /// Buyer holdings in memory, all sales (`--max-holdings`).
+    holdings: usize,
 }
 
 /// Most commands a shard holds while their keys are looked up.
@@ -76,6 +78,7 @@ impl ShardState {
             passivation: None,
             sale_ends: BinaryHeap::new(),
             idle_cursor: 0,
+            holdings: 0,
         }
     }
 
@@ -251,6 +254,7 @@ impl ShardState {
         // Came back now: may leave once what is tracked by now is applied.
         let at = self.idempotency.latest_ms();
         p.finished((KeyKind::Order, id), at);
+        self.holdings += sale.holdings.len();
         self.sales.insert(id, *sale);
     }
 
@@ -495,6 +499,12 @@ impl ShardState {
             return;
         }
         let sale = self.sales.get_mut(&b.sku_id).expect("checked above");
+        if sale.would_add_holder(b.buyer_id, b.quantity, now_ms) {
+            if self.holdings >= self.cap.holdings {
+                return fx.refuse(c, Cap::Holdings);
+            }
+            self.holdings += 1;
+        }
         let result = sale.buy(b.buyer_id, b.quantity, now_ms);
         if result.status == Status::Ok {
             fx.mutations.push(Mutation::Purchase {
@@ -679,7 +689,13 @@ impl ShardState {
                     self.auctions.get(id).is_some_and(|a| a.closed)
                         && self.auctions.remove(id).is_some()
                 }
-                KeyKind::Order => self.sales.remove(&id).is_some(),
+                KeyKind::Order => match self.sales.remove(&id) {
+                    Some(s) => {
+                        self.holdings -= s.holdings.len();
+                        true
+                    }
+                    None => false,
+                },
             };
             if gone {
                 p.left((kind, id));
@@ -736,6 +752,11 @@ impl ShardState {
         self.sales.get_mut(&sku_id)
     }
 
+    /// Recovery is over: counts what the restored sales hold.
+    pub fn restored(&mut self) {
+        self.holdings = self.sales.values().map(|s| s.holdings.len()).sum();
+    }
+
     /// Recovery: an accepted request inside the idempotency window, so a
     /// retry after a restart replays `OK` with the values first sent.
     pub fn restore_key(&mut self, key: Key, fields: (u64, u64), result: ResultPayload, at_ms: u64) {
@@ -757,6 +778,7 @@ impl ShardState {
         Sizes {
             auctions: self.auctions.len(),
             sales: self.sales.len(),
+            holdings: self.holdings,
             subscriptions: self.subscriptions.len(),
             keys: self.idempotency.len(),
             spilled_keys: self.idempotency.spilled_len(),
@@ -942,6 +964,61 @@ mod tests {
         st.disconnect(S);
         let (out, _) = run(&mut st, bid(1, 3, 50, 1), 10);
         assert_eq!(out.len(), 1, "no push to a disconnected subscriber");
+    }
+
+    /// At the shard's share of `--max-holdings`, a buyer new to a sale is
+    /// refused BUSY (not executed, its order not remembered); buyers who
+    /// hold some still buy; holdings leave with a passivated sale.
+    #[test]
+    fn holdings_stop_at_the_cap() {
+        let mut st = ShardState::new(1_000_000, KEYS);
+        st.set_capacity(Capacity {
+            holdings: 2,
+            ..Capacity::UNLIMITED
+        });
+        st.back_with_store(Some(100));
+        let open = OpenSaleRequest {
+            sku_id: 5,
+            stock: 4,
+            per_buyer_limit: 0,
+            starts_at_ms: 0,
+            ends_at_ms: 0,
+        };
+        run(&mut st, Op::OpenSale(open), 0);
+        let buy = |buyer, order| {
+            Op::Buy(BuyRequest {
+                sku_id: 5,
+                buyer_id: buyer,
+                quantity: 1,
+                order_id: order,
+            })
+        };
+        let refused = |out: &[Outgoing]| {
+            matches!(
+                out.last().unwrap().reply,
+                Reply::Refused {
+                    limit: Cap::Holdings,
+                    ..
+                }
+            )
+        };
+        for (buyer, order) in [(1, 1), (2, 2)] {
+            assert_eq!(
+                result(&run(&mut st, buy(buyer, order), 1).0).0.status,
+                Status::Ok
+            );
+        }
+        assert!(refused(&run(&mut st, buy(3, 3), 2).0));
+        assert!(refused(&run(&mut st, buy(3, 3), 2).0), "not remembered");
+        let (out, _) = run(&mut st, buy(1, 4), 2);
+        assert_eq!(result(&out).0, ResultPayload::new(Status::Ok, 1, 2));
+        assert_eq!(st.sizes().holdings, 2);
+        // Sold out; once it has left memory its holdings no longer count.
+        run(&mut st, buy(2, 5), 3);
+        st.keys_applied(5); // the opening and 4 purchases
+        let mut fx = Effects::new(1);
+        st.sweep(1_000, &mut fx);
+        assert_eq!((st.sizes().holdings, st.sizes().passivated_sales), (0, 1));
     }
 
     #[test]

@@ -51,6 +51,7 @@ pub struct SizeGauges {
     parked: AtomicUsize,
     passivated: AtomicUsize,
     passivated_sales: AtomicUsize,
+    holdings: AtomicUsize,
 }
 
 impl SizeGauges {
@@ -65,6 +66,7 @@ impl SizeGauges {
         set(&self.parked, s.parked);
         set(&self.passivated, s.passivated);
         set(&self.passivated_sales, s.passivated_sales);
+        set(&self.holdings, s.holdings);
     }
 
     pub fn load(&self) -> Sizes {
@@ -79,6 +81,7 @@ impl SizeGauges {
             parked: get(&self.parked),
             passivated: get(&self.passivated),
             passivated_sales: get(&self.passivated_sales),
+            holdings: get(&self.holdings),
         }
     }
 }

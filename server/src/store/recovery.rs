@@ -92,6 +92,7 @@ pub fn restore(states: &mut [ShardState], snap: &Snapshot, now_ms: u64) {
         let (key, fields, result) = bid_key(b);
         states[auction_shard(b.auction_id)].restore_key(key, fields, result, b.at_ms);
     }
+    states.iter_mut().for_each(ShardState::restored);
     // From the rows, not the shards: a passivated sale is not in memory,
     // but its orders' keys must be.
     let stock: HashMap<u64, u64> = snap.sales.iter().map(|s| (s.id, s.stock)).collect();
