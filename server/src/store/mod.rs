@@ -32,7 +32,7 @@ use std::time::Duration;
 
 use gavel_protocol::{OpenAuctionRequest, OpenSaleRequest};
 
-use crate::engine::idempotency::{Key, StoredOutcome};
+use crate::engine::idempotency::{Key, KeyKind, StoredOutcome};
 use crate::engine::mutation::Mutation;
 
 /// Where state is kept, from `--store`.
@@ -248,6 +248,42 @@ pub struct OrderRow {
     pub sold_after: u64,
     pub held_after: u64,
     pub at_ms: u64,
+}
+
+impl BidRow {
+    /// Its idempotency key and outcome, as a key lookup answers them.
+    pub fn keyed(&self) -> (Key, StoredOutcome) {
+        let key = Key {
+            kind: KeyKind::Bid,
+            scope: self.auction_id,
+            key: self.bid_id,
+        };
+        let stored = StoredOutcome::Bid {
+            bidder_id: self.bidder_id,
+            amount: self.amount,
+            at_ms: self.at_ms,
+        };
+        (key, stored)
+    }
+}
+
+impl OrderRow {
+    /// Its idempotency key and outcome, as a key lookup answers them.
+    pub fn keyed(&self) -> (Key, StoredOutcome) {
+        let key = Key {
+            kind: KeyKind::Order,
+            scope: self.sku_id,
+            key: self.order_id,
+        };
+        let stored = StoredOutcome::Order {
+            buyer_id: self.buyer_id,
+            quantity: u64::from(self.quantity),
+            sold_after: self.sold_after,
+            held_after: self.held_after,
+            at_ms: self.at_ms,
+        };
+        (key, stored)
+    }
 }
 
 /// The latest high bid of an auction within one batch.

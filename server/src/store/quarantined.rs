@@ -11,8 +11,8 @@
 
 use std::collections::HashMap;
 
-use super::{journal, StoreError, Tables, WriteBatch};
-use crate::engine::idempotency::{Key, KeyKind, StoredOutcome};
+use super::{journal, BidRow, OrderRow, StoreError, Tables, WriteBatch};
+use crate::engine::idempotency::{Key, StoredOutcome};
 
 /// The keys of the quarantined records read so far.
 #[derive(Default)]
@@ -46,40 +46,16 @@ impl QuarantinedKeys {
         // The log rows the record would have written, as find_key reads them.
         let mut batch = WriteBatch::default();
         mutations.iter().for_each(|m| batch.add(m));
-        for b in &batch.bids {
-            let key = Key {
-                kind: KeyKind::Bid,
-                scope: b.auction_id,
-                key: b.bid_id,
-            };
-            let outcome = StoredOutcome::Bid {
-                bidder_id: b.bidder_id,
-                amount: b.amount,
-                at_ms: b.at_ms,
-            };
-            self.keys.insert(key, outcome);
-        }
-        for o in &batch.orders {
-            let key = Key {
-                kind: KeyKind::Order,
-                scope: o.sku_id,
-                key: o.order_id,
-            };
-            let outcome = StoredOutcome::Order {
-                buyer_id: o.buyer_id,
-                quantity: u64::from(o.quantity),
-                sold_after: o.sold_after,
-                held_after: o.held_after,
-                at_ms: o.at_ms,
-            };
-            self.keys.insert(key, outcome);
-        }
+        let rows = batch.bids.iter().map(BidRow::keyed);
+        self.keys
+            .extend(rows.chain(batch.orders.iter().map(OrderRow::keyed)));
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::idempotency::KeyKind;
     use crate::engine::mutation::Mutation;
     use crate::store::sqlite::SqliteStore;
 

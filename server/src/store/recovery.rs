@@ -13,7 +13,7 @@ use super::{
 };
 use crate::engine::auction::Auction;
 use crate::engine::command::{shard_of, Op};
-use crate::engine::idempotency::{Key, KeyKind, StoredOutcome};
+use crate::engine::idempotency::Key;
 use crate::engine::mutation::Mutation;
 use crate::engine::sale::Sale;
 use crate::engine::state::ShardState;
@@ -129,16 +129,7 @@ pub(crate) fn sale(r: &SaleRow) -> Sale {
 
 /// An accepted bid's key, fields and the RESULT first sent.
 fn bid_key(b: &BidRow) -> (Key, (u64, u64), ResultPayload) {
-    let key = Key {
-        kind: KeyKind::Bid,
-        scope: b.auction_id,
-        key: b.bid_id,
-    };
-    let stored = StoredOutcome::Bid {
-        bidder_id: b.bidder_id,
-        amount: b.amount,
-        at_ms: b.at_ms,
-    };
+    let (key, stored) = b.keyed();
     let (fields, result) = stored.entry(0);
     (key, fields, result)
 }
@@ -146,18 +137,7 @@ fn bid_key(b: &BidRow) -> (Key, (u64, u64), ResultPayload) {
 /// An accepted order's key, fields and the RESULT first sent (units left
 /// after it, and the buyer's holding after it).
 fn order_key(o: &OrderRow, stock: u64) -> (Key, (u64, u64), ResultPayload) {
-    let key = Key {
-        kind: KeyKind::Order,
-        scope: o.sku_id,
-        key: o.order_id,
-    };
-    let stored = StoredOutcome::Order {
-        buyer_id: o.buyer_id,
-        quantity: o.quantity as u64,
-        sold_after: o.sold_after,
-        held_after: o.held_after,
-        at_ms: o.at_ms,
-    };
+    let (key, stored) = o.keyed();
     let (fields, result) = stored.entry(stock);
     (key, fields, result)
 }
