@@ -837,6 +837,16 @@ mod tests {
         }
     }
 
+    /// OPEN_AUCTION with no reserve and an increment of 1.
+    fn open_op(auction_id: u64, ends_at_ms: u64) -> Op {
+        Op::OpenAuction(OpenAuctionRequest {
+            auction_id,
+            reserve: 0,
+            min_increment: 1,
+            ends_at_ms,
+        })
+    }
+
     fn bid(auction_id: u64, bidder_id: u64, amount: u64, bid_id: u64) -> Op {
         Op::Bid(BidRequest {
             auction_id,
@@ -1105,13 +1115,7 @@ mod tests {
         );
         st.back_with_store(None);
         for id in [1, 2] {
-            let open = OpenAuctionRequest {
-                auction_id: id,
-                reserve: 0,
-                min_increment: 1,
-                ends_at_ms: 0,
-            };
-            run(&mut st, Op::OpenAuction(open), 0);
+            run(&mut st, open_op(id, 0), 0);
         }
         let first = result(&run(&mut st, bid(1, 7, 10, 100), 0).0).0;
         st.keys_applied(3); // the two openings and the bid
@@ -1213,13 +1217,7 @@ mod tests {
     fn a_closed_auction_leaves_memory_and_comes_back_on_demand() {
         let mut st = ShardState::new(1_000_000, KEYS);
         st.back_with_store(Some(100));
-        let open = OpenAuctionRequest {
-            auction_id: 1,
-            reserve: 0,
-            min_increment: 1,
-            ends_at_ms: 0,
-        };
-        run(&mut st, Op::OpenAuction(open), 0);
+        run(&mut st, open_op(1, 0), 0);
         run(&mut st, bid(1, 7, 50, 1), 0);
         run(&mut st, Op::CloseAuction(1), 10);
         let before = *st.auctions.get(1).unwrap();
@@ -1291,13 +1289,7 @@ mod tests {
     fn a_clock_stepping_back_makes_no_auction_idle() {
         let mut st = ShardState::new(1_000_000, KEYS);
         st.back_with_store(Some(100));
-        let open = OpenAuctionRequest {
-            auction_id: 1,
-            reserve: 0,
-            min_increment: 1,
-            ends_at_ms: 0,
-        };
-        run(&mut st, Op::OpenAuction(open), 10_000);
+        run(&mut st, open_op(1, 0), 10_000);
         st.keys_applied(1);
         let mut fx = Effects::new(1);
         st.sweep(5_000, &mut fx);
@@ -1342,13 +1334,7 @@ mod tests {
         let mut st = ShardState::new(1_000_000, KEYS);
         st.back_with_store(Some(100));
         for (id, ends_at_ms) in [(1, 0), (2, 5_000), (3, 0)] {
-            let open = OpenAuctionRequest {
-                auction_id: id,
-                reserve: 0,
-                min_increment: 1,
-                ends_at_ms,
-            };
-            run(&mut st, Op::OpenAuction(open), 0);
+            run(&mut st, open_op(id, ends_at_ms), 0);
         }
         run(&mut st, bid(1, 7, 50, 1), 200);
         let mut fx = Effects::new(1);
