@@ -69,21 +69,33 @@ impl Sale {
         }
     }
 
-    /// True when this purchase would succeed and give the buyer their
-    /// first holding in this sale (one more entry in memory).
-    pub fn would_add_holder(&self, buyer_id: u64, quantity: u32, now_ms: u64) -> bool {
-        !self.holdings.contains_key(&buyer_id) && self.decide(0, quantity, now_ms) == Status::Ok
-    }
-
     /// Applies a purchase: all of `quantity` or nothing.
     pub fn buy(&mut self, buyer_id: u64, quantity: u32, now_ms: u64) -> ResultPayload {
-        let status = self.decide(self.held(buyer_id), quantity, now_ms);
+        self.buy_capped(buyer_id, quantity, now_ms, true)
+            .expect("a new holder may be added")
+    }
+
+    /// Applies a purchase, unless it would succeed and give the buyer their
+    /// first holding here (one more entry in memory) while
+    /// `may_add_holder` is false: then `None`, and nothing changed.
+    pub fn buy_capped(
+        &mut self,
+        buyer_id: u64,
+        quantity: u32,
+        now_ms: u64,
+        may_add_holder: bool,
+    ) -> Option<ResultPayload> {
+        let held = self.held(buyer_id);
+        let status = self.decide(held, quantity, now_ms);
         if status == Status::Ok {
+            if held == 0 && !may_add_holder {
+                return None;
+            }
             let q = quantity as u64;
             self.sold += q;
             *self.holdings.entry(buyer_id).or_insert(0) += q;
         }
-        self.result(status, buyer_id)
+        Some(self.result(status, buyer_id))
     }
 
     /// RESULT of a purchase: value = stock left, aux = the buyer's holding.
@@ -134,20 +146,20 @@ mod tests {
     }
 
     #[test]
-    fn a_new_holder_is_told_apart_before_buying() {
+    fn only_a_purchase_that_adds_a_holder_is_held_back() {
         let mut s = Sale::new(1, 3, 2, 0, 0);
-        assert!(s.would_add_holder(1, 2, 0));
-        assert!(
-            !s.would_add_holder(1, 3, 0),
-            "over the limit: refused anyway"
-        );
+        assert_eq!(s.buy_capped(1, 2, 0, false), None);
+        assert_eq!((s.sold, s.holdings.len()), (0, 0), "nothing changed");
+        let over = s.buy_capped(1, 3, 0, false).map(|r| r.status);
+        assert_eq!(over, Some(Status::LimitExceeded), "refused anyway");
         s.buy(1, 2, 0);
-        assert!(!s.would_add_holder(1, 1, 0), "holds already");
-        assert!(s.would_add_holder(2, 1, 0));
-        assert!(!s.would_add_holder(2, 2, 0), "sold out for 2");
-        assert!(
-            !Sale::new(2, 5, 0, 100, 0).would_add_holder(1, 1, 50),
-            "not started"
+        let more = s.buy_capped(1, 1, 0, false);
+        assert_eq!(more, Some(ResultPayload::new(Status::LimitExceeded, 1, 2)));
+        let sold_out = s.buy_capped(2, 2, 0, false).map(|r| r.status);
+        assert_eq!(sold_out, Some(Status::SoldOut));
+        assert_eq!(
+            s.buy_capped(2, 1, 0, true).map(|r| r.status),
+            Some(Status::Ok)
         );
     }
 

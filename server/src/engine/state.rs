@@ -499,13 +499,12 @@ impl ShardState {
             return;
         }
         let sale = self.sales.get_mut(&b.sku_id).expect("checked above");
-        if sale.would_add_holder(b.buyer_id, b.quantity, now_ms) {
-            if self.holdings >= self.cap.holdings {
-                return fx.refuse(c, Cap::Holdings);
-            }
-            self.holdings += 1;
-        }
-        let result = sale.buy(b.buyer_id, b.quantity, now_ms);
+        let before = sale.holdings.len();
+        let may_add = self.holdings < self.cap.holdings;
+        let Some(result) = sale.buy_capped(b.buyer_id, b.quantity, now_ms, may_add) else {
+            return fx.refuse(c, Cap::Holdings);
+        };
+        self.holdings += sale.holdings.len() - before;
         if result.status == Status::Ok {
             fx.mutations.push(Mutation::Purchase {
                 sku_id: b.sku_id,
