@@ -61,16 +61,31 @@ impl Slot {
     }
 }
 
-/// A well-mixed 64-bit hash of a key (splitmix64-style rounds).
+/// A well-mixed 64-bit hash of a key (splitmix64-style rounds) under this
+/// process's secret seed: bid_ids and order_ids are the client's choice,
+/// and with a fixed function a client could pick ones that share a home
+/// slot and segment (cheap offline: ~2^15–2^21 tries per key) and turn
+/// every insert and lookup into a scan of one long probe run. Nothing
+/// stores these hashes beyond the process.
 #[inline]
 pub fn key_hash(kind: u8, scope: u64, key: u64) -> u64 {
+    key_hash_seeded(seed(), kind, scope, key)
+}
+
+fn seed() -> u64 {
+    static SEED: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *SEED.get_or_init(rand::random::<u64>)
+}
+
+#[inline]
+fn key_hash_seeded(seed: u64, kind: u8, scope: u64, key: u64) -> u64 {
     let mix = |mut z: u64| {
         z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
         z ^ (z >> 31)
     };
     let tag = u64::from(kind) + 1;
-    mix(mix(scope ^ tag.wrapping_mul(0x9e37_79b9_7f4a_7c15)) ^ key)
+    mix(mix(seed ^ scope ^ tag.wrapping_mul(0x9e37_79b9_7f4a_7c15)) ^ key)
 }
 
 /// What a walk decides for one slot.
@@ -442,6 +457,22 @@ mod tests {
 
     fn find(t: &KeyTable, k: u64) -> Option<Pos> {
         t.find(hash(k), |s| s.key == k)
+    }
+
+    /// Keys picked to share a home slot under one seed do not share it
+    /// under another: a client cannot precompute colliding bid_ids.
+    #[test]
+    fn colliding_keys_do_not_collide_under_another_seed() {
+        let home = |seed, k| key_hash_seeded(seed, 0, 7, k) & 0x3ff;
+        let target = home(1, 0);
+        let colliding: Vec<u64> = (1..200_000).filter(|&k| home(1, k) == target).collect();
+        assert!(colliding.len() > 100);
+        let still = colliding
+            .iter()
+            .filter(|&&k| home(2, k) == home(2, 0))
+            .count();
+        assert!(still < 5, "{still} of {} still collide", colliding.len());
+        assert_eq!(key_hash(0, 7, 1), key_hash(0, 7, 1), "one seed per process");
     }
 
     #[test]
