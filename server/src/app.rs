@@ -21,6 +21,7 @@ use crate::metrics_http;
 use crate::net::auth::AuthTokens;
 use crate::net::event_loop::{EventLoop, Shared};
 use crate::net::log_limit::LogLimiter;
+use crate::net::rate_limit::SharedBuckets;
 use crate::net::{listener, tls};
 use crate::outbox::{self, Inbox, LoopHandle};
 use crate::shard::local::{KeyLookups, LocalShard};
@@ -392,8 +393,10 @@ fn shared_state(
         per_ip: Mutex::new(HashMap::new()),
         refused_per_ip: AtomicU64::new(0),
         rate_per_conn: config.rate_per_conn,
-        rate_per_bidder: config.rate_per_bidder,
-        rate_max_bidders: config.rate_max_bidders,
+        bidders: config
+            .rate_per_bidder
+            .map(|r| SharedBuckets::new(r, config.rate_max_bidders)),
+        epoch: std::time::Instant::now(),
         tls,
         idle_timeout: config.idle_timeout,
         logs: LogLimiter::new(config.log_summary_interval),

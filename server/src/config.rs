@@ -187,16 +187,15 @@ pub struct Config {
     pub rate_per_conn: Option<RateSpec>,
 
     /// Per-bidder rate limit, RATE[/BURST], on BID (by bidder_id) and BUY (by
-    /// buyer_id) together, whichever connections they come over. Kept per
-    /// event loop: with --io-threads N a bidder whose connections land on
-    /// different loops may get up to N times RATE. Off by default.
+    /// buyer_id) together, whichever connections (and event loops) they come
+    /// over. Off by default.
     /// Example: --rate-per-bidder 50/100
     #[arg(long, env = "GAVEL_RATE_PER_BIDDER", value_name = "RATE[/BURST]")]
     pub rate_per_bidder: Option<RateSpec>,
 
-    /// Most bidder ids one event loop tracks for --rate-per-bidder. Idle
-    /// entries are evicted every second; if the table is still full, the
-    /// least recently used half is dropped.
+    /// Most bidder ids the server tracks for --rate-per-bidder (split over 32
+    /// stripes by the id's hash). Idle entries are evicted every second; if
+    /// a stripe is still full, its least recently used half is dropped.
     #[arg(long, env = "GAVEL_RATE_MAX_BIDDERS", default_value_t = 1_000_000)]
     pub rate_max_bidders: usize,
 

@@ -33,7 +33,7 @@ use super::auth::AuthTokens;
 use super::buffer_pool::BufferPool;
 use super::connection::{Connection, ReadResult};
 use super::log_limit::{LogLimiter, Noisy};
-use super::rate_limit::{Bucket, KeyedBuckets, Limit, RateSpec};
+use super::rate_limit::{Bucket, Limit, RateSpec, SharedBuckets};
 use crate::engine::command::{shard_of, Command, ConnRef, Op, Outgoing, Reply};
 use crate::engine::limits::Cap;
 use crate::metrics::{LoopStats, Metrics};
@@ -89,8 +89,12 @@ pub struct Shared {
     /// Connections refused by `--max-connections-per-ip`.
     pub refused_per_ip: AtomicU64,
     pub rate_per_conn: Option<RateSpec>,
-    pub rate_per_bidder: Option<RateSpec>,
-    pub rate_max_bidders: usize,
+    /// `--rate-per-bidder`: the buckets by bidder/buyer id, one set for all
+    /// loops (so a bidder spread over loops is limited as one).
+    pub bidders: Option<SharedBuckets>,
+    /// The origin of every loop's clock (rate limits, latency stamps): one
+    /// for all, since buckets are shared.
+    pub epoch: Instant,
     /// Set with `--tls-cert`: every accepted connection speaks TLS.
     pub tls: Option<Arc<rustls::ServerConfig>>,
     pub idle_timeout: Duration,
@@ -124,7 +128,8 @@ struct Ctx {
     shutting_down: bool,
     /// Counts of this turn, added to the shared metrics once per turn.
     stats: LoopStats,
-    /// Origin of this loop's microsecond clock (request latency stamps).
+    /// `Shared::epoch`: origin of the microsecond clock (request latency
+    /// stamps) and of the nanosecond one (rate limits).
     epoch: Instant,
     /// When the current read batch started, in µs since `epoch`.
     turn_us: u32,
@@ -132,8 +137,6 @@ struct Ctx {
     now_ns: u64,
     /// `--rate-per-conn`, the bucket itself lives in each connection.
     conn_limit: Option<Limit>,
-    /// `--rate-per-bidder`: this loop's buckets by bidder/buyer id.
-    bidders: Option<KeyedBuckets>,
 }
 
 pub struct EventLoop {
@@ -162,9 +165,7 @@ impl EventLoop {
             .register(&mut listener, LISTENER, Interest::READABLE)?;
         let shards = shared.shards.len();
         let conn_limit = shared.rate_per_conn.map(Limit::new);
-        let bidders = shared
-            .rate_per_bidder
-            .map(|r| KeyedBuckets::new(r, shared.rate_max_bidders));
+        let epoch = shared.epoch;
         Ok(EventLoop {
             poll,
             listener,
@@ -181,11 +182,10 @@ impl EventLoop {
                 over_budget: Vec::new(),
                 shutting_down: false,
                 stats: LoopStats::default(),
-                epoch: Instant::now(),
+                epoch,
                 turn_us: 0,
                 now_ns: 0,
                 conn_limit,
-                bidders,
             },
             next_gen: 1,
             resume: Vec::new(),
@@ -261,9 +261,12 @@ impl EventLoop {
             if now.duration_since(last_sweep) >= Duration::from_secs(1) {
                 last_sweep = now;
                 self.close_stalled(now);
-                let now_ns = now.duration_since(self.ctx.epoch).as_nanos() as u64;
-                if let Some(b) = self.ctx.bidders.as_mut() {
-                    b.sweep(now_ns);
+                // The shared per-bidder buckets are swept by one loop.
+                match &self.ctx.shared.bidders {
+                    Some(b) if self.ctx.io == 0 => {
+                        b.sweep(now.duration_since(self.ctx.epoch).as_nanos() as u64)
+                    }
+                    _ => {}
                 }
                 self.ctx.shared.logs.summarize(now);
             }
@@ -1078,7 +1081,7 @@ fn bidder_within_rate(op: &Op, ctx: &mut Ctx) -> bool {
         Op::Buy(b) => b.buyer_id,
         _ => return true,
     };
-    match ctx.bidders.as_mut() {
+    match ctx.shared.bidders.as_ref() {
         Some(bidders) => bidders.take(who, ctx.now_ns),
         None => true,
     }

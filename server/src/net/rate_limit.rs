@@ -1,21 +1,26 @@
 //! Token buckets for `--rate-per-conn` and `--rate-per-bidder`.
 //!
-//! Everything here is owned by one event loop: no locks, no atomics. A bucket
-//! is two integers; taking a token is a subtraction after a refill computed
-//! from the loop's clock (nanoseconds since the loop started, read once per
-//! read batch), so a check costs a few arithmetic instructions and never
-//! allocates.
+//! A bucket is two integers; taking a token is a subtraction after a refill
+//! computed from the server's clock (nanoseconds since the event loops'
+//! common epoch, read once per read batch), so a check costs a few
+//! arithmetic instructions and never allocates. A connection's bucket is a
+//! field of the connection, owned by its event loop: no lock.
 //!
-//! Per-bidder buckets live in a bounded map keyed by bidder (or buyer) id on
-//! the event loop. A bucket that has been idle long enough to refill to its
-//! burst behaves exactly like a missing one, so such buckets are evicted by a
-//! periodic sweep without changing any decision; when the map is still full,
-//! the least recently used half is dropped instead (which can only make the
-//! limit more lenient for those ids, never stricter).
+//! Per-bidder buckets live in bounded maps keyed by bidder (or buyer) id,
+//! shared by every event loop ([`SharedBuckets`]): a bidder whose
+//! connections land on different loops draws from one bucket. The maps are
+//! striped, a mutex each, by the id's hash, so loops rarely meet on one lock;
+//! the lock is taken only for a BID or BUY with the flag on. A bucket that
+//! has been idle long enough to refill to its burst behaves exactly like a
+//! missing one, so such buckets are evicted by a periodic sweep without
+//! changing any decision; when a stripe is still full, its least recently
+//! used half is dropped instead (which can only make the limit more lenient
+//! for those ids, never stricter).
 
 use std::collections::HashMap;
 use std::fmt;
 use std::str::FromStr;
+use std::sync::{Mutex, MutexGuard};
 
 const NANOS: u64 = 1_000_000_000;
 
@@ -120,7 +125,8 @@ impl Bucket {
     }
 }
 
-/// Per-bidder buckets of one event loop, at most `max_keys` of them.
+/// Per-bidder buckets, at most `max_keys` of them; one stripe of
+/// [`SharedBuckets`].
 pub struct KeyedBuckets {
     limit: Limit,
     map: HashMap<u64, Bucket, ahash::RandomState>,
@@ -183,6 +189,60 @@ impl KeyedBuckets {
 
     pub fn is_empty(&self) -> bool {
         self.map.is_empty()
+    }
+}
+
+/// Stripes of [`SharedBuckets`]: a power of two, a few times the event
+/// loops a box would run, so two loops seldom want the same lock at once.
+const STRIPES: usize = 32;
+
+/// The per-bidder buckets of the whole server, shared by the event loops:
+/// [`STRIPES`] maps behind a mutex each, chosen by the id's hash.
+pub struct SharedBuckets {
+    stripes: Box<[Mutex<KeyedBuckets>]>,
+}
+
+impl SharedBuckets {
+    /// `max_keys` for the server, split evenly over the stripes (ids are
+    /// spread by hash).
+    pub fn new(spec: RateSpec, max_keys: usize) -> SharedBuckets {
+        let per_stripe = max_keys.div_ceil(STRIPES).max(1);
+        SharedBuckets {
+            stripes: (0..STRIPES)
+                .map(|_| Mutex::new(KeyedBuckets::new(spec, per_stripe)))
+                .collect(),
+        }
+    }
+
+    fn stripe(&self, i: usize) -> MutexGuard<'_, KeyedBuckets> {
+        // A panic while holding it leaves buckets, not broken state.
+        self.stripes[i].lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Takes one token from `key`'s bucket; `now_ns` on the server's clock.
+    #[inline]
+    pub fn take(&self, key: u64, now_ns: u64) -> bool {
+        // Fibonacci hashing: the top bits of the product, so sequential ids
+        // spread over the stripes (the map inside hashes on its own).
+        let i =
+            (key.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - STRIPES.trailing_zeros())) as usize;
+        self.stripe(i).take(key, now_ns)
+    }
+
+    /// Sweeps idle buckets from every stripe, one lock at a time. Called
+    /// about once a second by one event loop.
+    pub fn sweep(&self, now_ns: u64) {
+        for i in 0..self.stripes.len() {
+            self.stripe(i).sweep(now_ns);
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        (0..self.stripes.len()).map(|i| self.stripe(i).len()).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }
 
@@ -264,5 +324,41 @@ mod tests {
         // The most recent key is still tracked: its second and third tokens.
         assert!(k.take(999, 3000 * MS + 999));
         assert!(!k.take(999, 3000 * MS + 999));
+    }
+
+    #[test]
+    fn shared_buckets_limit_a_bidder_across_threads() {
+        // Two threads (two event loops) take from the same bidder at one
+        // instant: together they get the burst, not twice it.
+        let b = std::sync::Arc::new(SharedBuckets::new(
+            RateSpec {
+                rate: 1,
+                burst: 1000,
+            },
+            1000,
+        ));
+        let takers: Vec<_> = (0..2)
+            .map(|_| {
+                let b = b.clone();
+                std::thread::spawn(move || (0..1000).filter(|_| b.take(42, 5 * MS)).count())
+            })
+            .collect();
+        let got: usize = takers.into_iter().map(|t| t.join().unwrap()).sum();
+        assert_eq!(got, 1000);
+        assert!(!b.take(42, 5 * MS));
+        // Other ids have their own buckets, and idle ones are swept.
+        assert!(b.take(43, 5 * MS));
+        assert_eq!(b.len(), 2);
+        b.sweep(5 * MS + 1000 * 1000 * MS);
+        assert!(b.is_empty());
+    }
+
+    #[test]
+    fn shared_buckets_bound_the_keys_over_all_stripes() {
+        let b = SharedBuckets::new(RateSpec { rate: 1, burst: 2 }, 640);
+        for key in 0..100_000u64 {
+            b.take(key, key);
+        }
+        assert!(b.len() <= 640, "{}", b.len());
     }
 }
