@@ -404,6 +404,7 @@ fn shared_state(
         node_id: config.node_id,
         shutdown: shutdown.clone(),
         open_connections: AtomicUsize::new(0),
+        lingering: AtomicUsize::new(0),
         metrics: metrics.clone(),
     }
 }

@@ -2,7 +2,11 @@
 //!
 //! Hot-path counts are plain `u64`s in a per-event-loop [`LoopStats`] and
 //! are added to the shared atomics once per loop turn ([`Metrics::absorb`]),
-//! so a request costs no atomic operation and no lock. Gauges that mirror
+//! so a request costs no atomic operation and no lock. Connections refused
+//! at accept or closed by the server (idle, slow subscriber) are rare and are
+//! counted on the shared metrics as they happen, before the client can see
+//! the end: one that saw it and then scrapes, maybe served by another loop,
+//! finds it counted. Gauges that mirror
 //! state the server already keeps (open connections, shard queue depths,
 //! writer queue, store health) are read when scraped. The registry and the
 //! text exposition are `prometheus-client`'s; latency histograms are
@@ -228,11 +232,6 @@ pub struct LoopStats {
     /// Requests refused at each [`Cap`], indexed by `Cap as usize`.
     pub limits: [u64; Cap::ALL.len()],
     pub accepted: u64,
-    pub refused_capacity: u64,
-    /// Closed by `--idle-timeout` (silent since accept, or stalled).
-    pub closed_idle: u64,
-    /// Closed by `--subscriber-cap`.
-    pub closed_slow: u64,
     /// Connections no longer read because of `--output-budget`.
     pub budget_pauses: u64,
     pub dirty: bool,
@@ -248,9 +247,6 @@ impl Default for LoopStats {
             latency: vec![LocalHistogram::default(); N_TYPES],
             limits: [0; Cap::ALL.len()],
             accepted: 0,
-            refused_capacity: 0,
-            closed_idle: 0,
-            closed_slow: 0,
             budget_pauses: 0,
             dirty: false,
         }
@@ -398,7 +394,7 @@ impl Metrics {
         let open_connections = reg(
             &mut r,
             "connections_open",
-            "Connections open",
+            "Connections open, as counted against --max-connections (one half-closed after a closing ERROR no longer counts)",
             Gauge::default(),
         );
         let shard_queue = shard_queue_gauges(&mut r, shards);
@@ -476,24 +472,9 @@ impl Metrics {
             self.accepted.inc_by(s.accepted);
             s.accepted = 0;
         }
-        if s.refused_capacity != 0 {
-            self.refused(s.refused_capacity, "max_connections");
-            s.refused_capacity = 0;
-        }
         if s.budget_pauses != 0 {
             self.bounds.budget_pauses.inc_by(s.budget_pauses);
             s.budget_pauses = 0;
-        }
-        for (n, reason) in [
-            (&mut s.closed_idle, "idle"),
-            (&mut s.closed_slow, "slow_subscriber"),
-        ] {
-            if *n != 0 {
-                self.closed
-                    .get_or_create(&labels("reason", reason))
-                    .inc_by(*n);
-                *n = 0;
-            }
         }
         s.dirty = false;
     }
@@ -506,6 +487,12 @@ impl Metrics {
         if total > seen {
             c.inc_by(total - seen);
         }
+    }
+
+    /// One connection closed by the server: `idle` (`--idle-timeout`) or
+    /// `slow_subscriber` (`--subscriber-cap`).
+    pub fn closed(&self, reason: &str) {
+        self.closed.get_or_create(&labels("reason", reason)).inc();
     }
 
     pub fn refused(&self, n: u64, reason: &str) {

@@ -104,7 +104,13 @@ pub struct Shared {
     pub shutdown_grace: Duration,
     pub node_id: u16,
     pub shutdown: Arc<AtomicBool>,
+    /// Connections counted against `--max-connections`: reserved at accept
+    /// before anything else, released when the client can see the end (see
+    /// [`EventLoop::linger`]).
     pub open_connections: AtomicUsize,
+    /// Connections half-closed after a closing ERROR, no longer counted in
+    /// `open_connections`; at most `max_connections` of them.
+    pub lingering: AtomicUsize,
     pub metrics: Arc<Metrics>,
 }
 
@@ -293,13 +299,20 @@ impl EventLoop {
                 }
             };
             let shared = &self.ctx.shared;
-            if shared.open_connections.load(Ordering::Relaxed) >= shared.max_connections {
+            // Reserve the place in one step: with a load here and an add
+            // later, two loops could both take the last one.
+            let reserved = shared
+                .open_connections
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                    (n < shared.max_connections).then_some(n + 1)
+                })
+                .is_ok();
+            if !reserved {
+                shared.metrics.refused(1, "max_connections");
                 let mut b = BytesMut::with_capacity(64);
                 encode_error(&mut b, 0, ErrorCode::Busy, "too many connections");
                 let _ = io::Write::write(&mut stream, &b);
                 end_refused(&mut stream);
-                self.ctx.stats.refused_capacity += 1;
-                self.ctx.stats.dirty = true;
                 if self.ctx.shared.logs.allow(Noisy::Refused, Instant::now()) {
                     tracing::warn!(%peer, "refused connection: --max-connections reached");
                 }
@@ -307,6 +320,7 @@ impl EventLoop {
             }
             let ip = peer.ip().to_canonical();
             if shared.max_connections_per_ip > 0 && !take_ip_slot(shared, ip) {
+                shared.open_connections.fetch_sub(1, Ordering::Relaxed);
                 shared.refused_per_ip.fetch_add(1, Ordering::Relaxed);
                 if shared.tls.is_none() {
                     let mut b = BytesMut::with_capacity(80);
@@ -331,6 +345,7 @@ impl EventLoop {
                     Ok(c) => Some(Box::new(c)),
                     Err(e) => {
                         tracing::warn!(%peer, error = %e, "TLS session setup failed");
+                        shared.open_connections.fetch_sub(1, Ordering::Relaxed);
                         if counted_ip {
                             release_ip_slot(shared, ip);
                         }
@@ -353,6 +368,7 @@ impl EventLoop {
                 Interest::READABLE | Interest::WRITABLE,
             ) {
                 tracing::warn!(%peer, error = %e, "register failed");
+                shared.open_connections.fetch_sub(1, Ordering::Relaxed);
                 if counted_ip {
                     release_ip_slot(shared, ip);
                 }
@@ -365,7 +381,6 @@ impl EventLoop {
             };
             let conn = entry.insert(Connection::new(stream, peer, gen, authed, tls, bucket));
             conn.counted_ip = counted_ip;
-            shared.open_connections.fetch_add(1, Ordering::Relaxed);
             self.ctx.stats.accepted += 1;
             self.ctx.stats.dirty = true;
         }
@@ -456,8 +471,7 @@ impl EventLoop {
                             unsent = conn.unsent(),
                             "subscriber is not reading; disconnecting it"
                         );
-                        ctx.stats.closed_slow += 1;
-                        ctx.stats.dirty = true;
+                        ctx.shared.metrics.closed("slow_subscriber");
                         self.close(slot);
                         continue;
                     }
@@ -652,8 +666,29 @@ impl EventLoop {
 
     /// The closing ERROR is out: half-close and drop what the peer still
     /// sends, for a while, then close (see `Connection::lingering`).
+    ///
+    /// Its place under `--max-connections` (and `--max-connections-per-ip`)
+    /// is given back here, before the write side is shut, not at the final
+    /// close up to `LINGER` later: the client sees the end (EOF after the
+    /// ERROR) now and may reconnect at once, and that connection can be
+    /// accepted by another loop before this one has read the peer's FIN —
+    /// counting the old one until then refuses a client that did nothing
+    /// wrong. What a lingering connection still holds (a socket, no read buffer)
+    /// is bounded apart: at most `--max-connections` of them; past that one
+    /// is closed at once (its peer may then see a reset if it sends more).
     fn linger(&mut self, slot: usize) {
+        let shared = &self.ctx.shared;
+        let room = shared
+            .lingering
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                (n < shared.max_connections).then_some(n + 1)
+            })
+            .is_ok();
+        if !room {
+            return self.close(slot);
+        }
         let conn = &mut self.conns[slot];
+        release_places(shared, conn);
         conn.half_close(LINGER_BYTES, &mut self.ctx.pool);
         self.lingering
             .push((slot, conn.gen, Instant::now() + LINGER));
@@ -687,17 +722,20 @@ impl EventLoop {
 
     fn close(&mut self, slot: usize) {
         let mut conn = self.conns.remove(slot);
+        let shared = &self.ctx.shared;
+        // Its place is free before the peer can see the end (close_notify,
+        // then the FIN when `conn` is dropped).
+        if conn.lingering {
+            shared.lingering.fetch_sub(1, Ordering::Relaxed);
+        } else {
+            release_places(shared, &mut conn);
+        }
         conn.send_close_notify();
         let _ = self.poll.registry().deregister(&mut conn.stream);
         conn.release_buffers(&mut self.ctx.pool);
-        let shared = &self.ctx.shared;
         shared
             .unsent_total
             .fetch_sub(conn.accounted, Ordering::Relaxed);
-        shared.open_connections.fetch_sub(1, Ordering::Relaxed);
-        if conn.counted_ip {
-            release_ip_slot(shared, conn.peer.ip().to_canonical());
-        }
         let mut bits = conn.sub_shards;
         while bits != 0 {
             let shard = bits.trailing_zeros() as usize;
@@ -735,8 +773,7 @@ impl EventLoop {
                 };
                 tracing::info!(peer = %c.peer, "{why}; closing connection");
             }
-            self.ctx.stats.closed_idle += 1;
-            self.ctx.stats.dirty = true;
+            self.ctx.shared.metrics.closed("idle");
             self.close(slot);
         }
     }
@@ -813,6 +850,17 @@ fn take_ip_slot(shared: &Shared, ip: IpAddr) -> bool {
     }
     *n += 1;
     true
+}
+
+/// Gives back the connection's place under `--max-connections` and, if it
+/// has one, under `--max-connections-per-ip`. Once per connection: at the
+/// close, or earlier when it starts lingering.
+fn release_places(shared: &Shared, conn: &mut Connection) {
+    shared.open_connections.fetch_sub(1, Ordering::Relaxed);
+    if conn.counted_ip {
+        conn.counted_ip = false;
+        release_ip_slot(shared, conn.peer.ip().to_canonical());
+    }
 }
 
 fn release_ip_slot(shared: &Shared, ip: IpAddr) {
