@@ -48,7 +48,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let local = std_listener.local_addr()?;
     let metrics = Arc::new(Metrics::new(config.shard_count()));
-    let io = IoLoops::new(config.io_threads.max(1), config.reply_queue, &metrics)?;
+    let io = IoLoops::new(config.io_thread_count(), config.reply_queue, &metrics)?;
     let writer = store
         .map(|s| start_writer(s, &config, &io.handles, &metrics))
         .transpose()?;
@@ -545,7 +545,7 @@ fn announce(config: &Config, local: std::net::SocketAddr) -> std::io::Result<()>
     tracing::info!(
         %local,
         shards = config.shard_count(),
-        io_threads = config.io_threads.max(1),
+        io_threads = config.io_thread_count(),
         store = %config.store,
         ack = ?config.ack,
         "gavel-server ready"

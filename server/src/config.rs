@@ -38,9 +38,13 @@ pub struct Config {
     #[arg(long, env = "GAVEL_BACKLOG", default_value_t = 4096)]
     pub backlog: i32,
 
-    /// Number of event-loop (network I/O) threads.
-    #[arg(long, env = "GAVEL_IO_THREADS", default_value_t = 1)]
-    pub io_threads: usize,
+    /// Number of event-loop (network I/O) threads. Default: a quarter of the
+    /// CPU cores, at least 1 (1 up to 7 cores, 2 on 8, 4 on 16): shards take
+    /// the rest. Connections are spread over the loops by whichever accepts
+    /// first; limits (--max-connections, --rate-per-bidder, ...) hold for
+    /// the server as a whole.
+    #[arg(long, env = "GAVEL_IO_THREADS")]
+    pub io_threads: Option<usize>,
 
     /// Number of shard threads; each owns a disjoint set of auctions and SKUs.
     /// Default: the number of CPU cores. At most 64.
@@ -375,6 +379,17 @@ impl Config {
             subscriptions: self.max_subscriptions,
         };
         Capacity::share(total, self.shard_count())
+    }
+
+    /// `--io-threads`, or a quarter of the cores (at least 1).
+    pub fn io_thread_count(&self) -> usize {
+        self.io_threads
+            .unwrap_or_else(|| {
+                std::thread::available_parallelism()
+                    .map(|n| n.get() / 4)
+                    .unwrap_or(1)
+            })
+            .max(1)
     }
 
     pub fn shard_count(&self) -> usize {
