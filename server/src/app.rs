@@ -175,6 +175,12 @@ fn open_store(config: &Config) -> anyhow::Result<Opened> {
             .load(now_ms().saturating_sub(window_ms))
             .with_context(|| format!("cannot load state from {}", config.store))?;
         recovery::restore(&mut states, &snap, now_ms());
+        let quarantined = tables
+            .quarantined_after(0)
+            .with_context(|| format!("cannot read the quarantine of {}", config.store))?;
+        if !quarantined.is_empty() {
+            states.iter_mut().for_each(ShardState::hold_passivation);
+        }
         tracing::info!(
             auctions = snap.auctions.len(),
             sales = snap.sales.len(),

@@ -48,6 +48,9 @@ pub struct ShardState {
     idle_cursor: usize,
     /// Buyer holdings in memory, all sales (`--max-holdings`).
     holdings: usize,
+    /// Nothing leaves memory any more: the tables may lack rows (a
+    /// quarantined journal record), so what left could not be read back.
+    passivation_held: bool,
 }
 
 /// Most commands a shard holds while their keys are looked up.
@@ -79,6 +82,7 @@ impl ShardState {
             sale_ends: BinaryHeap::new(),
             idle_cursor: 0,
             holdings: 0,
+            passivation_held: false,
         }
     }
 
@@ -95,6 +99,15 @@ impl ShardState {
     /// `--idempotency-max-filter-bytes`).
     pub fn cap_key_filter(&mut self, bytes: usize) {
         self.idempotency.cap_filter(bytes);
+    }
+
+    /// From now on no auction or sale leaves memory (those out already
+    /// stay readable: their rows were in the tables when they left).
+    pub fn hold_passivation(&mut self) {
+        if !self.passivation_held {
+            self.passivation_held = true;
+            tracing::error!("a journal record is quarantined: auctions and sales stay in memory");
+        }
     }
 
     /// The materializer's count of this shard's keyed mutations in the tables.
@@ -581,7 +594,7 @@ impl ShardState {
             }
         }
         self.idempotency.expire(now_ms);
-        if self.passivation.is_some() {
+        if self.passivation.is_some() && !self.passivation_held {
             self.sales_ended(now_ms);
             self.passivate(KeyKind::Bid, now_ms);
             self.passivate(KeyKind::Order, now_ms);
@@ -1281,6 +1294,22 @@ mod tests {
         assert_eq!((st.sizes().auctions, st.sizes().passivated), (1, 0));
         st.sweep(t + 1_000, &mut fx);
         assert_eq!((st.sizes().auctions, st.sizes().passivated), (0, 1));
+    }
+
+    /// Once a record is quarantined nothing leaves memory: the tables may
+    /// lack the rows it would be read back from.
+    #[test]
+    fn a_quarantined_record_holds_passivation() {
+        let mut st = ShardState::new(1_000_000, KEYS);
+        st.back_with_store(Some(100));
+        run(&mut st, open_op(1, 0), 0);
+        run(&mut st, open_op(2, 0), 0);
+        run(&mut st, Op::CloseAuction(2), 0);
+        st.keys_applied(3);
+        st.hold_passivation();
+        let mut fx = Effects::new(1);
+        st.sweep(10_000, &mut fx);
+        assert_eq!((st.sizes().auctions, st.sizes().passivated), (2, 0));
     }
 
     /// A wall clock stepping back does not make a just-used auction idle.

@@ -116,6 +116,9 @@ impl Backend for LocalShard {
     fn tick(&mut self, _fx: &mut Effects) {
         if let Some(l) = &self.lookups {
             self.state.keys_applied(l.gate.keys_applied(l.shard));
+            if l.gate.quarantined() {
+                self.state.hold_passivation();
+            }
         }
     }
 

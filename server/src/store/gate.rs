@@ -28,6 +28,10 @@ pub struct StoreGate {
     /// purchases) the tables hold, counted in the order the shard emitted
     /// them. Its accepted keys up to that ordinal may leave memory.
     keys_applied: Vec<AtomicU64>,
+    /// A journal record was quarantined (this run or before): some rows
+    /// may be missing from the tables, so nothing may leave memory to be
+    /// read back from them (see `store::quarantined`).
+    quarantined: AtomicBool,
 }
 
 impl StoreGate {
@@ -42,6 +46,7 @@ impl StoreGate {
             durable,
             held: (0..shards).map(|_| AtomicUsize::new(0)).collect(),
             keys_applied: (0..shards).map(|_| AtomicU64::new(0)).collect(),
+            quarantined: AtomicBool::new(false),
         }
     }
 
@@ -116,6 +121,15 @@ impl StoreGate {
 
     /// Shard `shard`'s keyed mutations the tables hold.
     #[inline]
+    /// A record is (or was) quarantined: see the field.
+    pub fn set_quarantined(&self) {
+        self.quarantined.store(true, Ordering::Release);
+    }
+
+    pub fn quarantined(&self) -> bool {
+        self.quarantined.load(Ordering::Acquire)
+    }
+
     pub fn keys_applied(&self, shard: usize) -> u64 {
         self.keys_applied[shard].load(Ordering::Acquire)
     }

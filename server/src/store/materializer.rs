@@ -239,6 +239,7 @@ impl Materializer {
                 let mut record = Vec::new();
                 journal::encode(&c.mutations, &mut record);
                 self.tables.quarantine(c.seq, &record, &e.to_string())?;
+                self.gate.set_quarantined();
                 self.metrics.store.quarantined.inc();
                 tracing::error!(seq = c.seq, mutations = c.mutations.len(), error = %e,
                     "journal record quarantined: the tables refuse it (see table quarantine)");
@@ -346,6 +347,7 @@ mod tests {
         drop(tx);
         thread.join().unwrap();
         assert_eq!(gate.applied_seq(), 3);
+        assert!(gate.quarantined(), "passivation must stop");
         assert_eq!(
             gate.lag(),
             0,
