@@ -6,8 +6,9 @@ Starts a release gavel-server (target/release/gavel-server, built with
 times, and plays the abusive client of issue 17 against it:
 
   1. memory  one server with a stated memory budget (--max-auctions,
-             --max-sales, key caps, --max-subscriptions, --output-budget):
-             one client opens auctions, sales, idempotency keys (accepted and
+             --max-sales, --max-holdings, key caps, --max-subscriptions,
+             --output-budget):
+             one client opens auctions, sales, buyer holdings, idempotency keys (accepted and
              rejected) and subscriptions without end, and floods PINGs it
              never reads. Each flood runs until the server has answered BUSY
              at the cap for a while (or a time limit). The server's RSS is
@@ -212,6 +213,7 @@ def memory_phase(budget_mib, seconds):
         "--shards": "2",
         "--max-auctions": "1000000",
         "--max-sales": "250000",
+        "--max-holdings": "200000",
         "--idempotency-max-keys": "400000",
         "--idempotency-max-rejected-keys": "100000",
         "--max-subscriptions": "200000",
@@ -221,11 +223,12 @@ def memory_phase(budget_mib, seconds):
         "--max-payload": "65535",
     }
     print("   server: " + " ".join(f"{k} {v}" for k, v in caps.items()))
-    print("   stated budget (bytes each as measured): auctions 1M x ~210 B = 200 MiB,"
-          " sales 250k x ~265 B = 63 MiB, keys 500k x <= ~143 B = 68 MiB,")
+    print("   stated budget (bytes each as measured): auctions 1M x ~85 B = 81 MiB,"
+          " sales 250k x ~265 B = 63 MiB, holdings 200k x ~30 B = 6 MiB,"
+          " keys 500k x <= ~152 B = 73 MiB,")
     print("   subscriptions 200k x ~120 B = 23 MiB, unsent output 32 MiB (+50% buffer"
           " slack), reply queue <= 23 MiB, base and allocator slack ~30 MiB:"
-          f" ~430 MiB < {budget_mib} MiB")
+          f" ~350 MiB < {budget_mib} MiB")
     s = Server([a for kv in caps.items() for a in kv])
     sampler = RssSampler(s)
     sampler.start()
@@ -243,6 +246,12 @@ def memory_phase(budget_mib, seconds):
                       "OPEN_SALE, new SKUs", seconds, "sale limit")
     check(any("sale limit reached" in o for o in counts),
           "sales stop at --max-sales with ERROR BUSY \"sale limit reached\"")
+    # Holdings: one huge sale, every BUY from a new buyer (fresh order ids).
+    pack_buy = struct.Struct(">QQIQ").pack
+    counts, _ = flood(s, c, lambda i: frame(BUY, i, pack_buy(1, i, 1, i)),
+                      "BUY, new buyers of one sale", seconds, "holding limit")
+    check(any("holding limit reached" in o for o in counts),
+          "holdings stop at --max-holdings with ERROR BUSY \"holding limit reached\"")
     # Rejected keys: bids below the high bid with fresh keys; the oldest are
     # dropped (a retry of one is evaluated afresh), memory stays flat.
     high = 1 << 40
