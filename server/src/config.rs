@@ -130,8 +130,8 @@ pub struct Config {
     /// tables already hold leave memory for the store (a ~12-bit-per-key
     /// filter tells which requests must be looked up there); with --store
     /// memory, new BIDs/BUYs on a full shard are answered ERROR BUSY (not
-    /// executed) until old keys expire. 76–143 bytes per key in memory
-    /// (64-byte slots, a table 44–88% full): the default holds <= 0.29 GB.
+    /// executed) until old keys expire. 80–152 bytes per key in memory
+    /// (64-byte slots, a table 44–88% full): the default holds <= 0.30 GB.
     #[arg(long, env = "GAVEL_IDEMPOTENCY_MAX_KEYS", default_value_t = 2_000_000)]
     pub idempotency_max_keys: usize,
 
@@ -152,7 +152,7 @@ pub struct Config {
     /// Upper bound on remembered keys of *rejected* bids and orders (OUTBID,
     /// SOLD_OUT, …) across all shards; the oldest are dropped first (a retry
     /// of a dropped one is evaluated afresh, which never applies it twice).
-    /// 76–143 bytes per key: the default holds <= 0.14 GB.
+    /// 80–152 bytes per key: the default holds <= 0.15 GB.
     #[arg(
         long,
         env = "GAVEL_IDEMPOTENCY_MAX_REJECTED_KEYS",
