@@ -14,7 +14,7 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -25,7 +25,7 @@ use gavel_protocol::message::{
     encode_auction, encode_error, encode_pong, encode_result, encode_sale,
 };
 use gavel_protocol::{Decoder, ErrorCode, Frame, Push, Request, Response, PROTOCOL_VERSION};
-use mio::net::TcpListener;
+use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
 
@@ -298,92 +298,100 @@ impl EventLoop {
                     return;
                 }
             };
-            let shared = &self.ctx.shared;
-            // Reserve the place in one step: with a load here and an add
-            // later, two loops could both take the last one.
-            let reserved = shared
-                .open_connections
-                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
-                    (n < shared.max_connections).then_some(n + 1)
-                })
-                .is_ok();
-            if !reserved {
-                shared.metrics.refused(1, "max_connections");
-                let mut b = BytesMut::with_capacity(64);
-                encode_error(&mut b, 0, ErrorCode::Busy, "too many connections");
-                let _ = io::Write::write(&mut stream, &b);
-                end_refused(&mut stream);
-                if self.ctx.shared.logs.allow(Noisy::Refused, Instant::now()) {
-                    tracing::warn!(%peer, "refused connection: --max-connections reached");
-                }
-                continue;
+            if let Some(counted_ip) = self.reserve_place(&mut stream, peer) {
+                self.admit(stream, peer, counted_ip);
             }
-            let ip = peer.ip().to_canonical();
-            if shared.max_connections_per_ip > 0 && !take_ip_slot(shared, ip) {
-                shared.open_connections.fetch_sub(1, Ordering::Relaxed);
-                shared.refused_per_ip.fetch_add(1, Ordering::Relaxed);
-                if shared.tls.is_none() {
-                    let mut b = BytesMut::with_capacity(80);
-                    encode_error(
-                        &mut b,
-                        0,
-                        ErrorCode::Busy,
-                        "too many connections from your address",
-                    );
-                    let _ = io::Write::write(&mut stream, &b);
-                }
-                end_refused(&mut stream);
-                if self.ctx.shared.logs.allow(Noisy::Refused, Instant::now()) {
-                    tracing::info!(%peer, "refused connection: --max-connections-per-ip reached");
-                }
-                continue;
-            }
-            let counted_ip = shared.max_connections_per_ip > 0;
-            let tls = match &shared.tls {
-                None => None,
-                Some(cfg) => match rustls::ServerConnection::new(cfg.clone()) {
-                    Ok(c) => Some(Box::new(c)),
-                    Err(e) => {
-                        tracing::warn!(%peer, error = %e, "TLS session setup failed");
-                        shared.open_connections.fetch_sub(1, Ordering::Relaxed);
-                        if counted_ip {
-                            release_ip_slot(shared, ip);
-                        }
-                        continue;
-                    }
-                },
-            };
-            let _ = stream.set_nodelay(true);
-            if self.ctx.shared.send_buffer > 0 {
-                let _ = socket2::SockRef::from(&stream)
-                    .set_send_buffer_size(self.ctx.shared.send_buffer);
-            }
-            let entry = self.conns.vacant_entry();
-            let slot = entry.key();
-            let gen = self.next_gen;
-            self.next_gen = self.next_gen.wrapping_add(1).max(1);
-            if let Err(e) = self.poll.registry().register(
-                &mut stream,
-                Token(slot + FIRST_CONN),
-                Interest::READABLE | Interest::WRITABLE,
-            ) {
-                tracing::warn!(%peer, error = %e, "register failed");
-                shared.open_connections.fetch_sub(1, Ordering::Relaxed);
-                if counted_ip {
-                    release_ip_slot(shared, ip);
-                }
-                continue;
-            }
-            let authed = shared.auth.is_none();
-            let bucket = match &self.ctx.conn_limit {
-                Some(l) => Bucket::full(l, self.ctx.epoch.elapsed().as_nanos() as u64),
-                None => Bucket::default(),
-            };
-            let conn = entry.insert(Connection::new(stream, peer, gen, authed, tls, bucket));
-            conn.counted_ip = counted_ip;
-            self.ctx.stats.accepted += 1;
-            self.ctx.stats.dirty = true;
         }
+    }
+
+    /// Takes a place under `--max-connections` (and `--max-connections-per-ip`),
+    /// or refuses the connection with an ERROR and a close. `Some(counted_ip)`:
+    /// admitted, and whether a per-address place was taken.
+    fn reserve_place(&self, stream: &mut TcpStream, peer: SocketAddr) -> Option<bool> {
+        let shared = &self.ctx.shared;
+        // Reserve the place in one step: with a load here and an add
+        // later, two loops could both take the last one.
+        let reserved = shared
+            .open_connections
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                (n < shared.max_connections).then_some(n + 1)
+            })
+            .is_ok();
+        if !reserved {
+            shared.metrics.refused(1, "max_connections");
+            let mut b = BytesMut::with_capacity(64);
+            encode_error(&mut b, 0, ErrorCode::Busy, "too many connections");
+            let _ = io::Write::write(stream, &b);
+            end_refused(stream);
+            if shared.logs.allow(Noisy::Refused, Instant::now()) {
+                tracing::warn!(%peer, "refused connection: --max-connections reached");
+            }
+            return None;
+        }
+        let ip = peer.ip().to_canonical();
+        if shared.max_connections_per_ip > 0 && !take_ip_slot(shared, ip) {
+            shared.open_connections.fetch_sub(1, Ordering::Relaxed);
+            shared.refused_per_ip.fetch_add(1, Ordering::Relaxed);
+            if shared.tls.is_none() {
+                let mut b = BytesMut::with_capacity(80);
+                let msg = "too many connections from your address";
+                encode_error(&mut b, 0, ErrorCode::Busy, msg);
+                let _ = io::Write::write(stream, &b);
+            }
+            end_refused(stream);
+            if shared.logs.allow(Noisy::Refused, Instant::now()) {
+                tracing::info!(%peer, "refused connection: --max-connections-per-ip reached");
+            }
+            return None;
+        }
+        Some(shared.max_connections_per_ip > 0)
+    }
+
+    /// Sets up a connection that has its place; gives the place back if
+    /// that fails.
+    fn admit(&mut self, mut stream: TcpStream, peer: SocketAddr, counted_ip: bool) {
+        let shared = &self.ctx.shared;
+        let give_back = || {
+            shared.open_connections.fetch_sub(1, Ordering::Relaxed);
+            if counted_ip {
+                release_ip_slot(shared, peer.ip().to_canonical());
+            }
+        };
+        let tls = match &shared.tls {
+            None => None,
+            Some(cfg) => match rustls::ServerConnection::new(cfg.clone()) {
+                Ok(c) => Some(Box::new(c)),
+                Err(e) => {
+                    tracing::warn!(%peer, error = %e, "TLS session setup failed");
+                    return give_back();
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        if shared.send_buffer > 0 {
+            let _ = socket2::SockRef::from(&stream).set_send_buffer_size(shared.send_buffer);
+        }
+        let entry = self.conns.vacant_entry();
+        let slot = entry.key();
+        if let Err(e) = self.poll.registry().register(
+            &mut stream,
+            Token(slot + FIRST_CONN),
+            Interest::READABLE | Interest::WRITABLE,
+        ) {
+            tracing::warn!(%peer, error = %e, "register failed");
+            return give_back();
+        }
+        let gen = self.next_gen;
+        self.next_gen = self.next_gen.wrapping_add(1).max(1);
+        let authed = shared.auth.is_none();
+        let bucket = match &self.ctx.conn_limit {
+            Some(l) => Bucket::full(l, self.ctx.epoch.elapsed().as_nanos() as u64),
+            None => Bucket::default(),
+        };
+        let conn = entry.insert(Connection::new(stream, peer, gen, authed, tls, bucket));
+        conn.counted_ip = counted_ip;
+        self.ctx.stats.accepted += 1;
+        self.ctx.stats.dirty = true;
     }
 
     fn mark_dirty(&mut self, slot: usize) {
