@@ -69,16 +69,11 @@ impl Sale {
         }
     }
 
-    /// Applies a purchase: all of `quantity` or nothing.
-    pub fn buy(&mut self, buyer_id: u64, quantity: u32, now_ms: u64) -> ResultPayload {
-        self.buy_capped(buyer_id, quantity, now_ms, true)
-            .expect("a new holder may be added")
-    }
-
-    /// Applies a purchase, unless it would succeed and give the buyer their
-    /// first holding here (one more entry in memory) while
-    /// `may_add_holder` is false: then `None`, and nothing changed.
-    pub fn buy_capped(
+    /// Applies a purchase (all of `quantity` or nothing), unless it would
+    /// succeed and give the buyer their first holding here (one more entry
+    /// in memory) while `may_add_holder` is false: then `None`, and
+    /// nothing changed.
+    pub fn buy(
         &mut self,
         buyer_id: u64,
         quantity: u32,
@@ -120,26 +115,35 @@ impl Sale {
 mod tests {
     use super::*;
 
+    /// A purchase with room for a new holder.
+    fn buy(s: &mut Sale, buyer_id: u64, quantity: u32, now_ms: u64) -> ResultPayload {
+        s.buy(buyer_id, quantity, now_ms, true)
+            .expect("room for a holder")
+    }
+
     #[test]
     fn no_partial_fills_and_limits() {
         let mut s = Sale::new(1, 5, 2, 0, 0);
-        assert_eq!(s.buy(1, 2, 0), ResultPayload::new(Status::Ok, 3, 2));
+        assert_eq!(buy(&mut s, 1, 2, 0), ResultPayload::new(Status::Ok, 3, 2));
         assert_eq!(
-            s.buy(1, 1, 0),
+            buy(&mut s, 1, 1, 0),
             ResultPayload::new(Status::LimitExceeded, 3, 2)
         );
-        assert_eq!(s.buy(2, 2, 0), ResultPayload::new(Status::Ok, 1, 2));
-        assert_eq!(s.buy(3, 2, 0), ResultPayload::new(Status::SoldOut, 1, 0));
-        assert_eq!(s.buy(3, 1, 0), ResultPayload::new(Status::Ok, 0, 1));
+        assert_eq!(buy(&mut s, 2, 2, 0), ResultPayload::new(Status::Ok, 1, 2));
+        assert_eq!(
+            buy(&mut s, 3, 2, 0),
+            ResultPayload::new(Status::SoldOut, 1, 0)
+        );
+        assert_eq!(buy(&mut s, 3, 1, 0), ResultPayload::new(Status::Ok, 0, 1));
         assert_eq!(s.sold, 5);
     }
 
     #[test]
     fn time_window() {
         let mut s = Sale::new(1, 5, 0, 100, 200);
-        assert_eq!(s.buy(1, 1, 99).status, Status::NotStarted);
-        assert_eq!(s.buy(1, 1, 100).status, Status::Ok);
-        assert_eq!(s.buy(1, 1, 200).status, Status::Closed);
+        assert_eq!(buy(&mut s, 1, 1, 99).status, Status::NotStarted);
+        assert_eq!(buy(&mut s, 1, 1, 100).status, Status::Ok);
+        assert_eq!(buy(&mut s, 1, 1, 200).status, Status::Closed);
         assert_eq!(s.info(50).state, AuctionState::NotStarted);
         assert_eq!(s.info(150).state, AuctionState::Open);
         assert_eq!(s.info(250).state, AuctionState::Closed);
@@ -148,25 +152,22 @@ mod tests {
     #[test]
     fn only_a_purchase_that_adds_a_holder_is_held_back() {
         let mut s = Sale::new(1, 3, 2, 0, 0);
-        assert_eq!(s.buy_capped(1, 2, 0, false), None);
+        assert_eq!(s.buy(1, 2, 0, false), None);
         assert_eq!((s.sold, s.holdings.len()), (0, 0), "nothing changed");
-        let over = s.buy_capped(1, 3, 0, false).map(|r| r.status);
+        let over = s.buy(1, 3, 0, false).map(|r| r.status);
         assert_eq!(over, Some(Status::LimitExceeded), "refused anyway");
-        s.buy(1, 2, 0);
-        let more = s.buy_capped(1, 1, 0, false);
+        buy(&mut s, 1, 2, 0);
+        let more = s.buy(1, 1, 0, false);
         assert_eq!(more, Some(ResultPayload::new(Status::LimitExceeded, 1, 2)));
-        let sold_out = s.buy_capped(2, 2, 0, false).map(|r| r.status);
+        let sold_out = s.buy(2, 2, 0, false).map(|r| r.status);
         assert_eq!(sold_out, Some(Status::SoldOut));
-        assert_eq!(
-            s.buy_capped(2, 1, 0, true).map(|r| r.status),
-            Some(Status::Ok)
-        );
+        assert_eq!(s.buy(2, 1, 0, true).map(|r| r.status), Some(Status::Ok));
     }
 
     #[test]
     fn huge_quantities_do_not_overflow() {
         let mut s = Sale::new(1, u64::MAX, 0, 0, 0);
         s.sold = u64::MAX - 1;
-        assert_eq!(s.buy(1, u32::MAX, 0).status, Status::SoldOut);
+        assert_eq!(buy(&mut s, 1, u32::MAX, 0).status, Status::SoldOut);
     }
 }

@@ -514,7 +514,7 @@ impl ShardState {
         let sale = self.sales.get_mut(&b.sku_id).expect("checked above");
         let before = sale.holdings.len();
         let may_add = self.holdings < self.cap.holdings;
-        let Some(result) = sale.buy_capped(b.buyer_id, b.quantity, now_ms, may_add) else {
+        let Some(result) = sale.buy(b.buyer_id, b.quantity, now_ms, may_add) else {
             return fx.refuse(c, Cap::Holdings);
         };
         self.holdings += sale.holdings.len() - before;
